@@ -1,0 +1,268 @@
+// Vectorised body of row_stats, written with GCC vector extensions so one source serves every
+// instruction set. Include from a file that defines DLLM_VEC_BYTES and DLLM_ROW_STATS_NAME and,
+// for a wider ISA, sets `#pragma GCC target` first. Everything but the entry point has internal
+// linkage, so copies built for different ISAs can never be merged by the linker.
+#include <math.h>
+#include <string.h>
+
+#include <cstdint>
+
+#include "../include/dllm/philox.h"
+#include "row_stats.h"
+
+namespace dllm {
+namespace cpu {
+namespace {
+
+constexpr int kLanes = DLLM_VEC_BYTES / 4;
+constexpr int kChunk = 2048;  // floats staged per chunk: stays in L1 for the second pass
+typedef float vf __attribute__((vector_size(DLLM_VEC_BYTES)));
+typedef int32_t vi __attribute__((vector_size(DLLM_VEC_BYTES)));
+typedef uint32_t vu __attribute__((vector_size(DLLM_VEC_BYTES)));
+typedef uint16_t vh __attribute__((vector_size(DLLM_VEC_BYTES / 2)));
+
+// Bound on the Gumbel values our uniforms can give: -log(-log(1 - 2^-24)) = 16.6355 (rounded up
+// so that float32 rounding of the noise can never exceed it).
+constexpr float kGumbelMax = 16.65f;
+
+inline vf splat(float v) { return vf{} + v; }
+
+inline vf bits_to_float(vu b) {
+  vf f;
+  memcpy(&f, &b, sizeof f);
+  return f;
+}
+
+// exp(x) for a vector; values below -87 give 0 (so -inf and NaN give 0: such rows are rejected).
+inline vf vexp(vf x) {
+  const vf lo = splat(-87.0f), hi = splat(88.0f);
+  const vi tiny = x > lo;
+  x = x > lo ? x : lo;
+  x = x < hi ? x : hi;
+  const vf t = x * 1.44269504088896341f;
+  const vf n = __builtin_convertvector(__builtin_convertvector(t + (t >= 0 ? splat(0.5f) : splat(-0.5f)), vi), vf);
+  vf r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  // Minimax polynomial for exp on [-ln2/2, ln2/2] (Cephes expf coefficients).
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const vu scale = (__builtin_convertvector(n, vu) + 127u) << 23;
+  const vf out = p * bits_to_float(scale);
+  return tiny ? out : splat(0.f);
+}
+
+template <typename T>
+inline vf load_lanes(const T* src);
+
+template <>
+inline vf load_lanes<float>(const float* src) {
+  vf v;
+  memcpy(&v, src, sizeof v);
+  return v;
+}
+
+template <>
+inline vf load_lanes<uint16_t>(const uint16_t* src) {  // bfloat16: the top half of a float32
+  vh h;
+  memcpy(&h, src, sizeof h);
+  return bits_to_float(__builtin_convertvector(h, vu) << 16);
+}
+
+struct Half {
+  uint16_t bits;
+};
+
+template <>
+inline vf load_lanes<Half>(const Half* src) {  // IEEE half, subnormals and inf/NaN included
+  vh h;
+  memcpy(&h, src, sizeof h);
+  const vu w = __builtin_convertvector(h, vu);
+  const vu sign = (w & 0x8000u) << 16;
+  const vu em = w & 0x7fffu;
+  const vf finite = bits_to_float(em << 13) * 5.192296858534828e+33f;  // 2^112 rebias
+  vu fb;
+  memcpy(&fb, &finite, sizeof fb);
+  const vu special = (em << 13) | 0x7f800000u;
+  const vu bits = (em >= 0x7c00u) ? special : fb;
+  return bits_to_float(bits | sign);
+}
+
+// Per-lane accumulators of the pass; merged across lanes at the end.
+struct Lanes {
+  vf m1, m2;  // largest and second largest clean value (m2 == m1 when the maximum is shared)
+  vi idx;     // first index of m1 within the lane
+  vi bad;     // NaN or +inf seen
+  vf sum, ent;
+};
+
+template <typename T, bool kTop2, bool kEntropy>
+RowStats row_stats_typed(const T* row, const RowStatsParams& prm, const RowNoise& noise) {
+  const int64_t V = prm.V;
+  const float neg_inf = -__builtin_inff();
+  alignas(64) float buf[kChunk + kLanes];
+  Lanes ln;
+  ln.m1 = splat(neg_inf);
+  ln.m2 = splat(neg_inf);
+  ln.idx = vi{} + 0;
+  ln.bad = vi{} + 0;
+  ln.sum = splat(0.f);
+  ln.ent = splat(0.f);
+  vi lane_ids;
+  for (int i = 0; i < kLanes; ++i) lane_ids[i] = i;
+
+  float run_max = neg_inf;  // the max the lane sums are relative to
+  const bool sampling = prm.temperature > 0.f;
+  const float temp = prm.temperature;
+  float best_noisy = neg_inf, best_clean = neg_inf;
+  int64_t best_noisy_idx = -1;
+
+  for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
+    const int64_t n = V - c0 < kChunk ? V - c0 : kChunk;
+    const int64_t n_full = n / kLanes * kLanes;
+    for (int64_t i = 0; i < n_full; i += kLanes) {
+      const vf v = load_lanes<T>(row + c0 + i);
+      memcpy(buf + i, &v, sizeof v);
+    }
+    if (n_full < n) {  // tail: run the lane loader on a zero-padded copy
+      T tmp[kLanes];
+      memset(tmp, 0, sizeof tmp);
+      memcpy(tmp, row + c0 + n_full, sizeof(T) * static_cast<size_t>(n - n_full));
+      const vf v = load_lanes<T>(tmp);
+      memcpy(buf + n_full, &v, sizeof(float) * static_cast<size_t>(n - n_full));
+    }
+    const int64_t n_pad = (n + kLanes - 1) / kLanes * kLanes;
+    for (int64_t i = n; i < n_pad; ++i) buf[i] = neg_inf;
+    for (int64_t s = 0; s < prm.n_suppress; ++s) {
+      const int64_t id = prm.suppress_ids[s] - c0;
+      if (id >= 0 && id < n) buf[id] = neg_inf;
+    }
+
+    // Pass A: maxima, first-index argmax, non-finite check.
+    vf cmax = splat(neg_inf);
+    for (int64_t i = 0; i < n_pad; i += kLanes) {
+      vf v;
+      memcpy(&v, buf + i, sizeof v);
+      const vi gi = lane_ids + static_cast<int32_t>(c0 + i);
+      ln.bad |= (v != v) | (v == splat(__builtin_inff()));
+      const vi gt = v > ln.m1;
+      if (kTop2) ln.m2 = gt ? ln.m1 : (v > ln.m2 ? v : ln.m2);
+      ln.m1 = gt ? v : ln.m1;
+      ln.idx = gt ? gi : ln.idx;
+      cmax = v > cmax ? v : cmax;
+    }
+    float chunk_max = neg_inf;
+    for (int l = 0; l < kLanes; ++l) chunk_max = cmax[l] > chunk_max ? cmax[l] : chunk_max;
+
+    if (sampling) {
+      // Gumbel-max: only values within T * kGumbelMax of the best noisy value can still win.
+      const float slack = temp * kGumbelMax;
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = buf[i];
+        if (!(v + slack >= best_noisy)) continue;
+        const float u = noise.uniforms ? noise.uniforms[c0 + i]
+                                       : noise_uniform(noise.seed, noise.offset,
+                                                       static_cast<uint32_t>(c0 + i), noise.position);
+        const float noisy = v + temp * -logf(-logf(u));
+        if (noisy > best_noisy) {
+          best_noisy = noisy;
+          best_noisy_idx = c0 + i;
+          best_clean = v;
+        }
+      }
+    }
+
+    // Pass B: sum of exp (and entropy numerator) relative to the running max.
+    if (chunk_max > run_max) {
+      if (run_max != neg_inf) {
+        const float d = run_max - chunk_max;
+        const float scale = expf(d);
+        if (kEntropy) ln.ent = (ln.ent + d * ln.sum) * scale;
+        ln.sum = ln.sum * scale;
+      }
+      run_max = chunk_max;
+    }
+    if (run_max == neg_inf || !(run_max == run_max)) continue;
+    const vf m = splat(run_max);
+    for (int64_t i = 0; i < n_pad; i += kLanes) {
+      vf v;
+      memcpy(&v, buf + i, sizeof v);
+      const vf t = v - m;
+      const vf e = vexp(t);
+      ln.sum += e;
+      if (kEntropy) ln.ent += e > 0.f ? e * t : splat(0.f);
+    }
+  }
+
+  // Merge lanes: largest value, lowest index among equals; top-2 of the union.
+  float m1 = neg_inf, m2 = neg_inf, sum = 0.f, ent = 0.f;
+  int64_t idx = V;
+  bool bad = false;
+  for (int l = 0; l < kLanes; ++l) {
+    bad |= ln.bad[l] != 0;
+    sum += ln.sum[l];
+    ent += ln.ent[l];
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    const float a = ln.m1[l];
+    if (kTop2) {
+      const float lower = a < m1 ? a : m1;
+      m2 = lower > m2 ? lower : m2;
+      m2 = ln.m2[l] > m2 ? ln.m2[l] : m2;
+    }
+    if (a > m1) {
+      m1 = a;
+      idx = ln.idx[l];
+    } else if (a == m1 && ln.idx[l] < idx) {
+      idx = ln.idx[l];
+    }
+  }
+
+  RowStats out;
+  out.valid = !bad && m1 != neg_inf;
+  out.x0 = -1;
+  out.pprob = 0.f;
+  out.conf = __builtin_nanf("");
+  if (!out.valid) return out;
+  out.x0 = sampling ? best_noisy_idx : idx;
+  const float lx0 = sampling ? best_clean : m1;
+  // run_max == m1 here: every chunk's max was folded in.
+  out.pprob = expf(lx0 - m1) / sum;
+  if (prm.conf_kind == 1) {
+    out.conf = (1.f - expf(m2 - m1)) / sum;
+  } else if (prm.conf_kind == 2) {
+    out.conf = ent / sum - logf(sum);
+  } else {
+    out.conf = out.pprob;
+  }
+  for (int64_t z = 0; z < prm.n_zero_conf; ++z)
+    if (prm.zero_conf_ids[z] == out.x0) out.conf = 0.f;
+  return out;
+}
+
+template <typename T>
+RowStats row_stats_kind(const T* row, const RowStatsParams& prm, const RowNoise& noise) {
+  if (prm.conf_kind == 1) return row_stats_typed<T, true, false>(row, prm, noise);
+  if (prm.conf_kind == 2) return row_stats_typed<T, false, true>(row, prm, noise);
+  return row_stats_typed<T, false, false>(row, prm, noise);
+}
+
+}  // namespace
+
+RowStats DLLM_ROW_STATS_NAME(const void* row, const RowStatsParams& prm, const RowNoise& noise) {
+  switch (prm.type) {
+    case LogitsType::kFloat16:
+      return row_stats_kind(static_cast<const Half*>(row), prm, noise);
+    case LogitsType::kBFloat16:
+      return row_stats_kind(static_cast<const uint16_t*>(row), prm, noise);
+    default:
+      return row_stats_kind(static_cast<const float*>(row), prm, noise);
+  }
+}
+
+}  // namespace cpu
+}  // namespace dllm

@@ -1,0 +1,76 @@
+"""Builds dllm_kernels._C (the C++ ops) and, where nvcc is found, dllm_kernels._C_cuda.
+
+Install with `pip install -e . --no-build-isolation` into an environment that already has torch:
+torch is deliberately not a build requirement (pip would fetch a multi-GB CUDA wheel).
+"""
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+from torch.utils import cpp_extension
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CXX_FLAGS = ["-O3", "-std=c++20", "-fno-math-errno"]
+
+
+def cuda_home():
+    """CPU torch leaves CUDA_HOME unset; find nvcc ourselves (DESIGN.md §4)."""
+    for cand in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if cand and os.path.exists(os.path.join(cand, "bin", "nvcc")):
+            return cand
+    nvcc = shutil.which("nvcc")
+    return os.path.dirname(os.path.dirname(nvcc)) if nvcc else None
+
+
+def want_cuda():
+    flag = os.environ.get("DLLM_BUILD_CUDA", "auto")
+    if flag == "0":
+        return False
+    found = cuda_home() is not None and bool(glob.glob(os.path.join(HERE, "csrc/cuda/*.cu")))
+    if flag == "1" and not found:
+        raise RuntimeError("DLLM_BUILD_CUDA=1 but nvcc or csrc/cuda/*.cu was not found")
+    return found
+
+
+def rel(paths):
+    return sorted(os.path.relpath(p, HERE) for p in paths)
+
+
+ext_modules = [
+    CppExtension(
+        "dllm_kernels._C",
+        rel(glob.glob(os.path.join(HERE, "csrc/*.cpp")) + glob.glob(os.path.join(HERE, "csrc/cpu/*.cpp"))),
+        include_dirs=[os.path.join(HERE, "csrc")],
+        extra_compile_args={"cxx": CXX_FLAGS},
+    )
+]
+
+if want_cuda():
+    home = cuda_home()
+    cpp_extension.CUDA_HOME = home
+    archs = os.environ.get("DLLM_CUDA_ARCHS", "80;90a").split(";")
+    gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    ext_modules.append(
+        CppExtension(
+            "dllm_kernels._C_cuda",
+            rel(glob.glob(os.path.join(HERE, "csrc/cuda/*.cpp")) + glob.glob(os.path.join(HERE, "csrc/cuda/*.cu"))),
+            include_dirs=[os.path.join(HERE, "csrc"), os.path.join(home, "include")],
+            library_dirs=[os.path.join(home, "lib64")],
+            libraries=["cudart"],
+            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"] + gencode},
+        )
+    )
+
+setup(
+    name="dllm-kernels",
+    version="0.1.0",
+    description="Fused CUDA/Triton/C++ kernels for diffusion-LLM decoding",
+    packages=find_packages(include=["dllm_kernels", "dllm_kernels.*"]) + ["dllm_kernels.triton_kernels"],
+    package_dir={"dllm_kernels.triton_kernels": "triton_kernels"},
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    python_requires=">=3.10",
+    install_requires=["numpy"],
+)

@@ -1,0 +1,1 @@
+"""Triton kernels of dllm-kernels (installed as dllm_kernels.triton_kernels)."""
