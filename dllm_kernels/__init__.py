@@ -1,2 +1,13 @@
-"""dllm-kernels: fused kernels for diffusion-LLM decoding."""
-from . import _native  # noqa: F401
+"""dllm-kernels: fused kernels for diffusion-LLM decoding.
+
+`fused_unmask` commits one denoising step's tokens for a batch under any `Policy`;
+`DecodeState` holds the per-sequence state those steps advance on the device.
+"""
+from . import _native  # noqa: F401  (loads the native ops)
+from . import _fake  # noqa: F401  (meta implementations)
+from .policy import CONF_KINDS, RULES, LearnedFilter, Policy
+from .state import DecodeState
+from .unmask import UnmaskResult, fused_unmask
+
+__all__ = ["CONF_KINDS", "RULES", "DecodeState", "LearnedFilter", "Policy", "UnmaskResult", "fused_unmask"]
+__version__ = "0.1.0"

@@ -1,0 +1,162 @@
+"""Unmasking policies as plain dataclasses, and their translation into fused_unmask arguments.
+
+A `Policy` is everything POLICIES.md lets a decoder choose: the selection rule and its
+parameters, the confidence kind, sampling temperature, the block scheduler and the end-of-text
+handling. It is frozen and hashable, so converted device tensors can be cached per device.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+
+RULES = {"topk": 0, "threshold": 1, "factor": 2, "localleap": 3, "filter": 4}
+CONF_KINDS = {"prob": 0, "margin": 1, "neg_entropy": 2}
+
+# Limits of the native learned-filter stage (csrc/include/dllm/policy.h).
+MAX_FILTER_WIDTH = 128
+MAX_FILTER_HIDDEN = 256
+
+
+@dataclass(frozen=True, eq=False)
+class LearnedFilter:
+    """Learn2PD filter: Linear(width, hidden) -> ReLU -> Linear(hidden, width), float32.
+
+    `w1` is [hidden, width], `b1` [hidden], `w2` [width, hidden], `b2` [width] (nn.Linear layout).
+    Compared and hashed by identity: two filters are the same only if they are the same object.
+    """
+
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    b2: torch.Tensor
+
+    def __post_init__(self):
+        hidden, width = self.w1.shape if self.w1.dim() == 2 else (0, 0)
+        if not (1 <= width <= MAX_FILTER_WIDTH and 1 <= hidden <= MAX_FILTER_HIDDEN):
+            raise ValueError(
+                f"LearnedFilter: w1 must be [hidden<= {MAX_FILTER_HIDDEN}, width <= {MAX_FILTER_WIDTH}], "
+                f"got {tuple(self.w1.shape)}")
+        expected = {"b1": (hidden,), "w2": (width, hidden), "b2": (width,)}
+        for name, shape in expected.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise ValueError(f"LearnedFilter: {name} must have shape {shape}, "
+                                 f"got {tuple(getattr(self, name).shape)}")
+
+    @property
+    def width(self) -> int:
+        return self.w1.shape[1]
+
+    @classmethod
+    def from_modules(cls, first: torch.nn.Linear, second: torch.nn.Linear) -> "LearnedFilter":
+        """From the two nn.Linear layers of a trained filter."""
+        return cls(*(t.detach().float().contiguous() for t in
+                     (first.weight, first.bias, second.weight, second.bias)))
+
+    def tensors(self, device) -> tuple:
+        return tuple(t.to(device=device, dtype=torch.float32).contiguous()
+                     for t in (self.w1, self.b1, self.w2, self.b2))
+
+
+def _check_unit(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"Policy: {name} must be in [0, 1], got {value!r}")
+
+
+def _check_ids(name: str, ids: Sequence[int]) -> None:
+    for i in ids:
+        if not isinstance(i, int) or i < 0:
+            raise ValueError(f"Policy: {name} must hold non-negative token ids, got {i!r}")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One unmasking policy (POLICIES.md §2-§4); defaults are the papers'.
+
+    rule: "topk" (LLaDA low-confidence remasking, `steps` per block), "threshold" (Fast-dLLM),
+    "factor" (Fast-dLLM dynamic), "localleap", or "filter" (Learn2PD; needs `learned_filter`).
+    """
+
+    rule: str = "topk"
+    conf: str = "prob"
+    temperature: float = 0.0
+    steps: int = 1
+    threshold: float = 0.9
+    factor: float = 1.0
+    anchor_threshold: float = 0.9
+    relaxed_threshold: float = 0.75
+    window: int = 4
+    graded: bool = False
+    learned_filter: Optional[LearnedFilter] = None
+    filter_threshold: float = 0.96
+    random_remasking: bool = False
+    block_length: int = 32
+    adaptive_block: bool = False
+    block_delta: float = 0.3
+    block_window_fraction: float = 0.25
+    delimiter_ids: tuple = ()
+    eotp: bool = False
+    early_stop: bool = False
+    shift: bool = False
+    suppress_ids: tuple = ()
+    zero_conf_ids: tuple = ()
+
+    def __post_init__(self):
+        if self.rule not in RULES:
+            raise ValueError(f"Policy: rule must be one of {sorted(RULES)}, got {self.rule!r}")
+        if self.conf not in CONF_KINDS:
+            raise ValueError(f"Policy: conf must be one of {sorted(CONF_KINDS)}, got {self.conf!r}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"Policy: temperature must be finite and >= 0, got {self.temperature!r}")
+        for name in ("steps", "block_length"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"Policy: {name} must be an int >= 1, got {getattr(self, name)!r}")
+        if not (isinstance(self.window, int) and self.window >= 0):
+            raise ValueError(f"Policy: window must be an int >= 0, got {self.window!r}")
+        for name in ("threshold", "anchor_threshold", "relaxed_threshold", "filter_threshold",
+                     "block_delta", "block_window_fraction"):
+            _check_unit(name, getattr(self, name))
+        if not (math.isfinite(self.factor) and self.factor >= 0):
+            raise ValueError(f"Policy: factor must be finite and >= 0, got {self.factor!r}")
+        for name in ("delimiter_ids", "suppress_ids", "zero_conf_ids"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+            _check_ids(name, getattr(self, name))
+        if self.rule == "filter" and self.learned_filter is None:
+            raise ValueError("Policy: rule 'filter' needs learned_filter")
+        if self.adaptive_block and not self.delimiter_ids:
+            raise ValueError("Policy: adaptive_block needs delimiter_ids (LLaDA: (198,))")
+
+    def op_arguments(self, device, vocab_size: int) -> dict:
+        """Keyword arguments of torch.ops.dllm.fused_unmask for this policy (tensors cached)."""
+        tensors = _policy_tensors(self, torch.device(device))
+        for name in ("delimiter_ids", "suppress_ids", "zero_conf_ids"):
+            bad = [i for i in getattr(self, name) if i >= vocab_size]
+            if bad:
+                raise ValueError(f"Policy: {name} holds ids >= vocab size {vocab_size}: {bad}")
+        return dict(
+            tensors,
+            rule=RULES[self.rule], conf_kind=CONF_KINDS[self.conf], temperature=float(self.temperature),
+            shift=self.shift, steps=self.steps, threshold=float(self.threshold), factor=float(self.factor),
+            anchor_threshold=float(self.anchor_threshold), relaxed_threshold=float(self.relaxed_threshold),
+            window=self.window, graded=self.graded, filter_threshold=float(self.filter_threshold),
+            random_remasking=self.random_remasking, block_length=self.block_length,
+            adaptive_block=self.adaptive_block, block_delta=float(self.block_delta),
+            block_window_fraction=float(self.block_window_fraction), eotp=self.eotp,
+            early_stop=self.early_stop)
+
+
+@functools.lru_cache(maxsize=256)
+def _policy_tensors(policy: Policy, device: torch.device) -> dict:
+    def ids(values):
+        return torch.tensor(values, dtype=torch.int64, device=device) if values else None
+
+    out = dict(suppress_ids=ids(policy.suppress_ids), zero_conf_ids=ids(policy.zero_conf_ids),
+               delimiter_ids=ids(policy.delimiter_ids),
+               filter_w1=None, filter_b1=None, filter_w2=None, filter_b2=None)
+    if policy.learned_filter is not None:
+        w1, b1, w2, b2 = policy.learned_filter.tensors(device)
+        out.update(filter_w1=w1, filter_b1=b1, filter_w2=w2, filter_b2=b2)
+    return out

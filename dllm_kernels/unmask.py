@@ -1,0 +1,54 @@
+"""`fused_unmask`: one unmasking step for a batch, on whichever backend fits the tensors."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from .policy import Policy
+from .state import DecodeState
+
+BACKENDS = ("auto", "native", "triton", "reference")
+
+
+class UnmaskResult(NamedTuple):
+    x0: torch.Tensor            # [B, L] int64: this step's prediction (current token where not read)
+    transfer: torch.Tensor      # [B, L] bool: positions written this step
+    window_stats: torch.Tensor  # [B, 3] float32: count, mean, variance of conf in the look-ahead window
+
+
+def fused_unmask(logits: torch.Tensor, x: torch.Tensor, state: DecodeState, policy: Policy, *,
+                 mask_id: int, eos_id: int, row_start: Optional[torch.Tensor] = None,
+                 gumbel_u: Optional[torch.Tensor] = None, rank_u: Optional[torch.Tensor] = None,
+                 backend: str = "auto") -> UnmaskResult:
+    """Commit this step's tokens in place (`x`, `state`) and return the step's outputs.
+
+    logits: [B, R, V] (float32/float16/bfloat16, contiguous along V); row r holds the logits of
+    position `row_start[b] + r` (plus one with `policy.shift`, for Dream-style models).
+    x: [B, L] int64 tokens, `mask_id` where still masked. `backend`: "auto" dispatches on the
+    device (C++ on CPU; CUDA kernel, else Triton, on GPU); "triton" and "reference" force those.
+    Semantics: docs/fused_unmask.md. No host synchronisation on CUDA.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"fused_unmask: backend must be one of {BACKENDS}, got {backend!r}")
+    if not isinstance(policy, Policy):
+        raise TypeError(f"fused_unmask: policy must be a dllm_kernels.Policy, got {type(policy).__name__}")
+    if not isinstance(state, DecodeState):
+        raise TypeError(f"fused_unmask: state must be a dllm_kernels.DecodeState, got {type(state).__name__}")
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+        raise ValueError("fused_unmask: logits must be a 3-D tensor [B, R, V]")
+    kwargs = policy.op_arguments(logits.device, logits.shape[-1])
+    args = (logits, x, state.conf, state.state, row_start, gumbel_u, rank_u)
+    if backend == "reference":
+        from .reference import fused_unmask_reference
+
+        names = ("row_start", "gumbel_u", "rank_u")
+        return UnmaskResult(*fused_unmask_reference(*args[:4], **dict(zip(names, args[4:])),
+                                                    mask_id=mask_id, eos_id=eos_id, **kwargs))
+    op = torch.ops.dllm.fused_unmask
+    if backend == "triton":
+        from .triton_unmask import fused_unmask_triton as op
+    out = op(*args, kwargs.pop("suppress_ids"), kwargs.pop("zero_conf_ids"), kwargs.pop("delimiter_ids"),
+             kwargs.pop("filter_w1"), kwargs.pop("filter_b1"), kwargs.pop("filter_w2"), kwargs.pop("filter_b2"),
+             mask_id, eos_id, **kwargs)
+    return UnmaskResult(*out)
