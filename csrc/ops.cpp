@@ -14,6 +14,10 @@ TORCH_LIBRARY(dllm, m) {
       "float filter_threshold, bool random_remasking, int block_length, bool adaptive_block, "
       "float block_delta, float block_window_fraction, bool eotp, bool early_stop) "
       "-> (Tensor x0, Tensor transfer, Tensor window_stats)");
+  // Block-aware KV-cache attention for the cached dLLM forward; semantics in docs/block_attention.md.
+  m.def(
+      "block_attention(Tensor q, Tensor k_new, Tensor v_new, Tensor(a!) k_cache, Tensor(b!) v_cache, "
+      "Tensor block_start, Tensor block_len, Tensor? kv_len, int mode, float scale, int block_size) -> Tensor");
 }
 
 // Importing dllm_kernels._C from Python loads this library, which runs the registrations above.
