@@ -51,7 +51,8 @@ inline vf vexp(vf x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const vu scale = (__builtin_convertvector(n, vu) + 127u) << 23;
+  // Signed conversion first: n is negative here, and float->unsigned of a negative is undefined.
+  const vu scale = reinterpret_cast<vu>(__builtin_convertvector(n, vi) + 127) << 23;
   const vf out = p * bits_to_float(scale);
   return tiny ? out : splat(0.f);
 }
