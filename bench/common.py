@@ -1,0 +1,68 @@
+"""Shared benchmark plumbing (DESIGN.md §6): environment facts, timing, JSON-lines results."""
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+
+import torch
+
+RESULTS_DIR = os.environ.get("DLLM_RESULTS_DIR", os.path.join(os.path.dirname(__file__), "results"))
+
+
+def device_name(device: str = "cpu") -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def git_sha() -> str:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=here,
+                                       stderr=subprocess.DEVNULL, text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment(device: str = "cpu") -> dict:
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {"device": device_name(device), "torch": torch.__version__, "triton": triton_version,
+            "threads": torch.get_num_threads(), "git_sha": git_sha(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def time_cpu(fn, setup, repeats: int, warmup: int = 2) -> dict:
+    """Median and p20/p80 wall time (µs) of fn(setup()) with the setup outside the timed region."""
+    for _ in range(warmup):
+        fn(setup())
+    times = []
+    for _ in range(repeats):
+        arg = setup()
+        t0 = time.perf_counter()
+        fn(arg)
+        times.append((time.perf_counter() - t0) * 1e6)
+    q = statistics.quantiles(times, n=5)
+    return {"median_us": statistics.median(times), "p20_us": q[0], "p80_us": q[3]}
+
+
+def append_results(bench: str, rows: list) -> str:
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{bench}.jsonl")
+    with open(path, "a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path
