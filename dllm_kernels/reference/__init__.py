@@ -1,0 +1,23 @@
+"""Pure-PyTorch float64 references: the executable spec every backend is tested against.
+
+- `philox`: Philox4x32-10 in numpy and the exact float32 uniforms of the noise streams.
+- `unmask`: `fused_unmask_reference` (docs/fused_unmask.md) and `row_statistics`.
+"""
+from .philox import (PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, RANK_STREAM, bits_to_uniform,
+                     noise_uniform, philox4x32_10, rank_uniform)
+from .unmask import (BLOCK_END, BLOCK_MASKED, BLOCK_REMAINING, BLOCK_START, CONF_KINDS, CONF_MARGIN,
+                     CONF_NEG_ENTROPY, CONF_PROB, DONE, END_POS, GEN_END, GEN_START, OFFSET, RULE_FACTOR,
+                     RULE_FILTER, RULE_LOCALLEAP, RULE_THRESHOLD, RULE_TOPK, RULES, SEED, STATE_COLUMN_NAMES,
+                     STATE_COLUMNS, STEP, RowStats, fused_unmask_reference, row_statistics)
+
+__all__ = [
+    # philox
+    "PHILOX_M0", "PHILOX_M1", "PHILOX_W0", "PHILOX_W1", "RANK_STREAM", "bits_to_uniform", "noise_uniform",
+    "philox4x32_10", "rank_uniform",
+    # unmask
+    "BLOCK_END", "BLOCK_MASKED", "BLOCK_REMAINING", "BLOCK_START", "CONF_KINDS", "CONF_MARGIN",
+    "CONF_NEG_ENTROPY", "CONF_PROB", "DONE", "END_POS", "GEN_END", "GEN_START", "OFFSET", "RULE_FACTOR",
+    "RULE_FILTER", "RULE_LOCALLEAP", "RULE_THRESHOLD", "RULE_TOPK", "RULES", "SEED", "STATE_COLUMN_NAMES",
+    "STATE_COLUMNS", "STEP", "RowStats", "fused_unmask_reference", "row_statistics",
+    # attention references are added below this line by their owner
+]
