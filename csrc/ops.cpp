@@ -8,11 +8,12 @@ TORCH_LIBRARY(dllm, m) {
       "fused_unmask(Tensor logits, Tensor(a!) x, Tensor(b!) conf, Tensor(c!) state, "
       "Tensor? row_start, Tensor? gumbel_u, Tensor? rank_u, Tensor? suppress_ids, "
       "Tensor? zero_conf_ids, Tensor? delimiter_ids, Tensor? filter_w1, Tensor? filter_b1, "
-      "Tensor? filter_w2, Tensor? filter_b2, int mask_id, int eos_id, int rule, int conf_kind, "
-      "float temperature, bool shift, int steps, float threshold, float factor, "
-      "float anchor_threshold, float relaxed_threshold, int window, bool graded, "
-      "float filter_threshold, bool random_remasking, int block_length, bool adaptive_block, "
-      "float block_delta, float block_window_fraction, bool eotp, bool early_stop) "
+      "Tensor? filter_w2, Tensor? filter_b2, int mask_id, int eos_id, int rule=0, int conf_kind=0, "
+      "float temperature=0., bool shift=False, int steps=1, float threshold=0.9, float factor=1., "
+      "float anchor_threshold=0.9, float relaxed_threshold=0.75, int window=4, bool graded=False, "
+      "float filter_threshold=0.96, bool random_remasking=False, int block_length=32, "
+      "bool adaptive_block=False, float block_delta=0.3, float block_window_fraction=0.25, "
+      "bool eotp=False, bool early_stop=False) "
       "-> (Tensor x0, Tensor transfer, Tensor window_stats)");
   // Block-aware KV-cache attention for the cached dLLM forward; semantics in docs/block_attention.md.
   m.def(
