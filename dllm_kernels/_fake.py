@@ -1,10 +1,23 @@
 """Fake (meta) implementations: shapes and dtypes of each op's outputs, for torch.compile,
-FakeTensor tracing and torch.library.opcheck."""
+FakeTensor tracing and torch.library.opcheck. They check what can be checked without data
+(devices and shapes), so a traced program fails at trace time like the eager op would."""
 import torch
+
+_UNMASK_TENSORS = ("logits", "x", "conf", "state", "row_start", "gumbel_u", "rank_u", "suppress_ids",
+                   "zero_conf_ids", "delimiter_ids", "filter_w1", "filter_b1", "filter_w2", "filter_b2")
 
 
 @torch.library.register_fake("dllm::fused_unmask")
 def _fused_unmask_fake(logits, x, conf, state, *args, **kwargs):
+    tensors = (logits, x, conf, state) + args[:len(_UNMASK_TENSORS) - 4]
+    for name, t in zip(_UNMASK_TENSORS, tensors):
+        if t is not None and t.device != logits.device:
+            raise RuntimeError(f"fused_unmask: {name} is on {t.device} but logits is on {logits.device}")
+    if logits.dim() != 3 or x.dim() != 2 or x.shape[0] != logits.shape[0]:
+        raise RuntimeError(f"fused_unmask: x must be [B, L] with B = {logits.shape[0] if logits.dim() else '?'}, "
+                           f"got {tuple(x.shape)}")
+    if tuple(conf.shape) != tuple(x.shape):
+        raise RuntimeError(f"fused_unmask: conf must have shape {tuple(x.shape)}, got {tuple(conf.shape)}")
     B, L = x.shape
     return (x.new_empty((B, L)), x.new_empty((B, L), dtype=torch.bool),
             x.new_empty((B, 3), dtype=torch.float32))

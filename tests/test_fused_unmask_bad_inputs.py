@@ -1,0 +1,135 @@
+"""Every argument of fused_unmask with each wrong kind of value: a clear error naming it, no crash."""
+import math
+
+import pytest
+import torch
+
+import dllm_kernels as dk
+
+B, L, V = 2, 6, 20
+ARG_NAMES = ["logits", "x", "conf", "state", "row_start", "gumbel_u", "rank_u", "suppress_ids", "zero_conf_ids",
+             "delimiter_ids", "filter_w1", "filter_b1", "filter_w2", "filter_b2", "mask_id", "eos_id", "rule",
+             "conf_kind", "temperature", "shift", "steps", "threshold", "factor", "anchor_threshold",
+             "relaxed_threshold", "window", "graded", "filter_threshold", "random_remasking", "block_length",
+             "adaptive_block", "block_delta", "block_window_fraction", "eotp", "early_stop"]
+
+
+def good_args():
+    st = dk.DecodeState.new(B, L, gen_start=1)
+    return dict(logits=torch.randn(B, L, V), x=torch.full((B, L), V - 1), conf=st.conf, state=st.state,
+                row_start=torch.zeros(B, dtype=torch.int64), gumbel_u=None, rank_u=None,
+                suppress_ids=torch.tensor([2]), zero_conf_ids=torch.tensor([3]), delimiter_ids=torch.tensor([4]),
+                filter_w1=torch.randn(4, 8), filter_b1=torch.randn(4), filter_w2=torch.randn(8, 4),
+                filter_b2=torch.randn(8), mask_id=V - 1, eos_id=V - 2, rule=4, conf_kind=0, temperature=0.0,
+                shift=False, steps=2, threshold=0.9, factor=1.0, anchor_threshold=0.9, relaxed_threshold=0.75,
+                window=4, graded=False, filter_threshold=0.96, random_remasking=False, block_length=4,
+                adaptive_block=True, block_delta=0.3, block_window_fraction=0.25, eotp=True, early_stop=False)
+
+
+def call(args):
+    return torch.ops.dllm.fused_unmask(*[args[n] for n in ARG_NAMES])
+
+
+# (argument, bad value builder, text the error must contain)
+CASES = [
+    ("logits", lambda a: a["logits"].to(torch.float64), "logits must be float32, float16 or bfloat16"),
+    ("logits", lambda a: a["logits"].to(torch.int32), "logits must be float32"),
+    ("logits", lambda a: a["logits"][0], "logits must be 3-D"),
+    ("logits", lambda a: a["logits"].transpose(1, 2).contiguous().transpose(1, 2), "contiguous along the vocab"),
+    ("logits", lambda a: torch.randn(0, L, V), "empty batch"),
+    ("logits", lambda a: torch.randn(B, L, 1), "vocabulary of at least 2"),
+    ("logits", lambda a: torch.randn(B + 1, L, V), "x must be [B, L] with B = 3"),
+    ("x", lambda a: a["x"].to(torch.int32), "x must be Long"),
+    ("x", lambda a: a["x"][:, None], "x must be [B, L]"),
+    ("x", lambda a: torch.full((L, B), V - 1).t(), "x must be contiguous"),
+    ("x", lambda a: torch.zeros(B, 0, dtype=torch.int64), "x must have at least one position"),
+    ("conf", lambda a: a["conf"].double(), "conf must be Float"),
+    ("conf", lambda a: a["conf"][:, :-1], "conf must have shape"),
+    ("state", lambda a: a["state"][:, :10].contiguous(), "state must have shape"),
+    ("state", lambda a: a["state"].int(), "state must be Long"),
+    ("row_start", lambda a: torch.zeros(B + 1, dtype=torch.int64), "row_start must have shape"),
+    ("row_start", lambda a: torch.zeros(B, dtype=torch.int32), "row_start must be Long"),
+    ("gumbel_u", lambda a: torch.rand(B, L, V - 1), "gumbel_u must have shape"),
+    ("gumbel_u", lambda a: torch.rand(B, L, V).double(), "gumbel_u must be Float"),
+    ("rank_u", lambda a: torch.rand(B, L + 1), "rank_u must have shape"),
+    ("suppress_ids", lambda a: torch.tensor([V]), "suppress_ids holds ids outside [0, 20)"),
+    ("suppress_ids", lambda a: torch.tensor([-1]), "suppress_ids holds ids outside"),
+    ("suppress_ids", lambda a: torch.tensor([[1]]), "suppress_ids must be 1-D"),
+    ("zero_conf_ids", lambda a: torch.tensor([1.0]), "zero_conf_ids must be int64"),
+    ("delimiter_ids", lambda a: torch.tensor([V + 5]), "delimiter_ids holds ids outside"),
+    ("filter_w1", lambda a: None, "go together"),
+    ("filter_w1", lambda a: torch.randn(4, 200), "filter width must be 1..128"),
+    ("filter_b1", lambda a: torch.randn(5), "filter_b1 must have shape"),
+    ("filter_w2", lambda a: torch.randn(8, 4).double(), "filter_w2 must be Float"),
+    ("filter_b2", lambda a: torch.randn(7), "filter_b2 must have shape"),
+    ("mask_id", lambda a: V, "mask_id must be in [0, 20)"),
+    ("mask_id", lambda a: -1, "mask_id must be in"),
+    ("eos_id", lambda a: V + 1, "eos_id must be in"),
+    ("eos_id", lambda a: V - 1, "eos_id must differ from mask_id"),
+    ("rule", lambda a: 5, "rule must be 0..4"),
+    ("conf_kind", lambda a: -1, "conf_kind must be 0..2"),
+    ("temperature", lambda a: -0.5, "temperature must be finite and >= 0"),
+    ("temperature", lambda a: math.nan, "temperature must be finite"),
+    ("temperature", lambda a: math.inf, "temperature must be finite"),
+    ("steps", lambda a: 0, "steps must be >= 1"),
+    ("block_length", lambda a: 0, "block_length must be >= 1"),
+    ("window", lambda a: -1, "window must be >= 0"),
+    ("factor", lambda a: -1.0, "factor must be finite and >= 0"),
+    ("factor", lambda a: math.nan, "factor must be finite"),
+] + [(name, (lambda v: lambda a: v)(bad), f"{name} must be in [0, 1]")
+     for name in ("threshold", "anchor_threshold", "relaxed_threshold", "filter_threshold", "block_delta",
+                  "block_window_fraction")
+     for bad in (-0.1, 1.5, math.nan)]
+
+
+def test_good_arguments_run():
+    call(good_args())
+
+
+@pytest.mark.parametrize("name,make_bad,message", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_bad_argument_is_rejected_with_its_name(name, make_bad, message):
+    args = good_args()
+    x_before = args["x"].clone()
+    args[name] = make_bad(args)
+    with pytest.raises(RuntimeError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        call(args)
+    if name != "x":
+        assert torch.equal(args["x"], x_before)  # nothing was written before the check failed
+
+
+def test_filter_rule_needs_weights():
+    args = good_args()
+    for k in ("filter_w1", "filter_b1", "filter_w2", "filter_b2"):
+        args[k] = None
+    with pytest.raises(RuntimeError, match="rule 4 .learned filter. needs filter_w1"):
+        call(args)
+
+
+def test_meta_device_mix_is_rejected():
+    args = good_args()
+    args["row_start"] = torch.zeros(B, dtype=torch.int64, device="meta")
+    with pytest.raises(RuntimeError, match="row_start is on meta but logits is on cpu"):
+        call(args)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("rule", "greedy", "rule must be one of"), ("conf", "max", "conf must be one of"),
+    ("threshold", 1.2, "threshold must be in"), ("steps", 0, "steps must be an int"),
+    ("temperature", -1.0, "temperature must be"), ("suppress_ids", (-3,), "suppress_ids must hold"),
+])
+def test_policy_validation(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        dk.Policy(**{field: value})
+
+
+def test_policy_ids_beyond_vocab_and_wrapper_types():
+    x = torch.full((1, 4), 9)
+    st = dk.DecodeState.new(1, 4, gen_start=0)
+    with pytest.raises(ValueError, match="suppress_ids holds ids >= vocab size 10"):
+        dk.fused_unmask(torch.randn(1, 4, 10), x, st, dk.Policy(suppress_ids=(12,)), mask_id=9, eos_id=8)
+    with pytest.raises(TypeError, match="policy must be a dllm_kernels.Policy"):
+        dk.fused_unmask(torch.randn(1, 4, 10), x, st, {"rule": "topk"}, mask_id=9, eos_id=8)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        dk.fused_unmask(torch.randn(1, 4, 10), x, st, dk.Policy(), mask_id=9, eos_id=8, backend="fast")
+    with pytest.raises(ValueError, match="gen_start <= gen_end"):
+        dk.DecodeState.new(1, 4, gen_start=5)
