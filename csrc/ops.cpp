@@ -18,7 +18,7 @@ TORCH_LIBRARY(dllm, m) {
   // Block-aware KV-cache attention for the cached dLLM forward; semantics in docs/block_attention.md.
   m.def(
       "block_attention(Tensor q, Tensor k_new, Tensor v_new, Tensor(a!) k_cache, Tensor(b!) v_cache, "
-      "Tensor block_start, Tensor block_len, Tensor? kv_len, int mode, float scale, int block_size) -> Tensor");
+      "Tensor block_start, Tensor block_len, Tensor? kv_len, int mask_mode, float scale, int block_size) -> Tensor");
 }
 
 // Importing dllm_kernels._C from Python loads this library, which runs the registrations above.

@@ -8,6 +8,9 @@ from . import _fake  # noqa: F401  (meta implementations)
 from .policy import CONF_KINDS, RULES, LearnedFilter, Policy
 from .state import DecodeState
 from .unmask import UnmaskResult, fused_unmask
+from . import attention  # noqa: E402  (block_attention: registers its CPU/Triton/fake kernels)
+from .attention import block_attention
 
-__all__ = ["CONF_KINDS", "RULES", "DecodeState", "LearnedFilter", "Policy", "UnmaskResult", "fused_unmask"]
+__all__ = ["CONF_KINDS", "RULES", "DecodeState", "LearnedFilter", "Policy", "UnmaskResult", "fused_unmask",
+           "block_attention"]
 __version__ = "0.1.0"
