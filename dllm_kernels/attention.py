@@ -4,8 +4,8 @@
 csrc/ops.cpp, contract in docs/block_attention.md). This module also registers the op's
 implementations:
 
-* CPU: PyTorch ops per sequence (BLAS matmuls in float32, the exact key range of each sequence,
-  an explicit mask only in block-causal mode);
+* CPU: per sequence, SDPA's CPU kernel on strided views of exactly that sequence's key range
+  (no copy of the cache; an explicit mask only in block-causal mode);
 * CUDA: the Triton kernels of `dllm_kernels.triton_kernels.block_attention`, registered only when
   no native CUDA kernel for the op was built;
 * Fake/Meta: the output's shape and dtype (torch.compile, FakeTensor, opcheck).
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Union
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["MODES", "block_attention", "check_block_attention_args", "triton_kernel_module"]
 
@@ -141,19 +142,17 @@ def _block_attention_cpu(q, k_new, v_new, k_cache, v_cache, block_start, block_l
         k_cache[b, s:s + n] = k_new[b, :n]
         v_cache[b, s:s + n] = v_new[b, :n]
         kend = kvs[b] if mask_mode == 1 else s + n
-        # Rows ordered (kv head, group member, block row): one batched matmul per KV head group.
-        qb = q[b, :n].to(torch.float32).view(n, hkv, g, d).permute(1, 2, 0, 3).reshape(hkv, g * n, d)
-        kb = k_cache[b, :kend].to(torch.float32).permute(1, 2, 0)  # [Hkv, D, kend]
-        vb = v_cache[b, :kend].to(torch.float32).permute(1, 0, 2)  # [Hkv, kend, D]
-        scores = torch.bmm(qb, kb).mul_(scale).view(hkv, g, n, kend)
+        # Exactly this sequence's key range, as strided views (no copy of the cache); SDPA's CPU
+        # kernel tiles over keys with an online softmax and float32 accumulation.
+        qb = q[b, :n].transpose(0, 1)[None]  # [1, Hq, n, D]
+        kb = k_cache[b, :kend].transpose(0, 1)[None]  # [1, Hkv, kend, D]
+        vb = v_cache[b, :kend].transpose(0, 1)[None]
+        mask = None
         if mask_mode == 2:
-            i = torch.arange(n)
-            lim = torch.clamp(s + (i // block_size + 1) * block_size, max=s + n)
-            hidden = torch.arange(kend)[None, :] >= lim[:, None]  # [n, kend]
-            scores.masked_fill_(hidden, float("-inf"))
-        probs = torch.softmax(scores, dim=-1).view(hkv, g * n, kend)
-        ob = torch.bmm(probs, vb).view(hkv, g, n, d).permute(2, 0, 1, 3).reshape(n, hq, d)
-        out[b, :n] = ob.to(q.dtype)
+            lim = torch.clamp(s + (torch.arange(n) // block_size + 1) * block_size, max=s + n)
+            mask = torch.arange(kend)[None, :] < lim[:, None]  # [n, kend]
+        ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale, enable_gqa=g > 1)
+        out[b, :n] = ob[0].transpose(0, 1)
     return out
 
 
