@@ -1,0 +1,279 @@
+"""Triton implementation of `torch.ops.dllm.fused_unmask` (docs/fused_unmask.md).
+
+`fused_unmask_triton` takes exactly the op's arguments (csrc/ops.cpp), checks them as the C++ op
+does (csrc/fused_unmask_args.h) and runs the step in two or three kernel launches with no host
+synchronisation, so it can be captured in a CUDA graph:
+
+1. statistics of every read row (triton_kernels/unmask_stats.py): one program per row, or, when
+   rows are few, each row split over several programs plus a tiny merge launch;
+2. the per-sequence policy (triton_kernels/unmask_policy.py).
+
+On CPU tensors it runs only under the Triton interpreter (TRITON_INTERPRET=1), which is how the
+tests check it against the C++ op on machines without a GPU.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+
+def _triton_kernels_package():
+    """`dllm_kernels.triton_kernels`: setup.py maps the repo's triton_kernels/ there when installed;
+    in a source checkout that is not installed, map it the same way (never as a top-level
+    `triton_kernels`, which would shadow OpenAI's package of that name)."""
+    name = "dllm_kernels.triton_kernels"
+    if name not in sys.modules:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError:
+            root = Path(__file__).resolve().parent.parent / "triton_kernels"
+            spec = importlib.util.spec_from_file_location(name, root / "__init__.py",
+                                                          submodule_search_locations=[str(root)])
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+    return name
+
+
+_PKG = _triton_kernels_package()
+policy_kernel = importlib.import_module(_PKG + ".unmask_policy").policy_kernel
+_stats = importlib.import_module(_PKG + ".unmask_stats")
+row_stats_kernel, split_stats_kernel, merge_stats_kernel = (
+    _stats.row_stats_kernel, _stats.split_stats_kernel, _stats.merge_stats_kernel)
+N_PART_F, N_PART_I = _stats.N_PART_F, _stats.N_PART_I
+
+STATE_COLUMNS = 11
+MAX_FILTER_WIDTH = 128   # policy.h kMaxFilterWidth
+MAX_FILTER_HIDDEN = 256  # policy.h kMaxFilterHidden
+LOGITS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class FusedUnmaskArgumentError(ValueError, RuntimeError):
+    """A bad argument: a ValueError, and a RuntimeError like the C++ op's TORCH_CHECK failures."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise FusedUnmaskArgumentError("fused_unmask: " + msg)
+
+
+def _check_tensor(t, logits, name, dtype, shape):
+    _check(isinstance(t, torch.Tensor), f"{name} must be a tensor, got {type(t).__name__}")
+    _check(t.device == logits.device, f"{name} is on {t.device} but logits is on {logits.device}")
+    _check(t.dtype == dtype, f"{name} must be {dtype}, got {t.dtype}")
+    _check(tuple(t.shape) == tuple(shape), f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+    _check(t.is_contiguous(), f"{name} must be contiguous")
+
+
+def _check_ids(t, logits, name, V):
+    if t is None:
+        return
+    _check(t.device == logits.device, f"{name} is on {t.device} but logits is on {logits.device}")
+    _check(t.dtype == torch.int64, f"{name} must be int64, got {t.dtype}")
+    _check(t.dim() == 1, f"{name} must be 1-D, got {t.dim()}-D")
+    _check(t.is_contiguous(), f"{name} must be contiguous")
+    if t.device.type == "cpu" and t.numel() > 0:  # on a GPU this would sync: the kernels ignore such ids
+        lo, hi = int(t.min()), int(t.max())
+        _check(lo >= 0 and hi < V, f"{name} holds ids outside [0, {V}): {lo}..{hi}")
+
+
+def _check_unit(v, name):
+    _check(math.isfinite(v) and 0.0 <= v <= 1.0, f"{name} must be in [0, 1], got {v}")
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def stats_layout(n_rows: int, V: int, device: torch.device, block_v: Optional[int] = None,
+                 vocab_splits: Optional[int] = None):
+    """(BLOCK_V, splits, chunk) from shapes only. Enough rows fill the GPU with one program per row;
+    with fewer rows each row's vocabulary is split so that about two programs run per SM."""
+    if block_v is None:
+        block_v = min(_next_pow2(V), 1024 if _interpreting() else 2048)
+    if vocab_splits is None:
+        vocab_splits = 1
+        target = 2 * _sm_count(device)
+        if device.type == "cuda" and n_rows < target:
+            vocab_splits = min(-(-target // max(n_rows, 1)), -(-V // (4 * block_v)), 64)
+    vocab_splits = max(1, min(vocab_splits, -(-V // block_v)))
+    chunk = -(-V // vocab_splits)
+    chunk = -(-chunk // block_v) * block_v  # whole tiles per split
+    vocab_splits = -(-V // chunk)
+    return block_v, vocab_splits, chunk
+
+
+def launch_fused_unmask(logits, x, conf, state, row_start, gumbel_u, rank_u, suppress_ids, zero_conf_ids,
+                        delimiter_ids, filter_w1, filter_b1, filter_w2, filter_b2, mask_id, eos_id, rule,
+                        conf_kind, temperature, shift, steps, threshold, factor, anchor_threshold,
+                        relaxed_threshold, window, graded, filter_threshold, random_remasking,
+                        block_length, adaptive_block, block_delta, block_window_fraction, eotp,
+                        early_stop, *, block_v: Optional[int] = None, vocab_splits: Optional[int] = None,
+                        policy_tile: Optional[int] = None):
+    """fused_unmask_triton with the layout knobs exposed (tests force the split layout with them)."""
+    _check(isinstance(logits, torch.Tensor) and logits.dim() == 3,
+           f"logits must be 3-D [B, R, V], got {getattr(logits, 'dim', lambda: '?')()}-D")
+    _check(logits.dtype in LOGITS_DTYPES, f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
+    B, R, V = logits.shape
+    _check(B > 0, "empty batch (logits has B = 0)")
+    _check(V >= 2, f"logits must have a vocabulary of at least 2, got V = {V}")
+    _check(logits.stride(2) == 1,
+           f"logits must be contiguous along the vocab dimension (stride(2) == 1), got stride {logits.stride(2)}")
+    _check(isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[0] == B,
+           f"x must be [B, L] with B = {B}, got {list(getattr(x, 'shape', []))}")
+    L = x.shape[1]
+    _check(L > 0, "x must have at least one position")
+    _check_tensor(x, logits, "x", torch.int64, (B, L))
+    _check_tensor(conf, logits, "conf", torch.float32, (B, L))
+    _check_tensor(state, logits, "state", torch.int64, (B, STATE_COLUMNS))
+    if row_start is not None:
+        _check_tensor(row_start, logits, "row_start", torch.int64, (B,))
+    if gumbel_u is not None:
+        _check_tensor(gumbel_u, logits, "gumbel_u", torch.float32, (B, R, V))
+    if rank_u is not None:
+        _check_tensor(rank_u, logits, "rank_u", torch.float32, (B, L))
+    _check_ids(suppress_ids, logits, "suppress_ids", V)
+    _check_ids(zero_conf_ids, logits, "zero_conf_ids", V)
+    _check_ids(delimiter_ids, logits, "delimiter_ids", V)
+    _check(0 <= mask_id < V, f"mask_id must be in [0, {V}), got {mask_id}")
+    _check(0 <= eos_id < V, f"eos_id must be in [0, {V}), got {eos_id}")
+    _check(eos_id != mask_id, "eos_id must differ from mask_id")
+    _check(0 <= rule <= 4, f"rule must be 0..4, got {rule}")
+    _check(0 <= conf_kind <= 2, f"conf_kind must be 0..2, got {conf_kind}")
+    _check(math.isfinite(temperature) and temperature >= 0.0,
+           f"temperature must be finite and >= 0, got {temperature}")
+    _check(steps >= 1, f"steps must be >= 1, got {steps}")
+    _check(block_length >= 1, f"block_length must be >= 1, got {block_length}")
+    _check(window >= 0, f"window must be >= 0, got {window}")
+    for name, v in (("threshold", threshold), ("anchor_threshold", anchor_threshold),
+                    ("relaxed_threshold", relaxed_threshold), ("filter_threshold", filter_threshold),
+                    ("block_delta", block_delta), ("block_window_fraction", block_window_fraction)):
+        _check_unit(v, name)
+    _check(math.isfinite(factor) and factor >= 0.0, f"factor must be finite and >= 0, got {factor}")
+    parts = (filter_w1, filter_b1, filter_w2, filter_b2)
+    any_filter = any(t is not None for t in parts)
+    all_filter = all(t is not None for t in parts)
+    _check(not any_filter or all_filter, "filter_w1, filter_b1, filter_w2, filter_b2 go together")
+    _check(rule != 4 or all_filter, "rule 4 (learned filter) needs filter_w1/b1/w2/b2")
+    fw = fh = 0
+    if all_filter:
+        _check(filter_w1.dim() == 2, "filter_w1 must be [hidden, width]")
+        fh, fw = filter_w1.shape
+        _check(1 <= fw <= MAX_FILTER_WIDTH, f"filter width must be 1..{MAX_FILTER_WIDTH}, got {fw}")
+        _check(1 <= fh <= MAX_FILTER_HIDDEN, f"filter hidden size must be 1..{MAX_FILTER_HIDDEN}, got {fh}")
+        _check_tensor(filter_w1, logits, "filter_w1", torch.float32, (fh, fw))
+        _check_tensor(filter_b1, logits, "filter_b1", torch.float32, (fh,))
+        _check_tensor(filter_w2, logits, "filter_w2", torch.float32, (fw, fh))
+        _check_tensor(filter_b2, logits, "filter_b2", torch.float32, (fw,))
+    _check(logits.device.type == "cuda" or _interpreting(),
+           f"the Triton path needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {logits.device}")
+
+    x0 = x.clone()
+    transfer = torch.zeros((B, L), dtype=torch.bool, device=x.device)
+    window_stats = torch.empty((B, 3), dtype=torch.float32, device=x.device)
+    pprob = torch.empty((B, L), dtype=torch.float32, device=x.device)
+
+    # Absent optional tensors: any tensor of the right element type stands in; constexpr flags or
+    # zero counts keep the kernels from reading it.
+    n_suppress = suppress_ids.numel() if suppress_ids is not None else 0
+    n_zero = zero_conf_ids.numel() if zero_conf_ids is not None else 0
+    n_delim = delimiter_ids.numel() if delimiter_ids is not None else 0
+    suppress_t = suppress_ids if n_suppress else x
+    zero_t = zero_conf_ids if n_zero else x
+    delim_t = delimiter_ids if n_delim else x
+    row_start_t = row_start if row_start is not None else x
+    sampling = temperature > 0.0
+    explicit_noise = sampling and gumbel_u is not None
+    gumbel_t = gumbel_u if explicit_noise else conf
+    read_args = dict(mask_id=mask_id, shift=int(bool(shift)), eotp=int(bool(eotp)), block_length=block_length,
+                     adaptive_block=int(bool(adaptive_block)), block_window_fraction=float(block_window_fraction))
+
+    if R > 0:
+        block_v, n_splits, chunk = stats_layout(B * R, V, logits.device, block_v, vocab_splits)
+        warps = 8 if block_v >= 2048 else 4
+        common = dict(HAS_ROW_START=row_start is not None, CONF_KIND=int(conf_kind))
+        if n_splits == 1:
+            row_stats_kernel[(R, B)](
+                logits, logits.stride(0), logits.stride(1), gumbel_t, x, state, row_start_t, suppress_t,
+                n_suppress, zero_t, n_zero, x0, conf, pprob, L, R, V, temperature=float(temperature),
+                **read_args, **common, SAMPLING=sampling, EXPLICIT_NOISE=explicit_noise, BLOCK_V=block_v,
+                num_warps=warps)
+        else:
+            part_f = torch.empty((B, R, n_splits, N_PART_F), dtype=torch.float32, device=x.device)
+            part_i = torch.empty((B, R, n_splits, N_PART_I), dtype=torch.int32, device=x.device)
+            split_stats_kernel[(n_splits, R, B)](
+                logits, logits.stride(0), logits.stride(1), gumbel_t, x, state, row_start_t, suppress_t,
+                n_suppress, part_f, part_i, L, R, V, chunk, temperature=float(temperature), **read_args,
+                N_SPLITS=n_splits, **common, SAMPLING=sampling, EXPLICIT_NOISE=explicit_noise,
+                BLOCK_V=block_v, num_warps=warps)
+            merge_stats_kernel[(R, B)](
+                part_f, part_i, x, state, row_start_t, zero_t, n_zero, x0, conf, pprob, L, R, V,
+                **read_args, N_SPLITS=n_splits, SPLITS_PAD=_next_pow2(n_splits), **common,
+                SAMPLING=sampling, num_warps=1)
+
+    if policy_tile is None:
+        # Blocks (and AdaBlock windows) fit one tile where possible; ranks then take one matrix.
+        reach = max(block_length, int(block_window_fraction * L))
+        policy_tile = min(max(16, _next_pow2(min(reach, L))), 64)
+    w_t = filter_w1 if all_filter else conf
+    policy_kernel[(B,)](
+        x, x0, conf, pprob, rank_u if rank_u is not None else conf, transfer, window_stats, state,
+        row_start_t, delim_t, n_delim, w_t, filter_b1 if all_filter else conf,
+        filter_w2 if all_filter else conf, filter_b2 if all_filter else conf, fw, fh, L, R,
+        eos_id=eos_id, steps=steps, threshold=float(threshold), factor=float(factor),
+        anchor_threshold=float(anchor_threshold), relaxed_threshold=float(relaxed_threshold),
+        window=window, graded=int(bool(graded)), filter_threshold=float(filter_threshold),
+        block_delta=float(block_delta), early_stop=int(bool(early_stop)), **read_args,
+        RULE=int(rule), RANDOM_RANK=bool(random_remasking) and rule in (0, 4),
+        HAS_RANK_U=rank_u is not None, HAS_ROW_START=row_start is not None, TILE=policy_tile,
+        FW_PAD=max(16, _next_pow2(fw)), FH_PAD=max(16, _next_pow2(fh)), num_warps=4)
+    return x0, transfer, window_stats
+
+
+def fused_unmask_triton(logits, x, conf, state, row_start, gumbel_u, rank_u, suppress_ids, zero_conf_ids,
+                        delimiter_ids, filter_w1, filter_b1, filter_w2, filter_b2, mask_id, eos_id, rule,
+                        conf_kind, temperature, shift, steps, threshold, factor, anchor_threshold,
+                        relaxed_threshold, window, graded, filter_threshold, random_remasking,
+                        block_length, adaptive_block, block_delta, block_window_fraction, eotp,
+                        early_stop):
+    """One fused_unmask step in Triton; the op's arguments, names and order (csrc/ops.cpp).
+
+    Updates x, conf and state in place; returns (x0, transfer, window_stats).
+    """
+    return launch_fused_unmask(logits, x, conf, state, row_start, gumbel_u, rank_u, suppress_ids,
+                               zero_conf_ids, delimiter_ids, filter_w1, filter_b1, filter_w2, filter_b2,
+                               mask_id, eos_id, rule, conf_kind, temperature, shift, steps, threshold,
+                               factor, anchor_threshold, relaxed_threshold, window, graded,
+                               filter_threshold, random_remasking, block_length, adaptive_block,
+                               block_delta, block_window_fraction, eotp, early_stop)
+
+
+def register_triton_cuda_kernel() -> bool:
+    """Registers fused_unmask_triton as dllm::fused_unmask's CUDA kernel.
+
+    Only where no native CUDA kernel is registered (returns False and changes nothing otherwise);
+    returns True once registered.
+    """
+    from . import _native  # noqa: F401  (defines the op)
+
+    if torch._C._dispatch_has_kernel_for_dispatch_key("dllm::fused_unmask", "CUDA"):
+        return False
+    torch.library.register_kernel("dllm::fused_unmask", "cuda", fused_unmask_triton)
+    return True

@@ -1,0 +1,311 @@
+"""The Triton fused_unmask (dllm_kernels/triton_unmask.py) against the C++ CPU op and the float64
+reference, decision for decision. Without a GPU the kernels run under the Triton interpreter
+(tests/conftest.py), so shapes stay small."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import dllm_kernels  # noqa: F401  (loads the native op)
+from dllm_kernels.triton_unmask import FusedUnmaskArgumentError, fused_unmask_triton, launch_fused_unmask
+from unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, boost_token,
+                          make_batch, peaked_logits)
+
+CPU_OP = torch.ops.dllm.fused_unmask
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SPLIT = dict(block_v=64, vocab_splits=3)  # forces the split-vocabulary layout on small V
+ROWS = dict(block_v=64)                   # one program per row, several tiles per row
+
+
+def _positional(logits, x, conf, state, row_start=None, gumbel_u=None, rank_u=None, suppress_ids=None,
+                zero_conf_ids=None, delimiter_ids=None, filter_w1=None, filter_b1=None, filter_w2=None,
+                filter_b2=None, *, mask_id, eos_id, **kw):
+    return (logits, x, conf, state, row_start, gumbel_u, rank_u, suppress_ids, zero_conf_ids, delimiter_ids,
+            filter_w1, filter_b1, filter_w2, filter_b2, mask_id, eos_id), kw
+
+
+def cpu_op(*args, **kwargs):
+    pos, kw = _positional(*args, **kwargs)
+    return CPU_OP(*pos, **kw)
+
+
+def triton_op(layout=None):
+    """The Triton path on DEVICE (inputs copied there, outputs and in-place updates copied back)."""
+    def op(*args, **kwargs):
+        pos, kw = _positional(*args, **kwargs)
+        dev = [t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in pos]
+        out = launch_fused_unmask(*dev, **kw, **(layout or {})) if layout else fused_unmask_triton(*dev, **kw)
+        for host, d in zip(pos[1:4], dev[1:4]):  # x, conf, state are updated in place
+            host.copy_(d.cpu())
+        return tuple(t.cpu() for t in out)
+    return op
+
+
+def step_inputs(sc, batch, extra, gen, invalid_rows=False):
+    """Logits (eos and the delimiter made plausible somewhere) and optional noise for one step."""
+    B, L, V = sc.B, sc.L, sc.V
+    R = max(1, L - 5) if sc.use_row_start else L
+    row_start = torch.randint(0, L - R + 1, (B,), generator=gen) if sc.use_row_start else None
+    logits = peaked_logits(B, R, V, torch.float32, gen)
+    for b in range(B):
+        for r in torch.randint(0, R, (2,), generator=gen).tolist():
+            boost_token(logits, b, r, batch.eos_id, float(torch.rand(1, generator=gen)) * 6 - 2)
+        if "delimiter_ids" in extra:
+            r = int(torch.randint(0, R, (1,), generator=gen))
+            boost_token(logits, b, r, int(extra["delimiter_ids"][0]), float(torch.rand(1, generator=gen)) * 6 - 2)
+    if invalid_rows:  # a NaN row, a +inf entry, an all -inf row (docs: "Non-finite logits")
+        for b in range(B):
+            rows = torch.randperm(R, generator=gen)[:3].tolist()
+            logits[b, rows[0], V // 2] = float("nan")
+            if len(rows) > 1:
+                logits[b, rows[1], V // 3] = float("inf")
+            if len(rows) > 2:
+                logits[b, rows[2]] = float("-inf")
+            logits[b, rows[-1], 0] = float("-inf")  # -inf entries are ordinary
+    logits = logits.to(sc.dtype)
+    gumbel_u = None
+    if sc.use_gumbel_u and sc.kw["temperature"] > 0:
+        gumbel_u = torch.rand(B, R, V, generator=gen).clamp_(1e-6, 1 - 1e-6)
+    rank_u = torch.rand(B, L, generator=gen) if sc.kw.get("random_remasking") and sc.seed % 2 else None
+    return logits, row_start, gumbel_u, rank_u
+
+
+def run_against_cpu(sc, steps=2, layout=None, invalid_rows=False, batch=None):
+    """Steps the Triton path and the CPU op from the same inputs; compares every decision except in
+    sequences with a legitimately ambiguous step. Continues from the CPU's result. Returns the
+    number of (sequence, step) pairs compared."""
+    gen = torch.Generator().manual_seed(sc.seed)
+    kw = dict(sc.kw)
+    if batch is None:
+        batch = make_batch(sc.B, sc.L, sc.V, gen, block_length=kw["block_length"], seed=sc.seed)
+    extra = sc.tensors()
+    op = triton_op(layout)
+    compared = 0
+    for _ in range(steps):
+        logits, row_start, gumbel_u, rank_u = step_inputs(sc, batch, extra, gen, invalid_rows)
+        full = dict(mask_id=batch.mask_id, eos_id=batch.eos_id, **kw, **extra)
+        opt = dict(row_start=row_start, gumbel_u=gumbel_u, rank_u=rank_u)
+        ins = [(batch.x.clone(), batch.state.conf.clone(), batch.state.state.clone()) for _ in range(2)]
+        out_t = op(logits, *ins[0], **opt, **full)
+        out_c = cpu_op(logits, *ins[1], **opt, **full)
+        (cx, cconf, cstate) = ins[1]
+        read = ~torch.isclose(cconf, batch.state.conf, equal_nan=True)
+        rs = row_start if row_start is not None else torch.zeros(sc.B, dtype=torch.int64)
+        shift = 1 if kw["shift"] else 0
+        skip = ambiguous_sequences(logits.double(), cconf, read, kw, row_of=lambda b, p: p - shift - int(rs[b]),
+                                   gumbel_u=gumbel_u, seeds=batch.state.state[:, 9], offsets=batch.state.state[:, 10],
+                                   filter_probs=_filter_probs(extra, cconf, cstate, sc.B))
+        assert_same_decisions((*ins[0], out_t), (*ins[1], out_c), skip=skip)
+        compared += sc.B - len(skip)
+        batch.x, batch.state.conf, batch.state.state = cx, cconf, cstate
+    return compared
+
+
+def _filter_probs(extra, conf, state, B):
+    from scenario_runner import filter_probabilities
+    return filter_probabilities(extra, conf, state, B)
+
+
+def small(sc, **over):
+    """Interpreter-sized scenario: few sequences, short, small vocabulary (unless overridden)."""
+    base = dict(B=min(sc.B, 3), L=min(max(sc.L, 9), 24), V=min(sc.V, 600))
+    base.update(over)
+    return dataclasses.replace(sc, **base)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decision for decision against the CPU op
+
+
+@pytest.mark.parametrize("conf_kind", [0, 1, 2])
+@pytest.mark.parametrize("rule", range(5))
+def test_every_rule_and_conf_kind(rule, conf_kind):
+    dtype = DTYPES[(rule + conf_kind) % 3]
+    sc = small(Scenario.draw(5000 + 100 * rule + 10 * conf_kind, rule=rule, conf_kind=conf_kind, dtype=dtype),
+               B=2, L=12)
+    assert run_against_cpu(sc, steps=2, layout=ROWS if (rule + conf_kind) % 2 else None) >= 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dtypes_sampling_and_split_layout(dtype):
+    """Temperature > 0 with Philox and with explicit uniforms, both stats layouts, odd V."""
+    compared = 0
+    for seed, gumbel in ((1, False), (2, True)):
+        sc = Scenario.draw(7000 + seed + 10 * DTYPES.index(dtype), rule=seed % 5, dtype=dtype)
+        sc.kw.update(temperature=0.8)
+        sc = small(sc, B=2, L=12, V=389, use_gumbel_u=gumbel)
+        compared += run_against_cpu(sc, steps=2, layout=SPLIT if gumbel else ROWS)
+    assert compared >= 2
+
+
+@pytest.mark.parametrize("layout", [None, SPLIT], ids=["rows", "split"])
+def test_shift_row_start_invalid_rows(layout):
+    """Dream-style shift, logits rows offset per sequence, NaN / +inf / all -inf rows."""
+    compared = 0
+    for seed in range(2):
+        sc = Scenario.draw(8000 + seed, rule=seed + 1, conf_kind=seed)
+        sc.kw.update(shift=True, eotp=bool(seed))
+        sc = small(sc, B=2, L=12, V=203, use_row_start=True)
+        compared += run_against_cpu(sc, steps=2, layout=layout, invalid_rows=True)
+    assert compared >= 2
+
+
+def test_random_remasking_rank_u_and_philox():
+    compared = 0
+    for seed in (1, 2):  # odd seeds pass rank_u, even ones use the Philox rank stream
+        sc = Scenario.draw(9000 + seed, rule=0, conf_kind=0)
+        sc.kw.update(random_remasking=True, steps=3, block_length=8)
+        sc = dataclasses.replace(sc, seed=9000 + seed)
+        compared += run_against_cpu(small(sc, B=2, L=16, V=101), steps=2)
+    assert compared >= 2
+
+
+def test_adablock_eotp_early_stop():
+    sc = Scenario.draw(9100, rule=1, conf_kind=0, dtype=torch.float32)
+    sc.kw.update(adaptive_block=True, block_delta=0.3, block_window_fraction=0.5, eotp=True, early_stop=True,
+                 threshold=0.5)
+    assert run_against_cpu(small(sc, B=3, L=20, V=131), steps=3) >= 3
+
+
+def test_edge_shapes():
+    """L = 1, tiny V (3, not a multiple of any tile), no masked position, one masked position."""
+    sc = Scenario.draw(9200, rule=0, conf_kind=0)
+    run_against_cpu(dataclasses.replace(sc, B=2, L=1, V=3, use_row_start=False), steps=1)
+
+    gen = torch.Generator().manual_seed(3)
+    sc = dataclasses.replace(Scenario.draw(9201, rule=1, conf_kind=1), B=2, L=10, V=37, use_row_start=False)
+    sc.kw.update(block_length=4)
+    batch = make_batch(2, 10, 37, gen, gen_starts=[2, 3], mid_block=False)
+    batch.x[0, :] = 5  # sequence 0: nothing masked
+    batch.x[1, :] = 5
+    batch.x[1, 7] = batch.mask_id  # sequence 1: exactly one masked position
+    assert run_against_cpu(sc, steps=2, batch=batch) >= 2
+    assert int(batch.state.state[0, 8]) == 1  # nothing masked: done at the first step
+    assert int(batch.state.state[1, 3]) >= 8  # the block holding the masked position was opened
+
+
+def test_done_sequence_untouched_and_offset_advances():
+    gen = torch.Generator().manual_seed(4)
+    batch = make_batch(2, 12, 50, gen, gen_starts=[2, 2], mid_block=False)
+    batch.state.state[1, 8] = 1  # done
+    logits = peaked_logits(2, 12, 50, torch.float32, gen)
+    kw = dict(Scenario.draw(1, rule=1, conf_kind=0).kw)
+    x, conf, state = batch.x.clone(), batch.state.conf.clone(), batch.state.state.clone()
+    x0, transfer, ws = triton_op()(logits, x, conf, state, mask_id=batch.mask_id, eos_id=batch.eos_id, **kw)
+    assert torch.equal(x[1], batch.x[1]) and torch.equal(state[1], batch.state.state[1])
+    assert not transfer[1].any() and torch.equal(ws[1], torch.zeros(3))
+    torch.testing.assert_close(conf[1], batch.state.conf[1], rtol=0, atol=0, equal_nan=True)
+    assert int(state[0, 10]) == int(batch.state.state[0, 10]) + 1 and transfer[0].any()
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise: the Triton Philox stream is the reference's, bit for bit
+
+
+def test_philox_noise_is_the_reference_stream():
+    """Sampling with Philox must pick exactly the token that the reference's uniforms pick."""
+    from dllm_kernels.reference.philox import noise_uniform
+
+    B, L, V = 2, 6, 300
+    gen = torch.Generator().manual_seed(11)
+    batch = make_batch(B, L, V, gen, gen_starts=[0, 0], mid_block=False)
+    batch.state.state[:, 9] = torch.tensor([0x1234_5678_9ABC_DEF0 - 2**63, 7])
+    batch.state.state[:, 10] = torch.tensor([2**33 + 5, 3])
+    logits = torch.randn(B, L, V, generator=gen) * 0.5  # flat: the noise decides
+    kw = dict(Scenario.draw(1, rule=0, conf_kind=0).kw, temperature=1.0, block_length=L, steps=1, eotp=False)
+    u = torch.stack([torch.stack([torch.from_numpy(np.asarray(noise_uniform(
+        int(batch.state.state[b, 9]), int(batch.state.state[b, 10]), np.arange(V), p), dtype=np.float32))
+        for p in range(L)]) for b in range(B)])
+    outs = []
+    for g in (None, u):
+        x, conf, state = batch.x.clone(), batch.state.conf.clone(), batch.state.state.clone()
+        outs.append(triton_op()(logits, x, conf, state, gumbel_u=g, mask_id=batch.mask_id, eos_id=batch.eos_id,
+                                **kw)[0])
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.equal(outs[0], logits.argmax(-1))  # the noise did change the picks
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the float64 reference
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_against_float64_reference(seed):
+    from scenario_runner import run_scenario
+
+    def op(*args, **kwargs):
+        return triton_op(SPLIT if seed % 2 else None)(*args, **kwargs)
+
+    sc = small(Scenario.draw(300 + seed), B=2, L=16)
+    compared, skipped = run_scenario(op, sc, steps=2)
+    assert compared + skipped == 2 * sc.B
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks (as the C++ op's) and the dispatcher registration
+
+
+def _args(**over):
+    B, L, V = 1, 4, 8
+    a = dict(logits=torch.zeros(B, L, V), x=torch.full((B, L), 7), conf=torch.zeros(B, L),
+             state=torch.zeros(B, 11, dtype=torch.int64), row_start=None, gumbel_u=None, rank_u=None,
+             suppress_ids=None, zero_conf_ids=None, delimiter_ids=None, filter_w1=None, filter_b1=None,
+             filter_w2=None, filter_b2=None, mask_id=7, eos_id=6, rule=0, conf_kind=0, temperature=0.0,
+             shift=False, steps=1, threshold=0.9, factor=1.0, anchor_threshold=0.9, relaxed_threshold=0.75,
+             window=4, graded=False, filter_threshold=0.96, random_remasking=False, block_length=4,
+             adaptive_block=False, block_delta=0.3, block_window_fraction=0.25, eotp=False, early_stop=False)
+    a.update(over)
+    return list(a.values())
+
+
+@pytest.mark.parametrize("over, name", [
+    (dict(logits=torch.zeros(1, 4, 8, dtype=torch.float64)), "logits"),
+    (dict(logits=torch.zeros(1, 8, 4).transpose(1, 2)), "stride"),
+    (dict(x=torch.zeros(1, 4, dtype=torch.int32)), "x"),
+    (dict(conf=torch.zeros(1, 5)), "conf"),
+    (dict(state=torch.zeros(1, 10, dtype=torch.int64)), "state"),
+    (dict(row_start=torch.zeros(2, dtype=torch.int64)), "row_start"),
+    (dict(gumbel_u=torch.zeros(1, 4, 7)), "gumbel_u"),
+    (dict(suppress_ids=torch.tensor([8])), "suppress_ids"),
+    (dict(mask_id=8), "mask_id"),
+    (dict(eos_id=7), "eos_id"),
+    (dict(rule=5), "rule"),
+    (dict(rule=4), "filter"),
+    (dict(steps=0), "steps"),
+    (dict(threshold=1.5), "threshold"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(filter_w1=torch.zeros(2, 3)), "filter"),
+])
+def test_bad_arguments_raise_like_the_op(over, name):
+    with pytest.raises(FusedUnmaskArgumentError, match=name):
+        fused_unmask_triton(*_args(**over))
+    with pytest.raises(RuntimeError):  # the C++ op rejects the same input
+        CPU_OP(*_args(**over))
+
+
+def test_register_triton_cuda_kernel():
+    """Registers for the CUDA key when no native CUDA kernel exists (in a child process: the
+    registration is global)."""
+    code = ("import torch, dllm_kernels\n"
+            "from dllm_kernels import _native\n"
+            "from dllm_kernels.triton_unmask import register_triton_cuda_kernel\n"
+            "had = torch._C._dispatch_has_kernel_for_dispatch_key('dllm::fused_unmask', 'CUDA')\n"
+            "ok = register_triton_cuda_kernel()\n"
+            "assert ok == (not had), (ok, had)\n"
+            "assert torch._C._dispatch_has_kernel_for_dispatch_key('dllm::fused_unmask', 'CUDA')\n"
+            "assert register_triton_cuda_kernel() is False\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu_op():
+    sc = small(Scenario.draw(42, rule=3, conf_kind=0, dtype=torch.bfloat16), B=4, L=24, V=4099)
+    assert run_against_cpu(sc, steps=3) > 0

@@ -1,0 +1,367 @@
+"""fused_unmask, stage 2: the per-sequence policy (csrc/include/dllm/policy.h policy_step).
+
+One program per sequence, vectorised over positions in tiles of TILE (a power of two). Block
+opening (fixed / AdaBlock), candidates, the five selection rules, EoTP, early stop, bookkeeping,
+transfer and window_stats follow policy.h step by step. Ranks come from a [TILE, TILE] comparison
+matrix per pair of tiles (blocks are small: usually one tile, so one matrix).
+
+Phases communicate through global memory (the selection is written into `transfer`, commits into
+`x`), and one program's threads see each other's writes only after a CTA barrier: hence the
+tl.debug_barrier() between phases.
+"""
+import triton
+import triton.language as tl
+
+from .unmask_common import (BLOCK_END, BLOCK_MASKED, BLOCK_REMAINING, BLOCK_START, DONE, END_POS,
+                            GEN_END, GEN_START, OFFSET, SEED, STEP, compute_span, load_state,
+                            philox_uniform, position_is_read, split_u64)
+
+NEG_INF = tl.constexpr(float("-inf"))
+RANK_STREAM = tl.constexpr(0xFFFFFFFF)  # philox.h kRankStream: the vocab index of the rank noise
+
+
+@triton.jit
+def read_flags(pos, x_row, L, active, gen_start, end_pos, span_start, span_end, row_start, R, shift,
+               eotp, mask_id):
+    """(read, token) for a tile of positions, from the tokens currently in x."""
+    in_seq = (pos >= 0) & (pos < L)
+    tok = tl.load(x_row + pos, mask=in_seq, other=-1)
+    read = in_seq & position_is_read(pos, tok, active, gen_start, end_pos, span_start, span_end,
+                                     row_start, R, shift, eotp, mask_id)
+    return read, tok
+
+
+@triton.jit
+def count_equal(x_row, lo, hi, value, TILE: tl.constexpr):
+    """Number of positions in [lo, hi) holding `value`."""
+    n = lo * 0
+    for p0 in range(lo, hi, TILE):
+        pos = p0 + tl.arange(0, TILE)
+        tok = tl.load(x_row + pos, mask=pos < hi, other=-1)
+        n += tl.sum((tok == value).to(tl.int64), 0)
+    return n
+
+
+@triton.jit
+def fill_eos(x_row, transfer_row, lo, hi, eos_id, TILE: tl.constexpr):
+    """policy.h end_sequence_at (the fill): [lo, hi) becomes eos; changed positions are transfers."""
+    for p0 in range(lo, hi, TILE):
+        pos = p0 + tl.arange(0, TILE)
+        tok = tl.load(x_row + pos, mask=pos < hi, other=eos_id)
+        change = (pos < hi) & (tok != eos_id)
+        tl.store(x_row + pos, tl.zeros_like(tok) + eos_id, mask=change)
+        tl.store(transfer_row + pos, change, mask=change)
+
+
+@triton.jit
+def block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos, span_start,
+                     span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
+                     RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr):
+    """(candidate, conf, ranking key) for a tile of block positions: read, valid, inside the block."""
+    read, tok = read_flags(pos, x_row, L, active, gen_start, end_pos, span_start, span_end, row_start,
+                           R, shift, eotp, mask_id)
+    in_block = (pos >= bs) & (pos < be)
+    c = tl.load(conf_row + pos, mask=in_block, other=float("nan"))
+    cand = read & in_block & (c == c)
+    key = c
+    if RANDOM_RANK:  # `random` remasking: rank by uniforms instead of confidence
+        if HAS_RANK_U:
+            key = tl.load(rank_u_row + pos, mask=in_block, other=0.0)
+        else:
+            seed_lo, seed_hi = split_u64(seed)
+            off_lo, off_hi = split_u64(offset)
+            stream = tl.full(pos.shape, RANK_STREAM, tl.uint32)
+            key = philox_uniform(stream, pos.to(tl.uint32), off_lo, off_hi, seed_lo,
+                                 seed_hi)
+    return cand, c, key
+
+
+@triton.jit
+def candidate_ranks(pos_i, key_i, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
+                    span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
+                    RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr, TILE: tl.constexpr):
+    """policy.h candidate_rank for a tile: candidates of the block ranked above each position
+    (larger key, or equal key and lower position)."""
+    rank = tl.zeros([TILE], dtype=tl.int32)
+    for j0 in range(bs, be, TILE):
+        pos_j = j0 + tl.arange(0, TILE)
+        cand_j, c_j, key_j = block_candidates(pos_j, x_row, conf_row, rank_u_row, L, active, gen_start,
+                                              end_pos, span_start, span_end, row_start, R, shift, eotp,
+                                              mask_id, bs, be, seed, offset, RANDOM_RANK, HAS_RANK_U)
+        kj = key_j[None, :]
+        ki = key_i[:, None]
+        above = cand_j[None, :] & ((kj > ki) | ((kj == ki) & (pos_j[None, :] < pos_i[:, None])))
+        rank += tl.sum(above.to(tl.int32), 1)
+    return rank
+
+
+@triton.jit
+def anchor_distance(pos_i, x_row, conf_row, L, active, gen_start, end_pos, span_start, span_end,
+                    row_start, R, shift, eotp, mask_id, bs, be, anchor_threshold,
+                    TILE: tl.constexpr):
+    """LocalLeap: distance from each position to the nearest anchor (candidate with conf >= kappa);
+    L + 1 when there is none."""
+    dist = tl.zeros([TILE], dtype=tl.int64) + L + 1
+    for j0 in range(bs, be, TILE):
+        pos_j = j0 + tl.arange(0, TILE)
+        cand_j, c_j, key_j = block_candidates(pos_j, x_row, conf_row, conf_row, L, active, gen_start,
+                                              end_pos, span_start, span_end, row_start, R, shift, eotp,
+                                              mask_id, bs, be, 0, 0, False, False)
+        anchor = cand_j & (c_j >= anchor_threshold)
+        gap = tl.abs(pos_j[None, :] - pos_i[:, None])
+        dist = tl.minimum(dist, tl.min(tl.where(anchor[None, :], gap, L + 1), 1))
+    return dist
+
+
+@triton.jit
+def filter_hidden_layer(conf_row, bs, be, w1_ptr, b1_ptr, filter_width, filter_hidden,
+                        FW_PAD: tl.constexpr, FH_PAD: tl.constexpr):
+    """Learn2PD filter, first layer: relu(W1 @ feat + b1), feat[j] = finite conf of block offset j."""
+    j = tl.arange(0, FW_PAD)
+    h = tl.arange(0, FH_PAD)
+    jm = j < filter_width
+    hm = h < filter_hidden
+    fpos = bs + j
+    feat = tl.load(conf_row + fpos, mask=jm & (fpos < be), other=0.0)
+    feat = tl.where((feat == feat) & (tl.abs(feat) != float("inf")), feat, 0.0)
+    w1 = tl.load(w1_ptr + h[:, None] * filter_width + j[None, :], mask=hm[:, None] & jm[None, :],
+                 other=0.0)
+    a = tl.sum(w1 * feat[None, :], 1) + tl.load(b1_ptr + h, mask=hm, other=0.0)
+    return tl.where(hm, tl.maximum(a, 0.0), 0.0)
+
+
+@triton.jit
+def filter_keep(offs, hidden, w2_ptr, b2_ptr, filter_width, filter_hidden, filter_threshold,
+                FH_PAD: tl.constexpr):
+    """Learn2PD filter, second layer for block offsets `offs`: sigmoid(W2 @ hidden + b2) > theta."""
+    h = tl.arange(0, FH_PAD)
+    om = (offs >= 0) & (offs < filter_width)
+    w2 = tl.load(w2_ptr + offs[:, None] * filter_hidden + h[None, :],
+                 mask=om[:, None] & (h < filter_hidden)[None, :], other=0.0)
+    z = tl.sum(w2 * hidden[None, :], 1) + tl.load(b2_ptr + offs, mask=om, other=0.0)
+    return om & (tl.math.div_rn(1.0, 1.0 + tl.exp(-z)) > filter_threshold)
+
+
+@triton.jit
+def policy_kernel(x_ptr, x0_ptr, conf_ptr, pprob_ptr, rank_u_ptr, transfer_ptr, window_stats_ptr,
+                  state_ptr, row_start_ptr, delim_ptr, n_delim, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
+                  filter_width, filter_hidden, L, R, mask_id, eos_id, shift, steps, threshold, factor,
+                  anchor_threshold, relaxed_threshold, window, graded, filter_threshold, block_length,
+                  adaptive_block, block_delta, block_window_fraction, eotp, early_stop,
+                  RULE: tl.constexpr, RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr,
+                  HAS_ROW_START: tl.constexpr, TILE: tl.constexpr, FW_PAD: tl.constexpr,
+                  FH_PAD: tl.constexpr):
+    """Grid (B,): one step of the policy for sequence b. `transfer` must be zero on entry."""
+    b = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + b * L
+    x0_row = x0_ptr + b * L
+    conf_row = conf_ptr + b * L
+    pprob_row = pprob_ptr + b * L
+    rank_u_row = rank_u_ptr + b * L
+    transfer_row = transfer_ptr + b * L
+    state_row = state_ptr + b * 11
+    row_start = 0
+    if HAS_ROW_START:
+        row_start = tl.load(row_start_ptr + b)
+    (gen_start, gen_end, bs, be, step, block_masked, block_remaining, end_pos, done, seed,
+     offset) = load_state(state_row, L)
+    active, opening, span_start, span_end, default_end, window_end = compute_span(
+        gen_start, gen_end, bs, be, block_remaining, end_pos, done, block_length, adaptive_block,
+        block_window_fraction)
+
+    ws_n = tl.zeros([], dtype=tl.float64)
+    ws_mean = tl.zeros([], dtype=tl.float64)
+    ws_var = tl.zeros([], dtype=tl.float64)
+    if active:
+        # 1. Open a block: [s, s + n), or AdaBlock's [s, p + 1) at the most probable delimiter.
+        if opening:
+            new_end = default_end
+            if adaptive_block != 0:
+                best_p = gen_start * 0 - 1
+                best = 0.0
+                for p0 in range(span_start, window_end, TILE):
+                    pos = p0 + tl.arange(0, TILE)
+                    read, tok = read_flags(pos, x_row, L, active, gen_start, end_pos, span_start,
+                                           span_end, row_start, R, shift, eotp, mask_id)
+                    ok = read & (pos < window_end)
+                    c = tl.load(conf_row + pos, mask=ok, other=float("nan"))
+                    pred = tl.load(x0_row + pos, mask=ok, other=-1)
+                    delim = tl.zeros([TILE], dtype=tl.int1)
+                    for d in range(n_delim):
+                        delim = delim | (pred == tl.load(delim_ptr + d))
+                    ok = ok & (c == c) & delim
+                    pp = tl.load(pprob_row + pos, mask=ok, other=0.0)
+                    t_best = tl.max(tl.where(ok, pp, NEG_INF), 0)
+                    t_pos = tl.min(tl.where(ok & (pp == t_best), pos, L), 0)
+                    take = (t_pos < L) & ((best_p < 0) | (t_best > best))
+                    best_p = tl.where(take, t_pos, best_p)
+                    best = tl.where(take, t_best, best)
+                new_end = tl.where((best_p >= 0) & (best >= block_delta), best_p + 1, default_end)
+            bs = span_start
+            be = new_end
+            step = step * 0
+            block_masked = count_equal(x_row, bs, tl.minimum(be, end_pos), mask_id, TILE)
+
+        # 2. Window statistics: count, mean, variance of conf over read positions of the window.
+        w_sum = tl.zeros([], dtype=tl.float64)
+        w_sum2 = tl.zeros([], dtype=tl.float64)
+        for p0 in range(bs, window_end, TILE):
+            pos = p0 + tl.arange(0, TILE)
+            read, tok = read_flags(pos, x_row, L, active, gen_start, end_pos, span_start, span_end,
+                                   row_start, R, shift, eotp, mask_id)
+            c = tl.load(conf_row + pos, mask=read & (pos < window_end), other=float("nan"))
+            ok = read & (pos < window_end) & (c == c)
+            c64 = tl.where(ok, c, 0.0).to(tl.float64)
+            ws_n += tl.sum(ok.to(tl.float64), 0)
+            w_sum += tl.sum(c64, 0)
+            w_sum2 += tl.sum(c64 * c64, 0)
+        if ws_n > 0:
+            ws_mean = w_sum / ws_n
+            ws_var = w_sum2 / ws_n - ws_mean * ws_mean
+
+        # 3. Selection: candidates, their count, the rule's parameters.
+        n_cand = bs * 0
+        for p0 in range(bs, be, TILE):
+            pos = p0 + tl.arange(0, TILE)
+            cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start,
+                                            end_pos, span_start, span_end, row_start, R, shift, eotp,
+                                            mask_id, bs, be, seed, offset, False, False)
+            n_cand += tl.sum(cand.to(tl.int64), 0)
+        # top-k count of the LLaDA schedule; every remaining candidate once the steps are spent.
+        k = tl.where(step >= steps, n_cand,
+                     tl.minimum(block_masked // steps + (step < block_masked % steps).to(tl.int64),
+                                n_cand))
+        run = n_cand  # factor rule: longest leading run of the descending order that passes
+        if RULE == 2:
+            for p0 in range(bs, be, TILE):
+                pos = p0 + tl.arange(0, TILE)
+                cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active,
+                                                gen_start, end_pos, span_start, span_end, row_start,
+                                                R, shift, eotp, mask_id, bs, be, seed, offset, False,
+                                                False)
+                rank = candidate_ranks(pos, key, x_row, conf_row, rank_u_row, L, active, gen_start,
+                                       end_pos, span_start, span_end, row_start, R, shift, eotp,
+                                       mask_id, bs, be, seed, offset, False, False, TILE)
+                # 1-based r = rank + 1 >= 2 fails when c < 1 - f / (r + 1); the run ends before it.
+                bar = 1.0 - tl.math.div_rn(tl.zeros([TILE], dtype=tl.float32) + factor,
+                                           (rank + 2).to(tl.float32))
+                fails = cand & (rank >= 1) & ~(c >= bar)
+                run = tl.minimum(run, tl.min(tl.where(fails, rank, L + 1), 0).to(tl.int64))
+        if RULE == 4:
+            hidden = filter_hidden_layer(conf_row, bs, be, w1_ptr, b1_ptr, filter_width, filter_hidden,
+                                         FW_PAD, FH_PAD)
+
+        # The rule marks its selection in `transfer` (zero on entry); commits come after, so that
+        # every rank above saw the pre-step tokens.
+        for p0 in range(bs, be, TILE):
+            pos = p0 + tl.arange(0, TILE)
+            cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start,
+                                            end_pos, span_start, span_end, row_start, R, shift, eotp,
+                                            mask_id, bs, be, seed, offset, RANDOM_RANK, HAS_RANK_U)
+            rank = candidate_ranks(pos, key, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
+                                   span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be,
+                                   seed, offset, RANDOM_RANK, HAS_RANK_U, TILE)
+            if RULE == 0:
+                sel = rank < k
+            elif RULE == 1:
+                sel = (c >= threshold) | (rank == 0)
+            elif RULE == 2:
+                sel = rank < run
+            elif RULE == 3:
+                dist = anchor_distance(pos, x_row, conf_row, L, active, gen_start, end_pos, span_start,
+                                       span_end, row_start, R, shift, eotp, mask_id, bs, be,
+                                       anchor_threshold, TILE)
+                relaxed = tl.zeros([TILE], dtype=tl.float32) + relaxed_threshold
+                if graded != 0:  # rises linearly from tau_rel at distance 1 to kappa at W + 1
+                    span = (anchor_threshold - relaxed_threshold) * (dist - 1).to(tl.float32)
+                    relaxed = relaxed_threshold + tl.math.div_rn(
+                        span, (tl.zeros([TILE], dtype=tl.int64) + tl.maximum(window, 1)).to(tl.float32))
+                near = (dist >= 1) & (dist <= window) & (c >= relaxed)
+                sel = (c >= anchor_threshold) | (rank == 0) | near
+            else:
+                keep = filter_keep(pos - bs, hidden, w2_ptr, b2_ptr, filter_width, filter_hidden,
+                                   filter_threshold, FH_PAD)
+                sel = (rank < k) | keep
+            sel = cand & sel
+            tl.store(transfer_row + pos, sel, mask=sel)
+        tl.debug_barrier()
+
+        # 4. Commit: x = x0 at the selected positions; note the first committed eos (EoTP).
+        first_eos = gen_end * 0 + L
+        for p0 in range(bs, be, TILE):
+            pos = p0 + tl.arange(0, TILE)
+            inb = pos < be
+            sel = tl.load(transfer_row + pos, mask=inb, other=0) != 0
+            pred = tl.load(x0_row + pos, mask=inb, other=-1)
+            tl.store(x_row + pos, pred, mask=sel)
+            first_eos = tl.minimum(first_eos, tl.min(tl.where(sel & (pred == eos_id), pos, L), 0))
+        tl.debug_barrier()
+
+        # 5. EoTP: end after the first committed eos, else at the most confident predicted eos.
+        if eotp != 0:
+            end_from = tl.where(first_eos < L, first_eos + 1, -1)
+            if first_eos >= L:
+                best_q = gen_start * 0 - 1
+                best = 0.0
+                for q0 in range(gen_start, end_pos, TILE):
+                    pos = q0 + tl.arange(0, TILE)
+                    read, tok = read_flags(pos, x_row, L, active, gen_start, end_pos, span_start,
+                                           span_end, row_start, R, shift, eotp, mask_id)
+                    pred = tl.load(x0_row + pos, mask=read, other=-1)
+                    c = tl.load(conf_row + pos, mask=read, other=float("nan"))
+                    ok = read & (pred == eos_id) & (c == c)
+                    t_best = tl.max(tl.where(ok, c, NEG_INF), 0)
+                    t_pos = tl.min(tl.where(ok & (c == t_best), pos, L), 0)
+                    take = (t_pos < L) & ((best_q < 0) | (t_best > best))
+                    best_q = tl.where(take, t_pos, best_q)
+                    best = tl.where(take, t_best, best)
+                if best_q >= 0:
+                    tl.store(x_row + best_q, eos_id)
+                    tl.store(transfer_row + best_q, best_q >= 0)
+                    end_from = best_q + 1
+            if end_from >= 0:
+                end_pos = tl.minimum(end_pos, end_from)
+                fill_eos(x_row, transfer_row, end_from, gen_end, eos_id, TILE)
+            tl.debug_barrier()
+
+        # 6. Early stop: a finished block holding an eos ends the sequence at the block's end.
+        block_stop = tl.minimum(be, end_pos)
+        block_remaining = count_equal(x_row, bs, block_stop, mask_id, TILE)
+        if early_stop != 0:
+            if block_remaining == 0:
+                if count_equal(x_row, bs, block_stop, eos_id, TILE) > 0:
+                    end_pos = tl.minimum(end_pos, be)
+                    fill_eos(x_row, transfer_row, be, gen_end, eos_id, TILE)
+                    tl.debug_barrier()
+
+        # 7. Bookkeeping.
+        step = step + 1
+        done = count_equal(x_row, gen_start, end_pos, mask_id, TILE) == 0
+        offset = offset + 1
+        tl.store(state_row + BLOCK_START, bs)
+        tl.store(state_row + BLOCK_END, be)
+        tl.store(state_row + STEP, step)
+        tl.store(state_row + BLOCK_MASKED, block_masked)
+        tl.store(state_row + BLOCK_REMAINING, block_remaining)
+        tl.store(state_row + END_POS, end_pos)
+        tl.store(state_row + DONE, done.to(tl.int64))
+        tl.store(state_row + OFFSET, offset)
+        tl.store(state_row + GEN_START, gen_start)
+        tl.store(state_row + GEN_END, gen_end)
+        tl.store(state_row + SEED, seed)
+    else:
+        if done == 0:  # nothing left to open: complete; the sanitised state is stored
+            tl.store(state_row + GEN_START, gen_start)
+            tl.store(state_row + GEN_END, gen_end)
+            tl.store(state_row + BLOCK_START, bs)
+            tl.store(state_row + BLOCK_END, be)
+            tl.store(state_row + STEP, step)
+            tl.store(state_row + BLOCK_MASKED, block_masked)
+            tl.store(state_row + BLOCK_REMAINING, block_remaining)
+            tl.store(state_row + END_POS, end_pos)
+            tl.store(state_row + DONE, gen_start * 0 + 1)
+            tl.store(state_row + SEED, seed)
+            tl.store(state_row + OFFSET, offset)
+    tl.store(window_stats_ptr + b * 3 + 0, ws_n.to(tl.float32))
+    tl.store(window_stats_ptr + b * 3 + 1, ws_mean.to(tl.float32))
+    tl.store(window_stats_ptr + b * 3 + 2, ws_var.to(tl.float32))

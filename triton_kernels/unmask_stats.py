@@ -1,0 +1,254 @@
+"""fused_unmask, stage 1: one pass over every logits row the step reads (docs/fused_unmask.md §3-4).
+
+Each program first decides from `x` and `state` whether its row is read (the rule of policy.h
+position_is_read), so rows that are not needed are never loaded. A read row yields: the clean
+maximum and its first index, the first-index argmax of the noisy logits `l + T*g` (Philox
+Gumbel noise, or explicit uniforms), sum of exp and the entropy accumulator relative to the
+maximum, the second-largest value (margin), and an invalid flag (NaN / +inf / all -inf).
+Accumulation is float32 whatever the logits dtype.
+
+Two layouts, chosen by shape on the host:
+- `row_stats_kernel`: one program per row, tiles over the whole vocabulary (many rows);
+- `split_stats_kernel` + `merge_stats_kernel`: each row's vocabulary split over several programs
+  writing partial statistics, merged by a second tiny launch (few rows, e.g. one block at batch 1).
+Both write x0, conf (in place, read positions only) and pprob (clean probability of x0).
+"""
+import triton
+import triton.language as tl
+
+from .unmask_common import compute_span, load_state, philox_uniform, position_is_read
+
+NEG_INF = tl.constexpr(float("-inf"))
+POS_INF = tl.constexpr(float("inf"))
+# Largest Gumbel value our uniforms give: -log(-log(1 - 2^-24)) = 16.6355, rounded up. A tile whose
+# clean maximum is more than T * GUMBEL_MAX below the best noisy value cannot win: skip its noise.
+GUMBEL_MAX = tl.constexpr(16.65)
+# Partial statistics per (row, split): float fields, then int fields.
+N_PART_F = 6  # m1, m2, sum_exp, entropy, best noisy, clean value at the best noisy index
+N_PART_I = 3  # first index of m1, index of the best noisy value, invalid flag
+
+
+@triton.jit
+def row_read_info(b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift, eotp, block_length,
+                  adaptive_block, block_window_fraction, HAS_ROW_START: tl.constexpr):
+    """Is logits row r of sequence b read this step? Returns (read, position, seed, offset)."""
+    row_start = 0
+    if HAS_ROW_START:
+        row_start = tl.load(row_start_ptr + b)
+    p = r + shift + row_start  # the position whose prediction row r holds
+    (gen_start, gen_end, block_start, block_end, step, block_masked, block_remaining, end_pos, done,
+     seed, offset) = load_state(state_ptr + b * 11, L)
+    active, opening, span_start, span_end, default_end, window_end = compute_span(
+        gen_start, gen_end, block_start, block_end, block_remaining, end_pos, done, block_length,
+        adaptive_block, block_window_fraction)
+    in_seq = (p >= 0) & (p < L)
+    tok = tl.load(x_ptr + b * L + p, mask=in_seq, other=-1)
+    read = in_seq & position_is_read(p, tok, active, gen_start, end_pos, span_start, span_end,
+                                     row_start, R, shift, eotp, mask_id)
+    return read, p, seed, offset
+
+
+@triton.jit
+def scan_vocab(row_ptr, noise_ptr, v_lo, v_hi, suppress_ptr, n_suppress, seed, offset, pos,
+               temperature, CONF_KIND: tl.constexpr, SAMPLING: tl.constexpr,
+               EXPLICIT_NOISE: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Statistics of row_ptr[v_lo:v_hi] (one row, or one split of it), float32.
+
+    Returns (m1, m2, sum_exp, ent, bad, idx, noisy_best, noisy_idx, noisy_clean); sum_exp and ent
+    are relative to m1: sum exp(l - m1) and sum exp(l - m1) * (l - m1).
+    """
+    # Philox key (seed lo, hi) and counter words (offset lo, hi), as philox.h noise_uniform.
+    seed_lo = (seed & 0xFFFFFFFF).to(tl.uint32)
+    seed_hi = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    off_lo = (offset & 0xFFFFFFFF).to(tl.uint32)
+    off_hi = ((offset >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    pos_u32 = pos.to(tl.uint32)  # read positions are in [0, L)
+    m1 = NEG_INF
+    m2 = NEG_INF
+    sum_exp = 0.0
+    ent = 0.0
+    bad = 0
+    idx = v_hi
+    noisy_best = NEG_INF
+    noisy_idx = v_hi
+    noisy_clean = NEG_INF
+    for v0 in range(v_lo, v_hi, BLOCK_V):
+        offs = v0 + tl.arange(0, BLOCK_V)
+        inb = offs < v_hi
+        v = tl.load(row_ptr + offs, mask=inb, other=NEG_INF).to(tl.float32)
+        for i in range(n_suppress):  # suppressed ids are -inf before everything else
+            v = tl.where(offs == tl.load(suppress_ptr + i), NEG_INF, v)
+        bad = tl.maximum(bad, tl.max(((v != v) | (v == POS_INF)).to(tl.int32), 0))
+
+        t_max = tl.max(v, 0)
+        t_idx = tl.min(tl.where(v == t_max, offs, v_hi), 0)
+        if CONF_KIND == 1:  # margin: second largest value; equal to the max when it is shared
+            n_top = tl.sum((v == t_max).to(tl.int32), 0)
+            t_second = tl.where(n_top > 1, t_max, tl.max(tl.where(v == t_max, NEG_INF, v), 0))
+            m2 = tl.maximum(tl.maximum(m2, t_second), tl.minimum(m1, t_max))
+        idx = tl.where(t_max > m1, t_idx, idx)  # strict: the earlier tile keeps a tied maximum
+
+        # Online sum of exp (and of exp * (l - max)) relative to the running maximum.
+        m_new = tl.maximum(m1, t_max)
+        d = tl.where(m1 == NEG_INF, 0.0, m1 - m_new)
+        scale = tl.exp(d)
+        if CONF_KIND == 2:
+            ent = (ent + d * sum_exp) * scale
+        sum_exp = sum_exp * scale
+        m_ref = tl.where(m_new == NEG_INF, 0.0, m_new)
+        e = tl.exp(v - m_ref)
+        sum_exp += tl.sum(e, 0)
+        if CONF_KIND == 2:
+            ent += tl.sum(e * tl.where(e > 0, v - m_ref, 0.0), 0)
+        m1 = m_new
+
+        if SAMPLING:
+            if t_max + temperature * GUMBEL_MAX >= noisy_best:
+                if EXPLICIT_NOISE:
+                    u = tl.load(noise_ptr + offs, mask=inb, other=0.5)
+                else:
+                    u = philox_uniform(offs.to(tl.uint32), pos_u32, off_lo, off_hi, seed_lo, seed_hi)
+                noisy = v + temperature * -tl.log(-tl.log(u))
+                n_max = tl.max(noisy, 0)
+                n_idx = tl.min(tl.where(noisy == n_max, offs, v_hi), 0)
+                n_clean = tl.max(tl.where(offs == n_idx, v, NEG_INF), 0)
+                better = n_max > noisy_best
+                noisy_best = tl.where(better, n_max, noisy_best)
+                noisy_idx = tl.where(better, n_idx, noisy_idx)
+                noisy_clean = tl.where(better, n_clean, noisy_clean)
+    return m1, m2, sum_exp, ent, bad, idx, noisy_best, noisy_idx, noisy_clean
+
+
+@triton.jit
+def finish_row(m1, m2, sum_exp, ent, bad, idx, noisy_idx, noisy_clean, zero_conf_ptr, n_zero_conf,
+               mask_id, out_at, x0_ptr, conf_ptr, pprob_ptr, CONF_KIND: tl.constexpr,
+               SAMPLING: tl.constexpr):
+    """From a row's statistics to x0, conf, pprob (invalid row: x0 = mask_id, conf = NaN)."""
+    valid = (bad == 0) & (m1 != NEG_INF)
+    if SAMPLING:
+        x0 = noisy_idx
+        l_x0 = noisy_clean
+    else:
+        x0 = idx
+        l_x0 = m1
+    s = tl.where(valid, sum_exp, 1.0)
+    m = tl.where(valid, m1, 0.0)
+    pprob = tl.math.div_rn(tl.exp(tl.where(valid, l_x0, 0.0) - m), s)
+    if CONF_KIND == 1:
+        conf = tl.math.div_rn(1.0 - tl.exp(tl.where(valid, m2, 0.0) - m), s)
+    elif CONF_KIND == 2:
+        conf = tl.math.div_rn(tl.where(valid, ent, 0.0), s) - tl.log(s)
+    else:
+        conf = pprob
+    for i in range(n_zero_conf):
+        conf = tl.where(x0 == tl.load(zero_conf_ptr + i), 0.0, conf)
+    tl.store(x0_ptr + out_at, tl.where(valid, x0.to(tl.int64), mask_id))
+    tl.store(conf_ptr + out_at, tl.where(valid, conf, float("nan")))
+    tl.store(pprob_ptr + out_at, tl.where(valid, pprob, 0.0))
+
+
+@triton.jit
+def row_stats_kernel(logits_ptr, stride_b, stride_r, gumbel_ptr, x_ptr, state_ptr, row_start_ptr,
+                     suppress_ptr, n_suppress, zero_conf_ptr, n_zero_conf, x0_ptr, conf_ptr, pprob_ptr,
+                     L, R, V, mask_id, temperature, shift, eotp, block_length, adaptive_block,
+                     block_window_fraction, HAS_ROW_START: tl.constexpr, CONF_KIND: tl.constexpr,
+                     SAMPLING: tl.constexpr, EXPLICIT_NOISE: tl.constexpr, BLOCK_V: tl.constexpr):
+    """One program per logits row (grid (R, B)): the whole vocabulary in tiles of BLOCK_V."""
+    r = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)
+    read, p, seed, offset = row_read_info(b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift,
+                                          eotp, block_length, adaptive_block, block_window_fraction,
+                                          HAS_ROW_START)
+    if read:
+        row_ptr = logits_ptr + b * stride_b + r * stride_r
+        noise_ptr = gumbel_ptr + (b * R + r) * V
+        m1, m2, sum_exp, ent, bad, idx, noisy_best, noisy_idx, noisy_clean = scan_vocab(
+            row_ptr, noise_ptr, 0, V, suppress_ptr, n_suppress, seed, offset, p, temperature,
+            CONF_KIND, SAMPLING, EXPLICIT_NOISE, BLOCK_V)
+        finish_row(m1, m2, sum_exp, ent, bad, idx, noisy_idx, noisy_clean, zero_conf_ptr, n_zero_conf,
+                   mask_id, b * L + p, x0_ptr, conf_ptr, pprob_ptr, CONF_KIND, SAMPLING)
+
+
+@triton.jit
+def split_stats_kernel(logits_ptr, stride_b, stride_r, gumbel_ptr, x_ptr, state_ptr, row_start_ptr,
+                       suppress_ptr, n_suppress, part_f_ptr, part_i_ptr, L, R, V, chunk, mask_id,
+                       temperature, shift, eotp, block_length, adaptive_block, block_window_fraction,
+                       N_SPLITS: tl.constexpr, HAS_ROW_START: tl.constexpr, CONF_KIND: tl.constexpr,
+                       SAMPLING: tl.constexpr, EXPLICIT_NOISE: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Grid (N_SPLITS, R, B): partial statistics of vocab [split * chunk, (split + 1) * chunk)."""
+    split = tl.program_id(0)
+    r = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    read, p, seed, offset = row_read_info(b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift,
+                                          eotp, block_length, adaptive_block, block_window_fraction,
+                                          HAS_ROW_START)
+    if read:
+        row_ptr = logits_ptr + b * stride_b + r * stride_r
+        noise_ptr = gumbel_ptr + (b * R + r) * V
+        v_lo = split * chunk
+        v_hi = tl.minimum(v_lo + chunk, V)
+        m1, m2, sum_exp, ent, bad, idx, noisy_best, noisy_idx, noisy_clean = scan_vocab(
+            row_ptr, noise_ptr, v_lo, v_hi, suppress_ptr, n_suppress, seed, offset, p, temperature,
+            CONF_KIND, SAMPLING, EXPLICIT_NOISE, BLOCK_V)
+        # An empty split (v_lo >= V) reports index V, which never wins the merge.
+        idx = tl.where(idx >= v_hi, V, idx)
+        noisy_idx = tl.where(noisy_idx >= v_hi, V, noisy_idx)
+        at = (b * R + r) * N_SPLITS + split
+        pf = part_f_ptr + at * 6
+        tl.store(pf + 0, m1)
+        tl.store(pf + 1, m2)
+        tl.store(pf + 2, sum_exp)
+        tl.store(pf + 3, ent)
+        tl.store(pf + 4, noisy_best)
+        tl.store(pf + 5, noisy_clean)
+        pi = part_i_ptr + at * 3
+        tl.store(pi + 0, idx)
+        tl.store(pi + 1, noisy_idx)
+        tl.store(pi + 2, bad)
+
+
+@triton.jit
+def merge_stats_kernel(part_f_ptr, part_i_ptr, x_ptr, state_ptr, row_start_ptr, zero_conf_ptr,
+                       n_zero_conf, x0_ptr, conf_ptr, pprob_ptr, L, R, V, mask_id, shift, eotp,
+                       block_length, adaptive_block, block_window_fraction, N_SPLITS: tl.constexpr,
+                       SPLITS_PAD: tl.constexpr, HAS_ROW_START: tl.constexpr,
+                       CONF_KIND: tl.constexpr, SAMPLING: tl.constexpr):
+    """Grid (R, B): merges the N_SPLITS partials of a read row and writes x0, conf, pprob."""
+    r = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)
+    read, p, seed, offset = row_read_info(b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift,
+                                          eotp, block_length, adaptive_block, block_window_fraction,
+                                          HAS_ROW_START)
+    if read:
+        k = tl.arange(0, SPLITS_PAD)
+        km = k < N_SPLITS
+        at = (b * R + r) * N_SPLITS + k
+        m1s = tl.load(part_f_ptr + at * 6 + 0, mask=km, other=NEG_INF)
+        m2s = tl.load(part_f_ptr + at * 6 + 1, mask=km, other=NEG_INF)
+        sums = tl.load(part_f_ptr + at * 6 + 2, mask=km, other=0.0)
+        ents = tl.load(part_f_ptr + at * 6 + 3, mask=km, other=0.0)
+        nbest = tl.load(part_f_ptr + at * 6 + 4, mask=km, other=NEG_INF)
+        ncleans = tl.load(part_f_ptr + at * 6 + 5, mask=km, other=NEG_INF)
+        idxs = tl.load(part_i_ptr + at * 3 + 0, mask=km, other=V)
+        nidxs = tl.load(part_i_ptr + at * 3 + 1, mask=km, other=V)
+        bad = tl.max(tl.load(part_i_ptr + at * 3 + 2, mask=km, other=0), 0)
+
+        m1 = tl.max(m1s, 0)
+        idx = tl.min(tl.where(m1s == m1, idxs, V), 0)  # lowest index among the splits holding the max
+        m2 = NEG_INF
+        if CONF_KIND == 1:
+            n_top = tl.sum((m1s == m1).to(tl.int32), 0)
+            m2 = tl.where(n_top > 1, m1,
+                          tl.maximum(tl.max(m2s, 0), tl.max(tl.where(m1s == m1, NEG_INF, m1s), 0)))
+        has = m1s != NEG_INF  # splits with a finite maximum; the others hold no mass
+        d = tl.where(has, m1s - m1, 0.0)
+        w = tl.where(has, tl.exp(d), 0.0)
+        sum_exp = tl.sum(w * sums, 0)
+        ent = 0.0
+        if CONF_KIND == 2:
+            ent = tl.sum(tl.where(has, w * (ents + d * sums), 0.0), 0)
+        noisy_max = tl.max(nbest, 0)
+        noisy_idx = tl.min(tl.where(nbest == noisy_max, nidxs, V), 0)
+        noisy_clean = tl.max(tl.where((nbest == noisy_max) & (nidxs == noisy_idx), ncleans, NEG_INF), 0)
+        finish_row(m1, m2, sum_exp, ent, bad, idx, noisy_idx, noisy_clean, zero_conf_ptr, n_zero_conf,
+                   mask_id, b * L + p, x0_ptr, conf_ptr, pprob_ptr, CONF_KIND, SAMPLING)
