@@ -28,10 +28,10 @@ Where we deliberately differ from the public decoders (POLICIES.md):
 
 Resolutions of points the contract leaves open (each matches csrc/include/dllm/policy.h unless
 said otherwise):
-- The AdaBlock look-ahead length is `floor(block_window_fraction * (GEN_END - GEN_START))` in
-  float64 (the Python expression of the public AdaBlock code). policy.h forms the product in
-  float32, which can differ by one where the product is within float32 rounding of an integer
-  (e.g. 0.29 * 100: 28 here, 29 in policy.h).
+- The AdaBlock look-ahead length is `floor(float32(block_window_fraction) * float32(GEN_END -
+  GEN_START))` with the product rounded to float32, as every kernel (C++, CUDA, Triton) forms it.
+  The contract fixes float32 so all backends agree to the position; it can differ by one from a
+  float64 product where that sits within float32 rounding of an integer (0.29 * 100: 29, not 28).
 - `random_remasking` replaces the ranking key of the top-k part only (rule 0, and the top-k part of
   rule 4); threshold, factor and LocalLeap ignore it. Keys rank descending, lower position first.
 - The learned-filter feature of an in-block position that is not read this step (decoded, or
@@ -272,7 +272,7 @@ def _sequence_step(b, logits, xs, buffer, state_row, row_start, gumbel_u, rank_u
 
     # 1. Block: open or opening, and the span of rows that may be read.
     gen_len = st["gen_end"] - st["gen_start"]
-    w = int(math.floor(kw["block_window_fraction"] * gen_len))
+    w = int(math.floor(np.float32(kw["block_window_fraction"]) * np.float32(gen_len)))  # float32 product
     opening = st["block_remaining"] == 0
     if opening:
         s = st["block_end"]
