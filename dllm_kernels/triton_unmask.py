@@ -243,7 +243,8 @@ def launch_fused_unmask(logits, x, conf, state, row_start, gumbel_u, rank_u, sup
         block_delta=float(block_delta), early_stop=int(bool(early_stop)), **read_args,
         RULE=int(rule), RANDOM_RANK=bool(random_remasking) and rule in (0, 4),
         HAS_RANK_U=rank_u is not None, HAS_ROW_START=row_start is not None, TILE=policy_tile,
-        FW_PAD=max(16, _next_pow2(fw)), FH_PAD=max(16, _next_pow2(fh)), num_warps=4)
+        FW_PAD=max(16, _next_pow2(fw)), H_CHUNK=min(32, max(16, _next_pow2(fh))),
+        num_warps=8 if policy_tile >= 64 else 4)  # [64, 64] rank matrices: spread over 8 warps
     return x0, transfer, window_stats
 
 

@@ -164,6 +164,87 @@ def test_random_remasking_rank_u_and_philox():
     assert compared >= 2
 
 
+@pytest.mark.parametrize("rule, extra", [(2, dict(factor=1.0)), (2, dict(factor=2.0)),
+                                         (3, dict(graded=True, window=3, relaxed_threshold=0.5)),
+                                         (4, dict(filter_threshold=0.5))])
+def test_rules_on_long_blocks(rule, extra):
+    """One long block with many candidates, so that the run / window / filter boundaries matter."""
+    sc = Scenario.draw(9300 + rule, rule=rule, conf_kind=0, dtype=torch.float32)
+    sc.kw.update(block_length=16, steps=4, adaptive_block=False, eotp=False, early_stop=False,
+                 temperature=0.0, shift=False, **extra)
+    sc = dataclasses.replace(sc, B=2, L=18, V=64, use_row_start=False, use_gumbel_u=False)
+    batch = make_batch(2, 18, 64, torch.Generator().manual_seed(1), gen_starts=[1, 2], mid_block=False)
+    assert run_against_cpu(sc, steps=2, batch=batch) >= 2
+
+
+def crafted_logits(confs, V, gen):
+    """Rows whose clean top probability is exactly the given confidence (token drawn at random)."""
+    B, R = confs.shape
+    logits = torch.log((1 - confs) / (V - 1))[..., None].expand(B, R, V).clone()
+    top = torch.randint(0, V - 2, (B, R, 1), generator=gen)
+    logits.scatter_(2, top, torch.log(confs)[..., None])
+    return logits
+
+
+@pytest.mark.parametrize("rule, extra", [
+    (0, dict(steps=3)), (1, dict(threshold=0.7)), (2, dict(factor=1.0)), (2, dict(factor=0.5)),
+    (2, dict(factor=0.1)),
+    (3, dict(anchor_threshold=0.9, relaxed_threshold=0.7, window=2)),
+    (3, dict(anchor_threshold=0.9, relaxed_threshold=0.5, window=3, graded=True))])
+def test_rule_boundaries_on_crafted_confidences(rule, extra):
+    """Confidences placed on both sides of every bar of the rule (factor run, LocalLeap window and
+    graded thresholds, threshold, top-k count), in shuffled positions: each rule commits some but
+    not all candidates, and exactly as the CPU op does."""
+    levels = torch.tensor([0.99, 0.95, 0.86, 0.77, 0.74, 0.69, 0.62, 0.55, 0.4, 0.2])
+    gen = torch.Generator().manual_seed(rule)
+    B, L, V = 3, 12, 50
+    confs = torch.stack([levels[torch.randperm(10, generator=gen)] for _ in range(B)])
+    confs = torch.cat([torch.full((B, 2), 0.5), confs], 1)  # positions 0-1: the prompt
+    logits = crafted_logits(confs, V, gen)
+    batch = make_batch(B, L, V, gen, gen_starts=[2] * B, mid_block=False)
+    kw = dict(Scenario.draw(1, rule=rule, conf_kind=0).kw)
+    kw.update(rule=rule, conf_kind=0, temperature=0.0, shift=False, block_length=10, adaptive_block=False,
+              eotp=False, early_stop=False, steps=1)
+    kw.update(extra)
+    outs = []
+    for op in (triton_op(), cpu_op):
+        x, conf, state = batch.x.clone(), batch.state.conf.clone(), batch.state.state.clone()
+        out = op(logits, x, conf, state, mask_id=batch.mask_id, eos_id=batch.eos_id, **kw)
+        outs.append((x, conf, state, out))
+    assert_same_decisions(outs[0], outs[1])
+    n_sel = outs[1][3][1].sum(1)
+    assert ((n_sel > 0) & (n_sel < 10)).all(), n_sel
+
+
+@pytest.mark.parametrize("layout", [ROWS, SPLIT], ids=["rows", "split"])
+@pytest.mark.parametrize("conf_kind", [0, 1, 2])
+def test_vocab_ties_take_the_lowest_index(layout, conf_kind):
+    """A maximum shared within a tile and across tiles / splits: x0 is its lowest index (and the
+    margin is 0), as torch.argmax and the CPU op."""
+    B, L, V = 2, 6, 300
+    gen = torch.Generator().manual_seed(conf_kind)
+    logits = torch.randn(B, L, V, generator=gen).to(torch.bfloat16).float()
+    firsts = torch.randint(0, 60, (B, L), generator=gen)
+    for b in range(B):
+        for p in range(L):
+            f = int(firsts[b, p])
+            # even rows: shared inside one 64-wide tile; odd rows: also in later tiles and splits
+            for v in (f, f + 3) if p % 2 == 0 else (f, f + 130, 299):
+                logits[b, p, v] = 9.0
+    batch = make_batch(B, L, V, gen, gen_starts=[0, 0], mid_block=False)
+    kw = dict(Scenario.draw(2, rule=1, conf_kind=conf_kind).kw, temperature=0.0, shift=False, eotp=False,
+              adaptive_block=False, block_length=L)
+    outs = []
+    for op in (triton_op(layout), cpu_op):
+        x, conf, state = batch.x.clone(), batch.state.conf.clone(), batch.state.state.clone()
+        outs.append((x, conf, state, op(logits, x, conf, state, mask_id=batch.mask_id, eos_id=batch.eos_id,
+                                        **kw)))
+    assert_same_decisions(outs[0], outs[1])
+    assert torch.equal(outs[0][3][0], firsts)
+    if conf_kind == 1:
+        assert torch.equal(outs[0][1], torch.zeros(B, L))
+
+
 def test_adablock_eotp_early_stop():
     sc = Scenario.draw(9100, rule=1, conf_kind=0, dtype=torch.float32)
     sc.kw.update(adaptive_block=True, block_delta=0.3, block_window_fraction=0.5, eotp=True, early_stop=True,

@@ -90,7 +90,9 @@ def candidate_ranks(pos_i, key_i, x_row, conf_row, rank_u_row, L, active, gen_st
                                               mask_id, bs, be, seed, offset, RANDOM_RANK, HAS_RANK_U)
         kj = key_j[None, :]
         ki = key_i[:, None]
-        above = cand_j[None, :] & ((kj > ki) | ((kj == ki) & (pos_j[None, :] < pos_i[:, None])))
+        # block offsets in int32: the matrices are the kernel's largest register tiles
+        earlier = (pos_j - bs).to(tl.int32)[None, :] < (pos_i - bs).to(tl.int32)[:, None]
+        above = cand_j[None, :] & ((kj > ki) | ((kj == ki) & earlier))
         rank += tl.sum(above.to(tl.int32), 1)
     return rank
 
@@ -101,44 +103,40 @@ def anchor_distance(pos_i, x_row, conf_row, L, active, gen_start, end_pos, span_
                     TILE: tl.constexpr):
     """LocalLeap: distance from each position to the nearest anchor (candidate with conf >= kappa);
     L + 1 when there is none."""
-    dist = tl.zeros([TILE], dtype=tl.int64) + L + 1
+    dist = tl.zeros([TILE], dtype=tl.int32) + L + 1
     for j0 in range(bs, be, TILE):
         pos_j = j0 + tl.arange(0, TILE)
         cand_j, c_j, key_j = block_candidates(pos_j, x_row, conf_row, conf_row, L, active, gen_start,
                                               end_pos, span_start, span_end, row_start, R, shift, eotp,
                                               mask_id, bs, be, 0, 0, False, False)
         anchor = cand_j & (c_j >= anchor_threshold)
-        gap = tl.abs(pos_j[None, :] - pos_i[:, None])
+        gap = tl.abs((pos_j - bs).to(tl.int32)[None, :] - (pos_i - bs).to(tl.int32)[:, None])
         dist = tl.minimum(dist, tl.min(tl.where(anchor[None, :], gap, L + 1), 1))
     return dist
 
 
 @triton.jit
-def filter_hidden_layer(conf_row, bs, be, w1_ptr, b1_ptr, filter_width, filter_hidden,
-                        FW_PAD: tl.constexpr, FH_PAD: tl.constexpr):
-    """Learn2PD filter, first layer: relu(W1 @ feat + b1), feat[j] = finite conf of block offset j."""
+def filter_keep(offs, conf_row, bs, be, w1_ptr, b1_ptr, w2_ptr, b2_ptr, filter_width, filter_hidden,
+                filter_threshold, FW_PAD: tl.constexpr, H_CHUNK: tl.constexpr):
+    """Learn2PD filter for block offsets `offs`: sigmoid(W2 @ relu(W1 @ feat + b1) + b2) > theta,
+    feat[j] = the finite conf of block offset j (else 0). The hidden layer is taken H_CHUNK units at
+    a time, so the weight tiles held in registers stay small whatever the filter's size."""
     j = tl.arange(0, FW_PAD)
-    h = tl.arange(0, FH_PAD)
     jm = j < filter_width
-    hm = h < filter_hidden
     fpos = bs + j
     feat = tl.load(conf_row + fpos, mask=jm & (fpos < be), other=0.0)
     feat = tl.where((feat == feat) & (tl.abs(feat) != float("inf")), feat, 0.0)
-    w1 = tl.load(w1_ptr + h[:, None] * filter_width + j[None, :], mask=hm[:, None] & jm[None, :],
-                 other=0.0)
-    a = tl.sum(w1 * feat[None, :], 1) + tl.load(b1_ptr + h, mask=hm, other=0.0)
-    return tl.where(hm, tl.maximum(a, 0.0), 0.0)
-
-
-@triton.jit
-def filter_keep(offs, hidden, w2_ptr, b2_ptr, filter_width, filter_hidden, filter_threshold,
-                FH_PAD: tl.constexpr):
-    """Learn2PD filter, second layer for block offsets `offs`: sigmoid(W2 @ hidden + b2) > theta."""
-    h = tl.arange(0, FH_PAD)
     om = (offs >= 0) & (offs < filter_width)
-    w2 = tl.load(w2_ptr + offs[:, None] * filter_hidden + h[None, :],
-                 mask=om[:, None] & (h < filter_hidden)[None, :], other=0.0)
-    z = tl.sum(w2 * hidden[None, :], 1) + tl.load(b2_ptr + offs, mask=om, other=0.0)
+    z = tl.load(b2_ptr + offs, mask=om, other=0.0)
+    for h0 in range(0, filter_hidden, H_CHUNK):
+        h = h0 + tl.arange(0, H_CHUNK)
+        hm = h < filter_hidden
+        w1 = tl.load(w1_ptr + h[:, None] * filter_width + j[None, :], mask=hm[:, None] & jm[None, :],
+                     other=0.0)
+        hidden = tl.maximum(tl.sum(w1 * feat[None, :], 1) + tl.load(b1_ptr + h, mask=hm, other=0.0), 0.0)
+        w2 = tl.load(w2_ptr + offs[:, None] * filter_hidden + h[None, :], mask=om[:, None] & hm[None, :],
+                     other=0.0)
+        z += tl.sum(w2 * tl.where(hm, hidden, 0.0)[None, :], 1)
     return om & (tl.math.div_rn(1.0, 1.0 + tl.exp(-z)) > filter_threshold)
 
 
@@ -150,7 +148,7 @@ def policy_kernel(x_ptr, x0_ptr, conf_ptr, pprob_ptr, rank_u_ptr, transfer_ptr, 
                   adaptive_block, block_delta, block_window_fraction, eotp, early_stop,
                   RULE: tl.constexpr, RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr,
                   HAS_ROW_START: tl.constexpr, TILE: tl.constexpr, FW_PAD: tl.constexpr,
-                  FH_PAD: tl.constexpr):
+                  H_CHUNK: tl.constexpr):
     """Grid (B,): one step of the policy for sequence b. `transfer` must be zero on entry."""
     b = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + b * L
@@ -247,9 +245,6 @@ def policy_kernel(x_ptr, x0_ptr, conf_ptr, pprob_ptr, rank_u_ptr, transfer_ptr, 
                                            (rank + 2).to(tl.float32))
                 fails = cand & (rank >= 1) & ~(c >= bar)
                 run = tl.minimum(run, tl.min(tl.where(fails, rank, L + 1), 0).to(tl.int64))
-        if RULE == 4:
-            hidden = filter_hidden_layer(conf_row, bs, be, w1_ptr, b1_ptr, filter_width, filter_hidden,
-                                         FW_PAD, FH_PAD)
 
         # The rule marks its selection in `transfer` (zero on entry); commits come after, so that
         # every rank above saw the pre-step tokens.
@@ -279,8 +274,8 @@ def policy_kernel(x_ptr, x0_ptr, conf_ptr, pprob_ptr, rank_u_ptr, transfer_ptr, 
                 near = (dist >= 1) & (dist <= window) & (c >= relaxed)
                 sel = (c >= anchor_threshold) | (rank == 0) | near
             else:
-                keep = filter_keep(pos - bs, hidden, w2_ptr, b2_ptr, filter_width, filter_hidden,
-                                   filter_threshold, FH_PAD)
+                keep = filter_keep((pos - bs).to(tl.int32), conf_row, bs, be, w1_ptr, b1_ptr, w2_ptr,
+                                   b2_ptr, filter_width, filter_hidden, filter_threshold, FW_PAD, H_CHUNK)
                 sel = (rank < k) | keep
             sel = cand & sel
             tl.store(transfer_row + pos, sel, mask=sel)

@@ -1,0 +1,93 @@
+"""Compiles the fused_unmask Triton kernels to real GPU code (sm_90 and sm_80) without a GPU
+(DESIGN.md §4): catches what the interpreter cannot (typing of scalar control flow, uint32
+Philox arithmetic, int1 stores, float64 sums, register-level lowering of the tiles the launcher
+picks)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+# Not under the interpreter (the kernels must be JIT objects for the real backend): a subprocess
+# with TRITON_INTERPRET unset.
+_SCRIPT = textwrap.dedent(r"""
+    import sys
+    import torch  # noqa: F401  (before dllm_kernels: its native library links against torch)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from dllm_kernels import triton_unmask as tu
+
+    arch = int(sys.argv[1])
+    target = GPUTarget("cuda", arch, 32)
+    FLOAT_ARGS = {"temperature", "threshold", "factor", "anchor_threshold", "relaxed_threshold",
+                  "filter_threshold", "block_delta", "block_window_fraction"}
+    FLOAT_PTRS = {"gumbel_ptr", "conf_ptr", "pprob_ptr", "part_f_ptr", "rank_u_ptr", "window_stats_ptr",
+                  "w1_ptr", "b1_ptr", "w2_ptr", "b2_ptr"}
+
+    def arg_type(name, logits_ty):
+        if name == "logits_ptr":
+            return "*" + logits_ty
+        if name == "transfer_ptr":
+            return "*i1"  # torch.bool
+        if name == "part_i_ptr":
+            return "*i32"
+        if name in FLOAT_PTRS:
+            return "*fp32"
+        if name.endswith("_ptr"):
+            return "*i64"
+        if name in FLOAT_ARGS:
+            return "fp32"
+        return "i64" if name.startswith("stride") else "i32"
+
+    def build(kernel, logits_ty, consts, num_warps):
+        sig = {n: ("constexpr" if n in consts else arg_type(n, logits_ty)) for n in kernel.arg_names}
+        ck = triton.compile(ASTSource(kernel, sig, consts), target=target, options=dict(num_warps=num_warps))
+        ptx = ck.asm["ptx"]
+        assert f".target sm_{arch}" in ptx, ptx[:400]
+        assert "ld.global" in ptx and "st.global" in ptx, "expected global loads and stores"
+        assert len(ck.asm["cubin"]) > 0
+        return ptx
+
+    # Every kernel for every logits dtype on both targets; the constexpr variants (conf kind, Philox or
+    # explicit noise, rule) rotate over them, all of them on sm_90 (each compile takes seconds).
+    full = arch == 90
+    n = 0
+    variants = [(0, False, False), (1, True, False), (2, True, True)]  # CONF_KIND, SAMPLING, EXPLICIT_NOISE
+    for i, ty in enumerate(("bf16", "fp16", "fp32")):
+        for kernel, (kind, sampling, explicit) in ((tu.row_stats_kernel, variants[i]),
+                                                    (tu.split_stats_kernel, variants[(i + 1) % 3])):
+            consts = dict(HAS_ROW_START=True, CONF_KIND=kind, SAMPLING=sampling, EXPLICIT_NOISE=explicit,
+                          BLOCK_V=2048)
+            if kernel is tu.split_stats_kernel:
+                consts["N_SPLITS"] = 8
+            ptx = build(kernel, ty, consts, 8)
+            if sampling and not explicit:
+                assert "mul.hi.u32" in ptx, "expected Philox's 32-bit high multiplies"
+            n += 1
+    for kind in range(3) if full else (1,):
+        build(tu.merge_stats_kernel, "fp32", dict(N_SPLITS=5, SPLITS_PAD=8, HAS_ROW_START=False,
+                                                  CONF_KIND=kind, SAMPLING=kind > 0), 1)
+        n += 1
+    rules = [(0, False, False), (0, True, False), (1, False, False), (2, False, False), (3, False, False),
+             (4, True, True)]
+    for rule, random_rank, rank_u in rules if full else rules[-2:]:
+        tile = 32 if rule == 1 else 64  # as the launcher: 4 warps for 32-wide tiles, 8 for 64
+        build(tu.policy_kernel, "fp32", dict(RULE=rule, RANDOM_RANK=random_rank, HAS_RANK_U=rank_u,
+                                            HAS_ROW_START=True, TILE=tile, FW_PAD=128 if rule == 4 else 16,
+                                            H_CHUNK=32), 4 if tile == 32 else 8)
+        n += 1
+    print("compiled", n)
+""")
+
+
+@pytest.mark.parametrize("arch", [90, 80])
+def test_fused_unmask_kernels_compile(arch):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(arch)], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert ("compiled 15" if arch == 90 else "compiled 9") in proc.stdout
