@@ -10,7 +10,9 @@ from .state import DecodeState
 from .unmask import UnmaskResult, fused_unmask
 from . import attention  # noqa: E402  (block_attention: registers its CPU/Triton/fake kernels)
 from .attention import block_attention
+from .generate import GenerateOutput, generate  # noqa: E402
+from . import models  # noqa: E402,F401
 
 __all__ = ["CONF_KINDS", "RULES", "DecodeState", "LearnedFilter", "Policy", "UnmaskResult", "fused_unmask",
-           "block_attention"]
+           "block_attention", "generate", "GenerateOutput", "models"]
 __version__ = "0.1.0"

@@ -1,0 +1,404 @@
+"""`dllm_kernels.generate`: the thin batched dLLM decoder over `fused_unmask` (docs/decoder.md).
+
+Layout. Prompts of different lengths get per-sequence offsets: sequence b occupies positions
+`[0, P_b + gen_length)` of a `[B, max P + gen_length]` token tensor (prompt, then `gen_length` masks,
+then padding), so positions (and RoPE angles) are those the sequence has alone, and its
+generation region `[P_b, P_b + gen_length)` is its own `DecodeState` row. Nothing a sequence
+computes depends on the other sequences: a batch gives each sequence what it gets alone.
+
+One step = one model forward + one `fused_unmask` call for the whole batch. The step's only host
+read is the state tensor ([B, 11] int64, read once at the top of the step): it says which
+sequences are done, which open a block this step (and so refresh their cache), and where each
+block lies, which fixes the forward's query spans and logits rows. Inside the step nothing else
+waits on the host (no `.item()`, no per-layer or per-candidate read); see docs/decoder.md for why
+the cached modes need this one read per step.
+
+Model adapters:
+* `dllm_kernels.models.LLaDA` (anything with `forward_span`): logits only for the rows the step
+  needs, caches "none" | "prefix" | "dual", optional CUDA-graph replay of dual-cache block steps.
+* any other callable `model(x)` returning logits `[B, L, V]` (or an object with `.logits`, or a
+  tuple whose first item is the logits): a Hugging Face LLaDA or Dream model works unchanged;
+  no cache; Dream's shifted logits with `Policy(shift=True)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .policy import Policy
+from .state import (BLOCK_END, BLOCK_REMAINING, BLOCK_START, DONE, END_POS, GEN_END, GEN_START,
+                    DecodeState)
+from .unmask import fused_unmask
+
+__all__ = ["CACHE_MODES", "GenerateOutput", "generate", "prepare_prompts"]
+
+CACHE_MODES = ("none", "prefix", "dual")
+
+
+@dataclass
+class GenerateOutput:
+    """What `generate` returns: tokens and statistics."""
+
+    sequences: torch.Tensor         # [B, Lmax] the layout: prompt, generation, padding (pad_id)
+    tokens: torch.Tensor            # [B, gen_length] the generation region of each sequence
+    prompt_lengths: List[int]
+    nfe: List[int]                  # forwards each sequence took part in
+    forward_calls: int              # model calls (one per step)
+    steps: int                      # decode steps of the batch
+    tokens_per_step: List[List[int]]  # per sequence: tokens written at each of its steps
+    generated_tokens: List[int]     # per sequence: non-eos tokens in its generation region
+    wall_time_s: float
+    tokens_per_second: float        # sum(generated_tokens) / wall_time_s
+    finished: bool                  # every sequence done (False: max_steps reached)
+    graph_steps: int = 0            # steps replayed from a CUDA graph (dense path on CPU)
+    forward_time_s: Optional[float] = None   # with timing=True: time inside model forwards
+    step_time_s: Optional[float] = None      # with timing=True: time of all steps
+    step_times: list = field(default_factory=list)  # with timing=True: (forward_s, step_s) per step
+
+    @property
+    def outside_forward_fraction(self) -> Optional[float]:
+        if not self.step_time_s:
+            return None
+        return 1.0 - self.forward_time_s / self.step_time_s
+
+    def summary(self) -> dict:
+        tps = [t for seq in self.tokens_per_step for t in seq]
+        return {"nfe": self.nfe, "forward_calls": self.forward_calls, "steps": self.steps,
+                "mean_tokens_per_step": (sum(tps) / len(tps)) if tps else 0.0,
+                "generated_tokens": self.generated_tokens, "wall_time_s": self.wall_time_s,
+                "tokens_per_second": self.tokens_per_second, "finished": self.finished,
+                "graph_steps": self.graph_steps, "forward_time_s": self.forward_time_s,
+                "step_time_s": self.step_time_s, "outside_forward_fraction": self.outside_forward_fraction}
+
+
+def prepare_prompts(prompt_ids, attention_mask=None) -> List[torch.Tensor]:
+    """A list of 1-D int64 prompts from: a list of sequences, a 1-D tensor, or a 2-D tensor (with
+    an optional `attention_mask`, 1 for tokens: left- or right-padded rows are stripped)."""
+    if isinstance(prompt_ids, torch.Tensor):
+        t = prompt_ids.detach().to("cpu", torch.int64)
+        if t.dim() == 1:
+            t = t[None]
+        if t.dim() != 2:
+            raise ValueError(f"generate: prompt_ids must be 1-D or 2-D, got shape {tuple(prompt_ids.shape)}")
+        if attention_mask is None:
+            return list(t)
+        m = torch.as_tensor(attention_mask).to("cpu").bool()
+        if m.shape != t.shape:
+            raise ValueError(f"generate: attention_mask {tuple(m.shape)} must match prompt_ids {tuple(t.shape)}")
+        return [t[b][m[b]] for b in range(t.shape[0])]
+    if attention_mask is not None:
+        raise ValueError("generate: attention_mask goes with a 2-D prompt_ids tensor")
+    out = [torch.as_tensor(p, dtype=torch.int64).reshape(-1).cpu() for p in prompt_ids]
+    if not out:
+        raise ValueError("generate: no prompts")
+    return out
+
+
+def _opening_end(st: list, policy: Policy) -> int:
+    """End (exclusive) of the rows the block opening at st[BLOCK_END] may read (docs/fused_unmask.md
+    steps 1-2): the default block, or the AdaBlock look-ahead window when longer."""
+    s, end_pos = st[BLOCK_END], st[END_POS]
+    remaining = end_pos - s
+    n = min(policy.block_length, remaining)
+    if policy.adaptive_block:
+        w = int(math.floor(np.float32(policy.block_window_fraction) * np.float32(st[GEN_END] - st[GEN_START])))
+        n = max(n, min(w, remaining))
+    return s + n
+
+
+def _spans(st: list, lens: List[int], policy: Policy, cache: str):
+    """Per sequence: query span (q_start, q_len), kv_len, logits rows (row_start, n) of this step."""
+    q_start, q_len, kv_len, row_start, n_rows, opening = [], [], [], [], [], []
+    for b, row in enumerate(st):
+        if row[DONE]:
+            q_start.append(0), q_len.append(0), kv_len.append(0), row_start.append(0), n_rows.append(0)
+            opening.append(False)
+            continue
+        lb = lens[b]
+        opens = row[BLOCK_REMAINING] == 0
+        opening.append(opens)
+        if cache == "none" or opens:  # the whole sequence (no cache, or the block's cache refresh)
+            s = row[BLOCK_END] if opens else row[BLOCK_START]
+            e = _opening_end(row, policy) if opens else row[BLOCK_END]
+            q_start.append(0), q_len.append(lb)
+            if policy.eotp:  # end-of-text candidates anywhere in the rest of the region
+                e = row[END_POS]
+        else:
+            s, e = row[BLOCK_START], row[BLOCK_END]
+            q_start.append(s)
+            if cache == "prefix":  # Fast-dLLM prefix cache: queries [block start, end of sequence)
+                q_len.append(lb - s)
+                if policy.eotp:
+                    e = row[END_POS]
+            else:  # dual: the block only
+                q_len.append(e - s)
+        kv_len.append(lb)
+        row_start.append(s)
+        n_rows.append(e - s)
+    return q_start, q_len, kv_len, row_start, n_rows, opening
+
+
+def _logits_of(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    raise TypeError(f"generate: the model returned {type(out).__name__}, expected logits")
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int):
+        self.bar, self.done = None, 0
+        if not enabled:
+            return
+        try:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, unit="tok", desc="generate")
+        except ImportError:
+            self.bar = "text"
+            self.total, self.last = total, -1
+
+    def update(self, done: int):
+        if self.bar is None:
+            return
+        if self.bar == "text":
+            pct = int(100 * done / max(self.total, 1))
+            if pct // 10 != self.last // 10:
+                print(f"generate: {pct}% ({done}/{self.total} positions)", file=sys.stderr)
+                self.last = pct
+        else:
+            self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self):
+        if self.bar not in (None, "text"):
+            self.bar.close()
+
+
+class _DenseDualStep:
+    """A dual-cache block step for the whole batch with fixed shapes and no host read: the body a
+    CUDA graph captures. On CUDA the first call runs it eagerly (the real step; compiles kernels),
+    then captures it; later calls replay. On CPU it always runs eagerly (the path tests check)."""
+
+    def __init__(self, model, x, state, cache, lens_t, policy, q_max, mask_id, eos_id):
+        self.model, self.x, self.state, self.cache = model, x, state, cache
+        self.lens_t, self.policy, self.q_max = lens_t, policy, q_max
+        self.mask_id, self.eos_id = mask_id, eos_id
+        self.commits = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        self.graph = None
+
+    def body(self):
+        st = self.state.state
+        done = st[:, DONE] != 0
+        s, e = st[:, BLOCK_START], st[:, BLOCK_END]
+        zero = torch.zeros_like(s)
+        q_start = torch.where(done, zero, s)
+        q_len = torch.where(done, zero, e - s)
+        kv_len = torch.where(done, zero, self.lens_t)
+        logits = self.model.forward_dense(self.x, q_start, q_len, kv_len, self.q_max, self.cache)
+        out = fused_unmask(logits, self.x, self.state, self.policy, mask_id=self.mask_id,
+                           eos_id=self.eos_id, row_start=q_start)
+        self.commits.copy_(out.transfer.sum(1))
+
+    def __call__(self):
+        if self.x.device.type != "cuda":
+            self.body()
+            return
+        if self.graph is None:
+            self.body()
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.body()
+            self.graph = graph
+        else:
+            self.graph.replay()
+
+
+def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] = None,
+             policy: Optional[Policy] = None, cache: str = "none", temperature: Optional[float] = None,
+             seed=0, mask_id: Optional[int] = None, eos_id: Optional[int] = None,
+             pad_id: Optional[int] = None, attention_mask=None, pass_attention_mask: bool = False,
+             cuda_graph: bool = False, progress: bool = False, timing: bool = False,
+             max_steps: Optional[int] = None, backend: str = "auto") -> GenerateOutput:
+    """Decode `gen_length` tokens after each prompt with `policy` (docs/decoder.md).
+
+    Args:
+        model: a `dllm_kernels.models.LLaDA` (or any object with its `forward_span` /
+            `new_cache` / `forward_dense`), or a callable `model(x) -> logits [B, L, V]`.
+        prompt_ids: list of token sequences, or a [B, P] tensor (with `attention_mask` for padding).
+        gen_length: tokens to generate per sequence.
+        block_length, temperature: override the policy's fields when given.
+        policy: `dllm_kernels.Policy` (default: `Policy()`, top-k one step per block).
+        cache: "none", "prefix" or "dual" (the last two need the LLaDA adapter).
+        seed: Philox seed, an int (every sequence the same seed: a sequence's noise never depends on
+            its batch slot) or one per sequence.
+        mask_id, eos_id: default to the model config's `mask_token_id` / `eos_token_id`.
+        pad_id: token after a sequence's end in the layout (default eos_id); never read.
+        pass_attention_mask: callables only: call `model(x, attention_mask=m)` with m [B, L] (1 for
+            the positions of each sequence), for batches of different lengths.
+        cuda_graph: replay dual-cache block steps from a CUDA graph (steps where no sequence opens a
+            block; not with EoTP); on CPU the same fixed-shape step runs eagerly.
+        progress: a progress bar (tqdm if installed, else a line every 10%).
+        timing: measure the time inside forwards and of whole steps (CUDA events on a GPU).
+        max_steps: safety limit on steps (default 2 * gen_length + 8); `finished` says if it was hit.
+    """
+    if cache not in CACHE_MODES:
+        raise ValueError(f"generate: cache must be one of {CACHE_MODES}, got {cache!r}")
+    if not (isinstance(gen_length, int) and gen_length >= 1):
+        raise ValueError(f"generate: gen_length must be an int >= 1, got {gen_length!r}")
+    policy = policy or Policy()
+    if not isinstance(policy, Policy):
+        raise TypeError(f"generate: policy must be a dllm_kernels.Policy, got {type(policy).__name__}")
+    overrides = {k: v for k, v in (("block_length", block_length), ("temperature", temperature)) if v is not None}
+    if overrides:
+        policy = dataclasses.replace(policy, **overrides)
+    native = hasattr(model, "forward_span")
+    config = getattr(model, "config", None)
+    mask_id = getattr(config, "mask_token_id", None) if mask_id is None else mask_id
+    eos_id = getattr(config, "eos_token_id", None) if eos_id is None else eos_id
+    if mask_id is None or eos_id is None:
+        raise ValueError("generate: mask_id and eos_id are required for this model")
+    if not native and cache != "none":
+        raise ValueError(f"generate: cache={cache!r} needs a model with a KV cache (dllm_kernels.models.LLaDA); "
+                         "a plain callable runs with cache='none'")
+    if native and policy.shift:
+        raise ValueError("generate: Policy(shift=True) is for shifted-logits models (Dream); LLaDA is not shifted")
+    pad_id = eos_id if pad_id is None else pad_id
+
+    prompts = prepare_prompts(prompt_ids, attention_mask)
+    P = [int(p.numel()) for p in prompts]
+    if min(P) < (1 if policy.shift else 0):
+        raise ValueError("generate: shifted-logits models need prompts of at least one token")
+    B = len(prompts)
+    lens = [p + gen_length for p in P]
+    L = max(lens)
+    dev = model.device if native else torch.device(getattr(model, "device", "cpu"))
+    x = torch.full((B, L), pad_id, dtype=torch.int64)
+    for b, p in enumerate(prompts):
+        x[b, :P[b]] = p
+        x[b, P[b]:lens[b]] = mask_id
+    x = x.to(dev)
+    state = DecodeState.new(B, L, gen_start=P, gen_end=lens, seed=seed, device=dev)
+    kv = model.new_cache(B, L) if native and cache != "none" else None
+    lens_t = torch.tensor(lens, dtype=torch.int64, device=dev)
+    dense_step = None
+    if cuda_graph and native and cache == "dual" and not policy.eotp:
+        q_max = policy.block_length
+        if policy.adaptive_block:
+            q_max = max(q_max, int(math.floor(np.float32(policy.block_window_fraction) * np.float32(gen_length))))
+        dense_step = _DenseDualStep(model, x, state, kv, lens_t, policy, min(q_max, gen_length), mask_id, eos_id)
+    attn_mask = None
+    if not native and pass_attention_mask:
+        attn_mask = (torch.arange(L)[None, :] < torch.tensor(lens)[:, None]).long().to(dev)
+
+    max_steps = max_steps or 2 * gen_length + 8
+    nfe, calls, steps, graph_steps = [0] * B, 0, 0, 0
+    commits, active_log = [], []
+    cuda = dev.type == "cuda"
+    events, cpu_times = [], []
+    bar = _Progress(progress, B * gen_length)
+    if cuda:
+        torch.cuda.synchronize(dev)
+    t_start = time.perf_counter()
+    finished = False
+    with torch.no_grad():
+        while True:
+            if timing:
+                t0 = time.perf_counter()
+                ev = [torch.cuda.Event(enable_timing=True) for _ in range(3)] if cuda else None
+                if cuda:
+                    ev[0].record()
+            st = state.state.tolist()  # the step's one host read
+            todo = [b for b in range(B) if not st[b][DONE]]
+            bar.update(sum(gen_length if row[DONE] else row[BLOCK_START] - row[GEN_START] for row in st))
+            if not todo:
+                finished = True
+                break
+            if steps >= max_steps:
+                break
+            steps += 1
+            calls += 1
+            for b in todo:
+                nfe[b] += 1
+            active_log.append(todo)
+            q_start, q_len, kv_len, row_start, n_rows, opening = _spans(st, lens, policy, cache)
+            if dense_step is not None and not any(opening):
+                if timing and cuda:
+                    ev[1].record()
+                tf = time.perf_counter()
+                dense_step()
+                graph_steps += 1
+                commits.append(dense_step.commits.clone())
+                if timing:  # the forward is inside the graph: count the whole replay as forward
+                    if cuda:
+                        ev[2].record()
+                        events.append(ev)
+                    else:
+                        now = time.perf_counter()
+                        cpu_times.append((now - tf, now - t0))
+                continue
+            if timing and cuda:
+                ev[1].record()
+            tf = time.perf_counter()
+            if native:
+                logits = model.forward_span(x, q_start=q_start, q_len=q_len, kv_len=kv_len,
+                                            row_start=row_start, n_rows=max(n_rows), cache=kv)
+                rs = torch.tensor(row_start, dtype=torch.int64).to(dev, non_blocking=True)
+            else:
+                out = model(x, attention_mask=attn_mask) if attn_mask is not None else model(x)
+                logits, rs = _logits_of(out), None
+            if timing:
+                if cuda:
+                    ev[2].record()
+                else:
+                    t_fwd = time.perf_counter() - tf
+            res = fused_unmask(logits, x, state, policy, mask_id=mask_id, eos_id=eos_id, row_start=rs,
+                               backend=backend)
+            commits.append(res.transfer.sum(1))
+            del logits, res
+            if timing:
+                if cuda:
+                    events.append(ev + [torch.cuda.Event(enable_timing=True)])
+                    events[-1][3].record()
+                else:
+                    cpu_times.append((t_fwd, time.perf_counter() - t0))
+    if cuda:
+        torch.cuda.synchronize(dev)
+    wall = time.perf_counter() - t_start
+    bar.close()
+
+    per_step = torch.stack(commits).cpu().tolist() if commits else []
+    tokens_per_step = [[] for _ in range(B)]
+    for step_commits, todo in zip(per_step, active_log):
+        for b in todo:
+            tokens_per_step[b].append(int(step_commits[b]))
+    tokens = torch.stack([x[b, P[b]:P[b] + gen_length] for b in range(B)])
+    generated = ((tokens != eos_id) & (tokens != mask_id)).sum(1).tolist()
+    fwd_s = step_s = None
+    step_times = []
+    if timing:
+        if cuda:
+            for ev in events:
+                if len(ev) == 3:  # graph step: ev1 -> ev2 is the replay
+                    step_times.append((ev[1].elapsed_time(ev[2]) / 1e3, ev[0].elapsed_time(ev[2]) / 1e3))
+                else:
+                    step_times.append((ev[1].elapsed_time(ev[2]) / 1e3, ev[0].elapsed_time(ev[3]) / 1e3))
+        else:
+            step_times = cpu_times
+        fwd_s = sum(t[0] for t in step_times)
+        step_s = sum(t[1] for t in step_times)
+    return GenerateOutput(
+        sequences=x, tokens=tokens, prompt_lengths=P, nfe=nfe, forward_calls=calls, steps=steps,
+        tokens_per_step=tokens_per_step, generated_tokens=generated, wall_time_s=wall,
+        tokens_per_second=sum(generated) / wall if wall > 0 else float("inf"), finished=finished,
+        graph_steps=graph_steps, forward_time_s=fwd_s, step_time_s=step_s, step_times=step_times)
