@@ -13,6 +13,7 @@ tests check it against the C++ op on machines without a GPU.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import math
@@ -99,7 +100,12 @@ def _next_pow2(n: int) -> int:
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def stats_layout(n_rows: int, V: int, device: torch.device, block_v: Optional[int] = None,

@@ -168,13 +168,14 @@ def test_random_remasking_rank_u_and_philox():
                                          (3, dict(graded=True, window=3, relaxed_threshold=0.5)),
                                          (4, dict(filter_threshold=0.5))])
 def test_rules_on_long_blocks(rule, extra):
-    """One long block with many candidates, so that the run / window / filter boundaries matter."""
+    """One long block with many candidates, so that the run / window / filter boundaries matter; the
+    policy tile is forced below the block length, so ranks, windows and the filter span two tiles."""
     sc = Scenario.draw(9300 + rule, rule=rule, conf_kind=0, dtype=torch.float32)
-    sc.kw.update(block_length=16, steps=4, adaptive_block=False, eotp=False, early_stop=False,
+    sc.kw.update(block_length=20, steps=4, adaptive_block=False, eotp=False, early_stop=False,
                  temperature=0.0, shift=False, **extra)
-    sc = dataclasses.replace(sc, B=2, L=18, V=64, use_row_start=False, use_gumbel_u=False)
-    batch = make_batch(2, 18, 64, torch.Generator().manual_seed(1), gen_starts=[1, 2], mid_block=False)
-    assert run_against_cpu(sc, steps=2, batch=batch) >= 2
+    sc = dataclasses.replace(sc, B=2, L=23, V=64, use_row_start=False, use_gumbel_u=False)
+    batch = make_batch(2, 23, 64, torch.Generator().manual_seed(1), gen_starts=[1, 3], mid_block=False)
+    assert run_against_cpu(sc, steps=2, batch=batch, layout=dict(policy_tile=16)) >= 2
 
 
 def crafted_logits(confs, V, gen):
@@ -323,7 +324,7 @@ def test_against_float64_reference(seed):
 
     sc = small(Scenario.draw(300 + seed), B=2, L=16)
     compared, skipped = run_scenario(op, sc, steps=2)
-    assert compared + skipped == 2 * sc.B
+    assert compared >= 1, f"every step ambiguous: {sc}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,6 +388,51 @@ def test_register_triton_cuda_kernel():
 
 
 @pytest.mark.cuda
-def test_cuda_matches_cpu_op():
-    sc = small(Scenario.draw(42, rule=3, conf_kind=0, dtype=torch.bfloat16), B=4, L=24, V=4099)
+@pytest.mark.parametrize("V, R", [(4099, 24), (126464, 32)], ids=["rows", "split-llada-vocab"])
+def test_cuda_matches_cpu_op(V, R):
+    """On the GPU with the launcher's own layout choice: few rows of a LLaDA-size vocabulary take
+    the split layout, more rows of a small one the per-row layout."""
+    from dllm_kernels.triton_unmask import stats_layout
+
+    sc = Scenario.draw(42, rule=3, conf_kind=0, dtype=torch.bfloat16)
+    sc.kw.update(temperature=0.7)
+    sc = dataclasses.replace(sc, B=1 if V > 100000 else 4, L=R, V=V, use_row_start=False)
+    splits = stats_layout(sc.B * R, V, torch.device("cuda", torch.cuda.current_device()))[1]
+    assert (splits > 1) == (V > 100000)
     assert run_against_cpu(sc, steps=3) > 0
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture_replays_steps():
+    """The whole step is capturable: replaying one captured step K times gives the same tokens and
+    state as K eager steps (fresh Philox noise each time: OFFSET advances on the device)."""
+    B, L, V, K = 3, 48, 32000, 4
+    gen = torch.Generator().manual_seed(5)
+    batch = make_batch(B, L, V, gen, gen_starts=[4, 8, 12], mid_block=False)
+    logits = peaked_logits(B, L, V, torch.bfloat16, gen).cuda()
+    kw = dict(Scenario.draw(3, rule=1, conf_kind=0).kw, temperature=1.0, block_length=16, steps=4,
+              threshold=0.8, eotp=False, adaptive_block=False)
+    kw = dict(mask_id=batch.mask_id, eos_id=batch.eos_id, **kw)
+    init = [t.cuda() for t in (batch.x, batch.state.conf, batch.state.state)]
+
+    def step(x, conf, state):
+        pos, rest = _positional(logits, x, conf, state, **kw)
+        return fused_unmask_triton(*pos, **rest)
+
+    eager = [t.clone() for t in init]
+    for _ in range(K):
+        step(*eager)
+    static = [t.clone() for t in init]
+    step(*[t.clone() for t in init])  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(*static)
+    for t, t0 in zip(static, init):  # capture does not run the kernels: start from the initial state
+        t.copy_(t0)
+    for _ in range(K):
+        graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static[0], eager[0]) and torch.equal(static[2], eager[2])
+    torch.testing.assert_close(static[1], eager[1], rtol=0, atol=0, equal_nan=True)
+    assert int((static[0] != init[0]).sum()) > 0
