@@ -57,6 +57,62 @@ inline vf vexp(vf x) {
   return tiny ? out : splat(0.f);
 }
 
+// log(x) for positive normal x (Cephes logf polynomial): used for the Gumbel noise, whose inputs
+// u and -log(u) lie in [2^-24, 17].
+inline vf vlog(vf x) {
+  vu bits;
+  memcpy(&bits, &x, sizeof bits);
+  vi e = reinterpret_cast<vi>(bits >> 23) - 127;
+  vf m = bits_to_float((bits & 0x007fffffu) | 0x3f800000u);  // [1, 2)
+  const vi big = m > 1.41421356f;
+  m = big ? m * 0.5f : m;
+  e = big ? e + 1 : e;
+  const vf f = m - 1.0f;
+  const vf z = f * f;
+  vf y = splat(7.0376836292e-2f);
+  y = y * f - 1.1514610310e-1f;
+  y = y * f + 1.1676998740e-1f;
+  y = y * f - 1.2420140846e-1f;
+  y = y * f + 1.4249322787e-1f;
+  y = y * f - 1.6668057665e-1f;
+  y = y * f + 2.0000714765e-1f;
+  y = y * f - 2.4999993993e-1f;
+  y = y * f + 3.3333331174e-1f;
+  y = y * f * z;
+  const vf ef = __builtin_convertvector(e, vf);
+  y = y - 2.12194440e-4f * ef;
+  y = y - 0.5f * z;
+  return f + y + 0.693359375f * ef;
+}
+
+typedef uint64_t vu64 __attribute__((vector_size(DLLM_VEC_BYTES * 2)));
+
+inline void mulhilo(uint32_t m, vu a, vu& hi, vu& lo) {
+  const vu64 p = __builtin_convertvector(a, vu64) * static_cast<uint64_t>(m);
+  hi = __builtin_convertvector(p >> 32, vu);
+  lo = __builtin_convertvector(p, vu);
+}
+
+// The uniforms of philox.h's noise_uniform for kLanes consecutive vocab indices, lane-parallel.
+inline vf philox_uniforms(vu v, uint32_t position, uint64_t seed, uint64_t offset) {
+  vu c0 = v, c1 = vu{} + position, c2 = vu{} + static_cast<uint32_t>(offset),
+     c3 = vu{} + static_cast<uint32_t>(offset >> 32);
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    vu hi0, lo0, hi1, lo1;
+    mulhilo(0xD2511F53u, c0, hi0, lo0);
+    mulhilo(0xCD9E8D57u, c2, hi1, lo1);
+    c0 = hi1 ^ c1 ^ k0;
+    c1 = lo1;
+    c2 = hi0 ^ c3 ^ k1;
+    c3 = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  const vf k = __builtin_convertvector(reinterpret_cast<vi>(c0 >> 9), vf);
+  return k * 1.1920928955078125e-07f + 5.9604644775390625e-08f;
+}
+
 template <typename T>
 inline vf load_lanes(const T* src);
 
@@ -119,8 +175,11 @@ RowStats row_stats_typed(const T* row, const RowStatsParams& prm, const RowNoise
   float run_max = neg_inf;  // the max the lane sums are relative to
   const bool sampling = prm.temperature > 0.f;
   const float temp = prm.temperature;
-  float best_noisy = neg_inf, best_clean = neg_inf;
-  int64_t best_noisy_idx = -1;
+  float best_noisy = neg_inf;  // max over lanes of nz.best, for pruning
+  struct {
+    vf best, clean;
+    vi idx;
+  } nz{splat(neg_inf), splat(neg_inf), vi{} + 0};
 
   for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
     const int64_t n = V - c0 < kChunk ? V - c0 : kChunk;
@@ -160,21 +219,33 @@ RowStats row_stats_typed(const T* row, const RowStatsParams& prm, const RowNoise
     for (int l = 0; l < kLanes; ++l) chunk_max = cmax[l] > chunk_max ? cmax[l] : chunk_max;
 
     if (sampling) {
-      // Gumbel-max: only values within T * kGumbelMax of the best noisy value can still win.
+      // Gumbel-max, lane-parallel: only values within T * kGumbelMax of the best noisy value so far
+      // can still win, so vectors with no such lane skip the noise entirely.
       const float slack = temp * kGumbelMax;
-      for (int64_t i = 0; i < n; ++i) {
-        const float v = buf[i];
-        if (!(v + slack >= best_noisy)) continue;
-        const float u = noise.uniforms ? noise.uniforms[c0 + i]
-                                       : noise_uniform(noise.seed, noise.offset,
-                                                       static_cast<uint32_t>(c0 + i), noise.position);
-        const float noisy = v + temp * -logf(-logf(u));
-        if (noisy > best_noisy) {
-          best_noisy = noisy;
-          best_noisy_idx = c0 + i;
-          best_clean = v;
+      for (int64_t i = 0; i < n_pad; i += kLanes) {
+        vf v;
+        memcpy(&v, buf + i, sizeof v);
+        const vi live = v + slack >= splat(best_noisy);
+        bool any = false;
+        for (int l = 0; l < kLanes; ++l) any |= live[l] != 0;
+        if (!any) continue;
+        vf u;
+        if (noise.uniforms) {
+          float tmp[kLanes];
+          for (int l = 0; l < kLanes; ++l) tmp[l] = i + l < n ? noise.uniforms[c0 + i + l] : 0.5f;
+          memcpy(&u, tmp, sizeof u);
+        } else {
+          vu idx;
+          for (int l = 0; l < kLanes; ++l) idx[l] = static_cast<uint32_t>(c0 + i + l);
+          u = philox_uniforms(idx, noise.position, noise.seed, noise.offset);
         }
+        const vf noisy = v + temp * -vlog(-vlog(u));
+        const vi better = (noisy > nz.best) & live;
+        nz.best = better ? noisy : nz.best;
+        nz.clean = better ? v : nz.clean;
+        nz.idx = better ? lane_ids + static_cast<int32_t>(c0 + i) : nz.idx;
       }
+      for (int l = 0; l < kLanes; ++l) best_noisy = nz.best[l] > best_noisy ? nz.best[l] : best_noisy;
     }
 
     // Pass B: sum of exp (and entropy numerator) relative to the running max.
@@ -223,8 +294,23 @@ RowStats row_stats_typed(const T* row, const RowStatsParams& prm, const RowNoise
     }
   }
 
+  // Noisy argmax across lanes: largest value, lowest index among equals (a sequential first-index scan).
+  int64_t best_noisy_idx = -1;
+  float best_clean = neg_inf;
+  if (sampling) {
+    float b = neg_inf;
+    for (int l = 0; l < kLanes; ++l) {
+      if (!(nz.best[l] > neg_inf)) continue;
+      if (nz.best[l] > b || (nz.best[l] == b && nz.idx[l] < best_noisy_idx)) {
+        b = nz.best[l];
+        best_noisy_idx = nz.idx[l];
+        best_clean = nz.clean[l];
+      }
+    }
+  }
+
   RowStats out;
-  out.valid = !bad && m1 != neg_inf;
+  out.valid = !bad && m1 != neg_inf && (!sampling || best_noisy_idx >= 0);
   out.x0 = -1;
   out.pprob = 0.f;
   out.conf = __builtin_nanf("");
