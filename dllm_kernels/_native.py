@@ -1,5 +1,6 @@
-"""Loads the native libraries that register the dllm ops with the dispatcher."""
-import warnings
+"""Loads the native libraries that register the dllm ops with the dispatcher, and registers the
+Triton kernels for CUDA where no native CUDA kernel was built."""
+import torch  # noqa: F401  (loads libc10/libtorch, which the native libraries link against)
 
 from . import _C  # noqa: F401  (registers the op schemas and the CPU kernels)
 
@@ -7,6 +8,20 @@ try:  # CUDA kernels: built only where nvcc was found; loading needs the CUDA ru
     from . import _C_cuda  # noqa: F401
 
     HAS_CUDA_KERNELS = True
-except ImportError as exc:  # pragma: no cover - depends on the build machine
+    CUDA_KERNELS_ERROR = None
+except ImportError as exc:  # depends on the build machine
     HAS_CUDA_KERNELS = False
     CUDA_KERNELS_ERROR = str(exc)
+
+
+def register_triton_fallbacks() -> bool:
+    """On a CUDA machine without the native CUDA kernels, serve fused_unmask on CUDA tensors with
+    the Triton kernels (block_attention registers its own Triton path)."""
+    if HAS_CUDA_KERNELS or not torch.cuda.is_available():
+        return False
+    from .triton_unmask import register_triton_cuda_kernel
+
+    return register_triton_cuda_kernel()
+
+
+TRITON_FALLBACK = register_triton_fallbacks()

@@ -12,15 +12,13 @@ implementations:
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
-import sys
-from pathlib import Path
 from typing import Union
 
 import torch
 import torch.nn.functional as F
+
+from ._triton_pkg import triton_kernels_module
 
 __all__ = ["MODES", "block_attention", "check_block_attention_args", "triton_kernel_module"]
 
@@ -161,23 +159,8 @@ def _block_attention_cpu(q, k_new, v_new, k_cache, v_cache, block_start, block_l
 
 
 def triton_kernel_module():
-    """`dllm_kernels.triton_kernels.block_attention`. In an installed package setup.py maps the
-    repo's triton_kernels/ there; in a source checkout that is not installed, map it here the same
-    way (never as a top-level `triton_kernels`, which would shadow OpenAI's package)."""
-    name = "dllm_kernels.triton_kernels"
-    if name not in sys.modules:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError:
-            root = Path(__file__).resolve().parent.parent / "triton_kernels"
-            spec = importlib.util.spec_from_file_location(name, root / "__init__.py",
-                                                          submodule_search_locations=[str(root)])
-            if spec is None or not (root / "block_attention.py").exists():
-                raise
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-    return importlib.import_module(name + ".block_attention")
+    """`dllm_kernels.triton_kernels.block_attention` (mapped from the repo in a source checkout)."""
+    return triton_kernels_module("block_attention")
 
 
 def _block_attention_triton_impl(q, k_new, v_new, k_cache, v_cache, block_start, block_len, kv_len,

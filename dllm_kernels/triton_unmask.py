@@ -14,38 +14,16 @@ tests check it against the C++ op on machines without a GPU.
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
 import math
 import os
-import sys
-from pathlib import Path
 from typing import Optional
 
 import torch
 
+from ._triton_pkg import triton_kernels_module
 
-def _triton_kernels_package():
-    """`dllm_kernels.triton_kernels`: setup.py maps the repo's triton_kernels/ there when installed;
-    in a source checkout that is not installed, map it the same way (never as a top-level
-    `triton_kernels`, which would shadow OpenAI's package of that name)."""
-    name = "dllm_kernels.triton_kernels"
-    if name not in sys.modules:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError:
-            root = Path(__file__).resolve().parent.parent / "triton_kernels"
-            spec = importlib.util.spec_from_file_location(name, root / "__init__.py",
-                                                          submodule_search_locations=[str(root)])
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-    return name
-
-
-_PKG = _triton_kernels_package()
-policy_kernel = importlib.import_module(_PKG + ".unmask_policy").policy_kernel
-_stats = importlib.import_module(_PKG + ".unmask_stats")
+policy_kernel = triton_kernels_module("unmask_policy").policy_kernel
+_stats = triton_kernels_module("unmask_stats")
 row_stats_kernel, split_stats_kernel, merge_stats_kernel = (
     _stats.row_stats_kernel, _stats.split_stats_kernel, _stats.merge_stats_kernel)
 N_PART_F, N_PART_I = _stats.N_PART_F, _stats.N_PART_I
