@@ -354,6 +354,11 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
                 logits = model.forward_span(x, q_start=q_start, q_len=q_len, kv_len=kv_len,
                                             row_start=row_start, n_rows=max(n_rows), cache=kv)
                 rs = torch.tensor(row_start, dtype=torch.int64).to(dev, non_blocking=True)
+                if policy.eotp:  # EoTP reads every masked row it is given: rows past a sequence's
+                    r_max = logits.shape[1]  # own need (another sequence set R) must read as invalid
+                    for b in todo:
+                        if n_rows[b] < r_max:
+                            logits[b, n_rows[b]:].fill_(float("nan"))
             else:
                 out = model(x, attention_mask=attn_mask) if attn_mask is not None else model(x)
                 logits, rs = _logits_of(out), None
