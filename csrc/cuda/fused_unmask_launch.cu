@@ -12,21 +12,6 @@ namespace dllm {
 namespace cuda {
 namespace {
 
-// Grid rows per sequence for the statistics pass. A slot strides over the positions that may be
-// read, so any value is correct; this one covers the usual span (the block, or AdaBlock's
-// look-ahead window) in one pass, and every row the logits hold when EoTP may read them all.
-int64_t stats_slots(const UnmaskParams& p) {
-  const PolicyParams& pp = p.policy;
-  int64_t span = pp.block_length;
-  if (pp.adaptive_block) {
-    const int64_t w = static_cast<int64_t>(pp.block_window_fraction * static_cast<float>(p.L)) + 1;
-    span = w > span ? w : span;
-  }
-  int64_t slots = pp.eotp ? p.R : (span < p.R ? span : p.R);
-  if (slots > p.L) slots = p.L;
-  return slots < 1 ? 1 : slots;
-}
-
 template <typename T>
 cudaError_t launch_stats(const StatsArgs& args, dim3 grid, size_t smem, cudaStream_t stream) {
   if (args.p.temperature > 0.f)

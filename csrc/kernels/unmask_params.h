@@ -107,6 +107,21 @@ inline UnmaskWorkspace unmask_workspace(void* base, int64_t B, int64_t R, int64_
   return w;
 }
 
+// Grid rows per sequence for the statistics pass. A slot strides over the positions that may be
+// read, so any value is correct; this one covers the usual span (the block, or AdaBlock's
+// look-ahead window) in one pass, and every row the logits hold when EoTP may read them all.
+inline int64_t stats_slots(const UnmaskParams& p) {
+  const PolicyParams& pp = p.policy;
+  int64_t span = pp.block_length;
+  if (pp.adaptive_block) {
+    const int64_t w = static_cast<int64_t>(pp.block_window_fraction * static_cast<float>(p.L)) + 1;
+    span = w > span ? w : span;
+  }
+  int64_t slots = pp.eotp ? p.R : (span < p.R ? span : p.R);
+  if (slots > p.L) slots = p.L;
+  return slots < 1 ? 1 : slots;
+}
+
 // Launches the whole step (statistics, then the per-sequence policy) on `stream` (a cudaStream_t).
 // Returns nullptr on success, else the CUDA error string. Never synchronises with the host.
 const char* launch_fused_unmask(const UnmaskParams& p, void* stream);
