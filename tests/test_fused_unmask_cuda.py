@@ -64,14 +64,40 @@ def _cuda_kernels_loaded():
 # ---- against the C++ CPU op, step by step ----------------------------------------------------------
 
 
-def run_vs_cpu(sc: Scenario, steps: int = 3, exact_x0: bool = True):
-    """Steps a random scenario through the CUDA and the CPU op from identical inputs.
+def step_vs_cpu(logits, x, conf, state, args):
+    """One step through the CUDA and the CPU op from identical (CPU) inputs, compared.
 
-    With T == 0 the predictions x0 must agree exactly (an argmax is exact in any order); the
-    confidences must agree to float32 rounding; the decisions must agree except for sequences whose
-    step is ambiguous at float32 precision (POLICIES.md §1). Both continue from the CPU result.
-    Returns the number of sequence-steps compared.
+    With T == 0 the predictions x0 must agree exactly (an argmax is exact in any order) and the
+    confidences of every read row to float32 rounding; the decisions must agree except for
+    sequences whose step is ambiguous at float32 precision (POLICIES.md §1: a confidence next to a
+    threshold or a tie, a sampled row whose best two noisy values nearly tie). Returns the CPU
+    op's (x, conf, state) and the number of sequences compared.
     """
+    B = x.shape[0]
+    seeds, offsets = state[:, S.SEED].clone(), state[:, S.OFFSET].clone()
+    c = (x.clone(), conf.clone(), state.clone())
+    g = (x.clone(), conf.clone(), state.clone())
+    out_c = cpu_op(logits, *c, **args)
+    out_g = cuda_op(logits, *g, **args)
+
+    read = ~torch.isclose(c[1], conf, equal_nan=True)
+    if args.get("temperature", 0.0) == 0:  # every read row, ambiguous or not
+        assert torch.equal(out_g[0], out_c[0]), f"x0 differs at {torch.nonzero(out_g[0] != out_c[0]).tolist()}"
+        torch.testing.assert_close(g[1][read], c[1][read], rtol=2e-5, atol=2e-6, equal_nan=True)
+
+    row_start = args.get("row_start")
+    rs = row_start if row_start is not None else torch.zeros(B, dtype=torch.int64)
+    shift = 1 if args.get("shift", False) else 0
+    skip = ambiguous_sequences(logits.double(), c[1], read, args, row_of=lambda b, p: p - shift - int(rs[b]),
+                               gumbel_u=args.get("gumbel_u"), seeds=seeds, offsets=offsets,
+                               filter_probs=filter_probabilities(args, c[1], c[2], B))
+    assert_same_decisions((*g, out_g), (*c, out_c), skip=skip)
+    return c, B - len(skip)
+
+
+def run_vs_cpu(sc: Scenario, steps: int = 3):
+    """Steps a random scenario through the CUDA and the CPU op (step_vs_cpu), both continuing from
+    the CPU result. Returns the number of sequence-steps compared."""
     gen = torch.Generator().manual_seed(sc.seed)
     kw = dict(sc.kw)
     batch = make_batch(sc.B, sc.L, sc.V, gen, block_length=kw["block_length"], seed=sc.seed)
@@ -94,26 +120,8 @@ def run_vs_cpu(sc: Scenario, steps: int = 3, exact_x0: bool = True):
             gumbel_u = torch.rand(B, R, V, generator=gen).clamp_(1e-6, 1 - 1e-6)
         args = dict(kw, **extra, row_start=row_start, gumbel_u=gumbel_u, mask_id=batch.mask_id,
                     eos_id=batch.eos_id)
-        x, conf, state = batch.x, batch.state.conf, batch.state.state
-        seeds, offsets = state[:, S.SEED].clone(), state[:, S.OFFSET].clone()
-        c = (x.clone(), conf.clone(), state.clone())
-        g = (x.clone(), conf.clone(), state.clone())
-        out_c = cpu_op(logits, *c, **args)
-        out_g = cuda_op(logits, *g, **args)
-
-        read = ~torch.isclose(c[1], conf, equal_nan=True)
-        # Predictions and confidences of every read row, ambiguous or not.
-        if exact_x0 and kw["temperature"] == 0:
-            assert torch.equal(out_g[0], out_c[0]), f"x0 differs at {torch.nonzero(out_g[0] != out_c[0]).tolist()}"
-        torch.testing.assert_close(g[1][read], c[1][read], rtol=2e-5, atol=2e-6, equal_nan=True)
-
-        rs = row_start if row_start is not None else torch.zeros(B, dtype=torch.int64)
-        shift = 1 if kw["shift"] else 0
-        skip = ambiguous_sequences(logits.double(), c[1], read, kw, row_of=lambda b, p: p - shift - int(rs[b]),
-                                   gumbel_u=gumbel_u, seeds=seeds, offsets=offsets,
-                                   filter_probs=filter_probabilities(extra, c[1], c[2], B))
-        assert_same_decisions((*g, out_g), (*c, out_c), skip=skip)
-        compared += B - len(skip)
+        c, n = step_vs_cpu(logits, batch.x, batch.state.conf, batch.state.state, args)
+        compared += n
         batch.x, batch.state.conf, batch.state.state = c
     return compared
 
@@ -179,14 +187,12 @@ def test_invalid_rows_match_cpu():
             st = dllm_kernels.DecodeState.new(B, L, gen_start=0)
             kw = dict(rule=rule, steps=4, block_length=L, mask_id=V - 1, eos_id=V - 2,
                       suppress_ids=torch.tensor([33000, 7]))
-            c = (x.clone(), st.conf.clone(), st.state.clone())
             g = (x.clone(), st.conf.clone(), st.state.clone())
-            out_c = cpu_op(logits.to(dtype), *c, **kw)
             out_g = cuda_op(logits.to(dtype), *g, **kw)
-            assert_same_decisions((*g, out_g), (*c, out_c))
             for b, r in ((0, 1), (0, 2), (0, 3), (1, 5)):
                 assert int(out_g[0][b, r]) == V - 1 and math.isnan(float(g[1][b, r]))
             assert not math.isnan(float(g[1][1, 4]))
+            step_vs_cpu(logits.to(dtype), x, st.conf, st.state, kw)
 
 
 def test_span_longer_than_grid_slots():
@@ -200,12 +206,10 @@ def test_span_longer_than_grid_slots():
     logits = peaked_logits(B, L, V, torch.bfloat16, gen)
     for temperature in (0.0, 0.9):
         kw = dict(rule=0, steps=3, block_length=4, temperature=temperature, mask_id=V - 1, eos_id=V - 2)
-        c = (x.clone(), st.conf.clone(), st.state.clone())
         g = (x.clone(), st.conf.clone(), st.state.clone())
-        out_c = cpu_op(logits, *c, **kw)
-        out_g = cuda_op(logits, *g, **kw)
+        cuda_op(logits, *g, **kw)
         assert (~torch.isnan(g[1][:, 4:90])).all(), "every row of the open block must be read"
-        assert_same_decisions((*g, out_g), (*c, out_c))
+        step_vs_cpu(logits, x, st.conf, st.state, kw)
 
 
 def test_no_rows():
@@ -214,9 +218,8 @@ def test_no_rows():
     st = dllm_kernels.DecodeState.new(B, L, gen_start=0)
     kw = dict(mask_id=10, eos_id=9, block_length=2)
     logits = torch.zeros(B, 0, V)
-    c = (x.clone(), st.conf.clone(), st.state.clone())
-    g = (x.clone(), st.conf.clone(), st.state.clone())
-    assert_same_decisions((*g, cuda_op(logits, *g, **kw)), (*c, cpu_op(logits, *c, **kw)))
+    _, compared = step_vs_cpu(logits, x, st.conf, st.state, kw)
+    assert compared == B
 
 
 # ---- GPU-only guarantees --------------------------------------------------------------------------
