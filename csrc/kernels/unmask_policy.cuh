@@ -140,42 +140,20 @@ __device__ __forceinline__ void block_select(const SeqIO& io, const SeqState& st
     }
   } else if (pp.rule == kThreshold) {
     for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads)
-      if (cand[j])
-        sel[j] = io.conf[s + j] >= pp.threshold || candidate_rank(io, st, pp, cand, s + j, false) == 0;
+      if (cand[j]) sel[j] = threshold_selected(io, st, pp, cand, j);
   } else if (pp.rule == kFactor) {
-    // Leading run of the descending order with c(r) >= 1 - f / (r + 1) for r >= 2 (1-based):
-    // its length is the smallest r - 1 over the failing ranks (n_cand when none fails).
     int64_t run = n_cand;
     for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads) {
       if (!cand[j]) continue;
-      const int64_t r = candidate_rank(io, st, pp, cand, s + j, false) + 1;
-      if (r >= 2 && !(io.conf[s + j] >= 1.f - pp.factor / static_cast<float>(r + 1)) && r - 1 < run)
-        run = r - 1;
+      const int64_t bound = factor_run_bound(io, st, pp, cand, j, n_cand);
+      run = bound < run ? bound : run;
     }
     run = block_reduce(run, MinI64{}, scratch);
     for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads)
       if (cand[j]) sel[j] = candidate_rank(io, st, pp, cand, s + j, false) < run;
-  } else {  // LocalLeap: anchors fixed for the step, relaxed commits near them
-    for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads) {
-      if (!cand[j]) continue;
-      const float c = io.conf[s + j];
-      if (c >= pp.anchor_threshold || candidate_rank(io, st, pp, cand, s + j, false) == 0) {
-        sel[j] = true;
-        continue;
-      }
-      int64_t d = -1;  // distance to the nearest anchor
-      for (int64_t a = 0; a < n; ++a) {
-        if (!cand[a] || !(io.conf[s + a] >= pp.anchor_threshold)) continue;
-        const int64_t da = a > j ? a - j : j - a;
-        if (d < 0 || da < d) d = da;
-      }
-      if (d < 1 || d > pp.window) continue;
-      float thr = pp.relaxed_threshold;
-      if (pp.graded)
-        thr = pp.relaxed_threshold + (pp.anchor_threshold - pp.relaxed_threshold) *
-                                         static_cast<float>(d - 1) / static_cast<float>(pp.window);
-      sel[j] = c >= thr;
-    }
+  } else {  // LocalLeap
+    for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads)
+      if (cand[j]) sel[j] = localleap_selected(io, st, pp, cand, j);
   }
   __syncthreads();
 }

@@ -255,6 +255,46 @@ DLLM_HD void compute_window_stats(SeqIO& io, const SeqState& st, const PolicyPar
   io.window_stats[2] = n > 0 ? static_cast<float>(sum2 / n - mean * mean) : 0.f;
 }
 
+// Per-candidate decisions of the rules, shared by the sequential select_positions below and the
+// CUDA kernel, which evaluates them one block offset per thread. `j` is a candidate's block offset.
+DLLM_HD bool threshold_selected(const SeqIO& io, const SeqState& st, const PolicyParams& pp,
+                                const bool* cand, int64_t j) {
+  const int64_t p = st.block_start + j;
+  return io.conf[p] >= pp.threshold || candidate_rank(io, st, pp, cand, p, false) == 0;
+}
+
+// Factor rule: the leading run of the descending order with c(r) >= 1 - f / (r + 1), r >= 2
+// (1-based), is as long as the smallest r - 1 over failing ranks. Returns this candidate's bound
+// on the run (`n_cand` when it does not fail); the run is the minimum over candidates.
+DLLM_HD int64_t factor_run_bound(const SeqIO& io, const SeqState& st, const PolicyParams& pp,
+                                 const bool* cand, int64_t j, int64_t n_cand) {
+  const int64_t p = st.block_start + j;
+  const int64_t r = candidate_rank(io, st, pp, cand, p, false) + 1;
+  const bool fails = r >= 2 && !(io.conf[p] >= 1.f - pp.factor / static_cast<float>(r + 1));
+  return fails ? r - 1 : n_cand;
+}
+
+// LocalLeap: anchors (conf >= kappa, fixed for the step) and the argmax are taken; others need
+// conf >= tau_rel (graded: rising linearly to kappa) within `window` of the nearest anchor.
+DLLM_HD bool localleap_selected(const SeqIO& io, const SeqState& st, const PolicyParams& pp,
+                                const bool* cand, int64_t j) {
+  const int64_t s = st.block_start, n = st.block_end - st.block_start;
+  const float c = io.conf[s + j];
+  if (c >= pp.anchor_threshold || candidate_rank(io, st, pp, cand, s + j, false) == 0) return true;
+  int64_t d = -1;  // distance to the nearest anchor
+  for (int64_t a = 0; a < n; ++a) {
+    if (!cand[a] || !(io.conf[s + a] >= pp.anchor_threshold)) continue;
+    const int64_t da = a > j ? a - j : j - a;
+    if (d < 0 || da < d) d = da;
+  }
+  if (d < 1 || d > pp.window) return false;
+  float thr = pp.relaxed_threshold;
+  if (pp.graded)
+    thr = pp.relaxed_threshold + (pp.anchor_threshold - pp.relaxed_threshold) *
+                                     static_cast<float>(d - 1) / static_cast<float>(pp.window);
+  return c >= thr;
+}
+
 // Selection rule over the block's candidates; marks chosen positions in `sel` (block offsets).
 // `cand` and `sel` are arrays of block length. Ranks are O(n) each, O(n^2) per block: blocks are
 // short (tens to hundreds) and the CUDA kernel spreads the rank loop over threads.
@@ -280,44 +320,22 @@ DLLM_HD void select_positions(const SeqIO& io, const SeqState& st, const PolicyP
   }
   if (pp.rule == kThreshold) {
     for (int64_t j = 0; j < n; ++j)
-      if (cand[j])
-        sel[j] = io.conf[s + j] >= pp.threshold || candidate_rank(io, st, pp, cand, s + j, false) == 0;
+      if (cand[j]) sel[j] = threshold_selected(io, st, pp, cand, j);
     return;
   }
   if (pp.rule == kFactor) {
-    // Longest leading run of the descending order with c(r) >= 1 - f / (r + 1), r >= 2 (1-based).
     int64_t run = n_cand;
     for (int64_t j = 0; j < n; ++j) {
       if (!cand[j]) continue;
-      const int64_t r = candidate_rank(io, st, pp, cand, s + j, false) + 1;
-      if (r >= 2 && !(io.conf[s + j] >= 1.f - pp.factor / static_cast<float>(r + 1)) && r - 1 < run)
-        run = r - 1;
+      const int64_t bound = factor_run_bound(io, st, pp, cand, j, n_cand);
+      run = bound < run ? bound : run;
     }
     for (int64_t j = 0; j < n; ++j)
       if (cand[j]) sel[j] = candidate_rank(io, st, pp, cand, s + j, false) < run;
     return;
   }
-  // LocalLeap: anchors fixed for the step, then relaxed commits within the window around them.
-  for (int64_t j = 0; j < n; ++j) {
-    if (!cand[j]) continue;
-    const float c = io.conf[s + j];
-    if (c >= pp.anchor_threshold || candidate_rank(io, st, pp, cand, s + j, false) == 0) {
-      sel[j] = true;
-      continue;
-    }
-    int64_t d = -1;  // distance to the nearest anchor
-    for (int64_t a = 0; a < n; ++a) {
-      if (!cand[a] || !(io.conf[s + a] >= pp.anchor_threshold)) continue;
-      const int64_t da = a > j ? a - j : j - a;
-      if (d < 0 || da < d) d = da;
-    }
-    if (d < 1 || d > pp.window) continue;
-    float thr = pp.relaxed_threshold;
-    if (pp.graded)
-      thr = pp.relaxed_threshold + (pp.anchor_threshold - pp.relaxed_threshold) *
-                                       static_cast<float>(d - 1) / static_cast<float>(pp.window);
-    sel[j] = c >= thr;
-  }
+  for (int64_t j = 0; j < n; ++j)
+    if (cand[j]) sel[j] = localleap_selected(io, st, pp, cand, j);
 }
 
 // EoTP after the rule's commits. `sel` holds this step's committed block offsets.
