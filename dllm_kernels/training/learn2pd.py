@@ -44,7 +44,7 @@ class Traces:
     features: torch.Tensor   # [N, W] float32: the filter's input at each recorded step
     labels: torch.Tensor     # [N, W] float32: 1 where the prediction equals the reference answer
     weights: torch.Tensor    # [N, W] float32: 1 for still-masked block positions (the loss covers these)
-    steps: int               # replay steps (one forward each)
+    steps: int               # replay steps summed over sequences (a sequence's forwards)
     reference_steps: int     # forwards of one-token-per-step decoding of the same prompts
 
     def save(self, path: str):
@@ -84,12 +84,10 @@ def oracle_traces(model, prompts: List[Sequence[int]], reference: torch.Tensor, 
     block = [0] * B
     n_blocks = math.ceil(gen_length / block_length)
     feats, labels, weights = [], [], []
-    steps = 0
     while True:
         active = [b for b in range(B) if block[b] < n_blocks]
         if not active:
             break
-        steps += 1
         logits = _model_logits(model, x, lens).float()
         prob = logits.softmax(-1)
         conf, x0 = prob.max(-1)
@@ -116,7 +114,7 @@ def oracle_traces(model, prompts: List[Sequence[int]], reference: torch.Tensor, 
             if not bool((x[b, s:e] == mask_id).any()):
                 block[b] += 1
     ref_steps = B * sum(min(block_length, gen_length - i * block_length) for i in range(n_blocks))
-    return Traces(torch.stack(feats), torch.stack(labels), torch.stack(weights), steps, ref_steps)
+    return Traces(torch.stack(feats), torch.stack(labels), torch.stack(weights), len(feats), ref_steps)
 
 
 def train_filter(traces: Traces, *, hidden: int = 32, epochs: int = 60, lr: float = 3e-3, seed: int = 0,
@@ -215,7 +213,7 @@ def task_prompts(model_dir: str, task: str, n: int, held_out: bool, seed: int):
     return [w.tolist() for w in D.text_windows(stream, rng, n, SHAKESPEARE_PROMPT)], None, SHAKESPEARE_GEN
 
 
-SHAKESPEARE_PROMPT, SHAKESPEARE_GEN = 32, 32
+SHAKESPEARE_PROMPT, SHAKESPEARE_GEN, SHAKESPEARE_BLOCK = 32, 32, 16
 
 
 def main(argv=None):
@@ -229,7 +227,7 @@ def main(argv=None):
     ap.add_argument("--gen-length", type=int)
     ap.add_argument("--block-length", type=int)
     ap.add_argument("--hidden", type=int, default=32)
-    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--threshold", type=float, default=0.96)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="filter file (default MODEL/learn2pd_filter.safetensors)")
@@ -249,12 +247,12 @@ def main(argv=None):
     else:
         ap.error("give --task or --prompts")
     gen_length = a.gen_length or gen_default
-    block_length = a.block_length or min(32, gen_length)
+    block_length = a.block_length or (SHAKESPEARE_BLOCK if a.task == "shakespeare" else min(32, gen_length))
     t0 = time.time()
     traces = collect(model, train_p, gen_length=gen_length, block_length=block_length, mask_id=mask_id,
                      eos_id=eos_id)
-    print(f"traces: {traces.features.shape[0]} block-steps from {len(train_p)} prompts, "
-          f"oracle replay {traces.steps} forwards vs {traces.reference_steps} one-token-per-step "
+    print(f"traces: {traces.features.shape[0]} block-steps from {len(train_p)} prompts: the oracle needs "
+          f"{traces.steps} forwards, one token per step {traces.reference_steps} "
           f"({time.time() - t0:.0f} s)")
     t0 = time.time()
     filt = train_filter(traces, hidden=a.hidden, epochs=a.epochs, seed=a.seed, log=print)
