@@ -532,3 +532,22 @@ def test_cuda_graph_capture_of_a_whole_decode_step():
         torch.cuda.synchronize()
         assert torch.equal(eager["x"], graphed["x"]) and torch.equal(eager["st"].state, graphed["st"].state)
         assert torch.equal(eager["kc"], graphed["kc"])
+
+
+def test_counters_at_int64_max():
+    """A corrupt state with STEP or OFFSET at INT64_MAX: no crash, and OFFSET wraps to INT64_MIN as the
+    reference's does (docs: the op takes any state). In the normal build this passes; the sanitizer
+    build (scripts/sanitize_cpu.sh) reports signed overflow here until policy.h increments the
+    counters without overflowing (known finding: csrc/include/dllm/policy.h `st.step += 1`,
+    `st.offset += 1`; the same lines in csrc/kernels/unmask_policy.cuh)."""
+    B, L, V = 1, 4, 10
+    for col in (S.STEP, S.OFFSET):
+        x = torch.full((B, L), V - 1)
+        stt = dk.DecodeState.new(B, L, gen_start=0)
+        stt.state[0, col] = 2 ** 63 - 1
+        stt.state[0, S.BLOCK_START], stt.state[0, S.BLOCK_END], stt.state[0, S.BLOCK_REMAINING] = 0, 4, 4
+        OP(torch.randn(B, L, V), x, stt.conf, stt.state, None, None, None, None, None, None, None, None, None, None,
+           V - 1, V - 2, rule=0, steps=3, block_length=4)
+        if col == S.OFFSET:
+            assert int(stt.state[0, S.OFFSET]) == -(2 ** 63)
+        assert bool(((x >= 0) & (x < V)).all())
