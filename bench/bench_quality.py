@@ -74,7 +74,7 @@ def policies(name: str, block: int, tok, filt, quick: bool):
         out["learned filter 0.8"] = dk.Policy(rule="filter", steps=block, learned_filter=f,
                                               filter_threshold=0.8, **base)
     if quick:
-        keep = ("one token per step", "top-k 2", "threshold 0.9", "threshold 0.7", "LocalLeap", "learned filter")
+        keep = ("one token per step", "top-k 2", "threshold 0.9", "threshold 0.5", "learned filter")
         out = {k: v for k, v in out.items() if k in keep}
     return out
 

@@ -120,3 +120,8 @@ def main():
 
 if __name__ == "__main__":
     main()
+    # Part 2: the tiny dLLMs trained in this repository (models/), with a quick quality/forwards table.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import demo_models  # noqa: E402
+
+    demo_models.main()
