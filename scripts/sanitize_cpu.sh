@@ -11,7 +11,8 @@
 #    because it is not active cannot pass this script.
 # 3. scripts/sanitize_row_stats.cpp: every ISA build of the row kernel (base, AVX2, AVX-512; the op
 #    itself only ever runs the widest the CPU has) on exactly-sized heap rows, against each other.
-# 4. The op tests (pytest) in a copy of the package whose _C is the sanitized build, with libasan
+# 4. The op tests (pytest, --capture=sys so that a native report reaches the log even when it aborts
+#    the process) in a copy of the package whose _C is the sanitized build, with libasan
 #    preloaded (python itself is not instrumented) and ASAN_OPTIONS=detect_leaks=0.
 #
 # Exits non-zero on any finding (a sanitizer report anywhere in the logs, or a failing test).
@@ -122,7 +123,7 @@ import os, dllm_kernels._C as c
 assert os.path.realpath(c.__file__) == os.path.realpath(os.path.join('$PKG', 'dllm_kernels', os.path.basename('$SO'))), c.__file__
 print('loaded', c.__file__)") > "$LOG/load.log" 2>&1
 rc_load=$?
-(cd "$PKG" && LD_PRELOAD="$PRELOAD" "$PY" -m pytest -q -x -p no:cacheprovider -rfE \
+(cd "$PKG" && LD_PRELOAD="$PRELOAD" "$PY" -m pytest -q -x -p no:cacheprovider -rfE --capture=sys \
   "$ROOT/tests/test_fused_unmask_cpu.py" "$ROOT/tests/test_fused_unmask_edges.py" \
   "$ROOT/tests/test_fused_unmask_bad_inputs.py" "$ROOT/tests/test_bad_inputs_matrix.py" \
   "$ROOT/tests/test_block_attention.py" "$ROOT/tests/test_properties.py" "$ROOT/tests/test_stability.py" \
@@ -134,8 +135,10 @@ tail -n 3 "$LOG/pytest.log"
 bad="$(findings "$LOG"/build.log "$LOG"/load.log "$LOG"/row_stats.log "$LOG"/pytest.log)"
 say "done: load rc $rc_load, pytest rc $rc_tests, logs with sanitizer reports: ${bad:-none}"
 if [ -n "$bad" ]; then
-  grep -E -A 30 "ERROR: AddressSanitizer|runtime error:" $bad | head -n 80
+  grep -E -h -A 12 "ERROR: AddressSanitizer|CHECK failed|runtime error:" $bad | head -n 60
+  echo "sanitize_cpu: SANITIZER FINDINGS (reports in: $bad)"
+  grep -B 30 -E "^(FAILED|ERROR) |Fatal Python error" "$LOG/pytest.log" | grep -E "^(FAILED|ERROR) |::" | tail -n 5
   exit 1
 fi
-(( rc_load == 0 && rc_tests == 0 )) || exit 1
+(( rc_load == 0 && rc_tests == 0 )) || { echo "sanitize_cpu: failing op tests (no sanitizer report): see $LOG/pytest.log"; exit 1; }
 echo "sanitize_cpu: no sanitizer findings"

@@ -551,3 +551,82 @@ def test_counters_at_int64_max():
         if col == S.OFFSET:
             assert int(stt.state[0, S.OFFSET]) == -(2 ** 63)
         assert bool(((x >= 0) & (x < V)).all())
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoder's guard (dllm_kernels/generate.py): a stalled decode stops at max_steps
+
+
+def _with_alarm(fn, seconds=120):
+    """Runs fn with a SIGALRM deadline, so a loop that never ends fails instead of hanging CI."""
+    import signal
+
+    def boom(*_):
+        raise TimeoutError("the decode loop did not stop")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+    try:
+        return fn()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+class _CountingModel:
+    """A callable model for generate(): logits [B, L, V] from `make(x)`, calls counted."""
+
+    def __init__(self, V, make):
+        self.V, self.make, self.calls = V, make, 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return self.make(x)
+
+
+@pytest.mark.parametrize("stall", ["nan_rows", "predicts_mask"])
+def test_generate_guard_stops_a_stalled_decode(stall):
+    """Rows that never become valid (NaN), or a model whose favourite token is the mask token:
+    the op makes no progress, and generate() stops after max_steps with finished=False."""
+    from dllm_kernels.generate import generate
+
+    V, mask_id, eos_id = 16, 15, 14
+
+    def make(x):
+        logits = torch.randn(x.shape[0], x.shape[1], V, generator=torch.Generator().manual_seed(0))
+        if stall == "nan_rows":
+            logits[:, -1] = math.nan  # the last position never gets a valid row
+        else:
+            logits[..., mask_id] = 50.0
+        return logits
+
+    for max_steps in (None, 7):
+        model = _CountingModel(V, make)
+        out = _with_alarm(lambda: generate(model, [[1, 2, 3], [4]], gen_length=6, block_length=3,
+                                           policy=dk.Policy(rule="threshold", threshold=0.5, block_length=3),
+                                           mask_id=mask_id, eos_id=eos_id, max_steps=max_steps))
+        limit = max_steps or 2 * 6 + 8
+        assert not out.finished and out.steps == limit and model.calls == limit
+        assert bool((out.tokens == mask_id).any())
+
+
+def test_generate_finishes_within_its_default_limit():
+    """Valid logits: every policy finishes well inside the default max_steps (2 * gen_length + 8),
+    the bound progress-every-step gives (test_every_step_commits_or_finishes)."""
+    from dllm_kernels.generate import generate
+
+    V, mask_id, eos_id = 32, 31, 30
+    g = torch.Generator().manual_seed(1)
+
+    def make(x):
+        logits = peaked_logits(x.shape[0], x.shape[1], V, torch.float32, g)
+        logits[..., mask_id] = -math.inf
+        return logits
+
+    for policy in (dk.Policy(rule="topk", steps=8, block_length=8), dk.Policy(rule="threshold", block_length=4),
+                   dk.Policy(rule="localleap", block_length=8, eotp=True),
+                   dk.Policy(rule="factor", block_length=5, early_stop=True, temperature=0.8)):
+        model = _CountingModel(V, make)
+        out = _with_alarm(lambda: generate(model, [[1, 2], [3, 4, 5, 6]], gen_length=16, policy=policy,
+                                           mask_id=mask_id, eos_id=eos_id))
+        assert out.finished and out.steps <= 2 * 16 + 8 and not bool((out.tokens == mask_id).any()), policy
