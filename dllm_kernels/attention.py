@@ -31,16 +31,47 @@ def _fail(msg: str):
     raise ValueError(f"dllm.block_attention: {msg}")
 
 
-def _data_ptr(t: torch.Tensor):
-    """The data pointer, or None for tensors without storage (meta, fake)."""
-    from torch._subclasses.fake_tensor import is_fake
-
-    if t.device.type == "meta" or is_fake(t):
+def _byte_span(t: torch.Tensor):
+    """(storage pointer, first byte, end byte) of a real tensor's elements, or None for tensors
+    without readable storage (meta, fake, or while torch.compile traces)."""
+    if torch.compiler.is_compiling() or t.device.type == "meta" or t.numel() == 0:
         return None
     try:
-        return t.data_ptr() or None
-    except RuntimeError:
+        base = t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
         return None
+    if not base:
+        return None
+    size = t.element_size()
+    first = t.storage_offset() * size
+    last = first + sum((n - 1) * st for n, st in zip(t.shape, t.stride())) * size + size
+    return base, first, last
+
+
+def _shifted_overlap(t: torch.Tensor, shift: int) -> bool:
+    """Does `t` share an element with the same-layout view shifted by `shift` elements? Decomposes the
+    shift over t's strides, largest first (exact for the non-overlapping layouts caches use)."""
+    rest = abs(shift)
+    for n, st in sorted(zip(t.shape, t.stride()), key=lambda p: -p[1]):
+        if st == 0:
+            continue
+        q = rest // st
+        if q >= n:
+            return False
+        rest -= q * st
+    return rest == 0
+
+
+def _caches_overlap(k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
+    """True when the two caches share memory (the V write would clobber K slots)."""
+    if k_cache is v_cache:
+        return True
+    a, b = _byte_span(k_cache), _byte_span(v_cache)
+    if a is None or b is None or a[0] != b[0] or not (a[1] < b[2] and b[1] < a[2]):
+        return False
+    if k_cache.shape == v_cache.shape and k_cache.stride() == v_cache.stride():
+        return _shifted_overlap(k_cache, v_cache.storage_offset() - k_cache.storage_offset())
+    return True  # interleaved spans of different layouts: refuse rather than risk it
 
 
 def check_block_attention_args(q, k_new, v_new, k_cache, v_cache, block_start, block_len, kv_len,
@@ -66,6 +97,8 @@ def check_block_attention_args(q, k_new, v_new, k_cache, v_cache, block_start, b
         if t.numel() > 0 and t.stride(-1) != 1:
             _fail(f"{name} must be contiguous in its last (head) dimension, got strides {tuple(t.stride())}")
     B, q_max, hq, d = q.shape
+    if B == 0:
+        _fail("empty batch (q has B = 0)")
     if k_new.shape != v_new.shape:
         _fail(f"k_new {tuple(k_new.shape)} and v_new {tuple(v_new.shape)} must have the same shape")
     if k_cache.shape != v_cache.shape:
@@ -100,8 +133,8 @@ def check_block_attention_args(q, k_new, v_new, k_cache, v_cache, block_start, b
         _fail(f"block_size must be >= 1 in mode 2 (block_causal), got {block_size}")
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         _fail(f"scale must be a finite positive number, got {scale}")
-    if k_cache is v_cache or (k_cache.numel() > 0 and _data_ptr(k_cache) == _data_ptr(v_cache) is not None):
-        _fail("k_cache and v_cache must be different tensors")
+    if _caches_overlap(k_cache, v_cache):
+        _fail("k_cache and v_cache must not overlap in memory (the op writes both)")
     if check_values and B > 0:
         l_max = k_cache.shape[1]
         start, n = block_start.cpu(), block_len.cpu()

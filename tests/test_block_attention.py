@@ -242,7 +242,7 @@ def _bad_cases():
     yield "kv_short", dict(kv_len=lambda c: torch.tensor([3, 12])), "kv_len must lie in"
     yield "kv_long", dict(kv_len=lambda c: torch.tensor([7, 13])), "kv_len must lie in"
     yield "kv_missing", dict(kv_len=lambda c: None), "kv_len is required in mode 1"
-    yield "same_cache", dict(v_cache=lambda c: c["k_cache"]), "different tensors"
+    yield "same_cache", dict(v_cache=lambda c: c["k_cache"]), "must not overlap"
     del f32
 
 
@@ -314,3 +314,15 @@ def test_cuda_no_sync_and_graph_capture():
         ref = run_ref(ref_c, 1, 1 / math.sqrt(128), 0, compute_dtype=torch.float32)
         torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
         assert torch.equal(static["k_cache"], ref_c["k_cache"])
+
+
+def test_interleaved_kv_buffer_is_not_mistaken_for_overlap():
+    """A [B, L, 2, H, D] buffer holding K and V side by side is a valid (non-overlapping) cache layout."""
+    import dllm_kernels.attention as A
+
+    kv = torch.zeros(2, 12, 2, 2, 64)
+    assert not A._caches_overlap(kv[:, :, 0], kv[:, :, 1])
+    assert A._caches_overlap(kv[:, :11, 0], kv[:, 1:, 0])
+    flat = torch.zeros(2, 13, 2, 64)
+    assert A._caches_overlap(flat[:, :12], flat[:, 1:])
+    assert not A._caches_overlap(flat[:, :6], flat[:, 6:12])

@@ -120,12 +120,15 @@ def scan_vocab(row_ptr, noise_ptr, v_lo, v_hi, suppress_ptr, n_suppress, seed, o
 
 
 @triton.jit
-def finish_row(m1, m2, sum_exp, ent, bad, idx, noisy_idx, noisy_clean, zero_conf_ptr, n_zero_conf,
+def finish_row(m1, m2, sum_exp, ent, bad, idx, noisy_best, noisy_idx, noisy_clean, zero_conf_ptr, n_zero_conf,
                mask_id, out_at, x0_ptr, conf_ptr, pprob_ptr, CONF_KIND: tl.constexpr,
                SAMPLING: tl.constexpr):
     """From a row's statistics to x0, conf, pprob (invalid row: x0 = mask_id, conf = NaN)."""
     valid = (bad == 0) & (m1 != NEG_INF)
     if SAMPLING:
+        # No noisy value above -inf (explicit uniforms outside (0, 1)): the index is the sentinel
+        # V, never a token, so the row is invalid (as in the C++ op).
+        valid = valid & (noisy_best > NEG_INF)
         x0 = noisy_idx
         l_x0 = noisy_clean
     else:
@@ -165,7 +168,7 @@ def row_stats_kernel(logits_ptr, stride_b, stride_r, gumbel_ptr, x_ptr, state_pt
         m1, m2, sum_exp, ent, bad, idx, noisy_best, noisy_idx, noisy_clean = scan_vocab(
             row_ptr, noise_ptr, 0, V, suppress_ptr, n_suppress, seed, offset, p, temperature,
             CONF_KIND, SAMPLING, EXPLICIT_NOISE, BLOCK_V)
-        finish_row(m1, m2, sum_exp, ent, bad, idx, noisy_idx, noisy_clean, zero_conf_ptr, n_zero_conf,
+        finish_row(m1, m2, sum_exp, ent, bad, idx, noisy_best, noisy_idx, noisy_clean, zero_conf_ptr, n_zero_conf,
                    mask_id, b * L + p, x0_ptr, conf_ptr, pprob_ptr, CONF_KIND, SAMPLING)
 
 
@@ -250,5 +253,5 @@ def merge_stats_kernel(part_f_ptr, part_i_ptr, x_ptr, state_ptr, row_start_ptr, 
         noisy_max = tl.max(nbest, 0)
         noisy_idx = tl.min(tl.where(nbest == noisy_max, nidxs, V), 0)
         noisy_clean = tl.max(tl.where((nbest == noisy_max) & (nidxs == noisy_idx), ncleans, NEG_INF), 0)
-        finish_row(m1, m2, sum_exp, ent, bad, idx, noisy_idx, noisy_clean, zero_conf_ptr, n_zero_conf,
+        finish_row(m1, m2, sum_exp, ent, bad, idx, noisy_max, noisy_idx, noisy_clean, zero_conf_ptr, n_zero_conf,
                    mask_id, b * L + p, x0_ptr, conf_ptr, pprob_ptr, CONF_KIND, SAMPLING)

@@ -320,9 +320,9 @@ __global__ void __launch_bounds__(kPolicyThreads) unmask_policy_kernel(const Unm
     if (n_eos > 0) block_end_sequence_at(io, st, pp, st.block_end);
     __syncthreads();
   }
-  st.step += 1;
+  st.step = wrapping_increment(st.step);
   st.done = block_count_masked(x, st.gen_start, st.end_pos, pp.mask_id, scratch) == 0;
-  st.offset += 1;
+  st.offset = wrapping_increment(st.offset);
   if (tid == 0) store_state(io.state, st);
 }
 

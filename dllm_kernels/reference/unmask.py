@@ -183,7 +183,7 @@ def _load_state(row: list, L: int) -> dict:
 
 
 def _store_state(state_row: torch.Tensor, st: dict) -> None:
-    values = [st["gen_start"], st["gen_end"], st["block_start"], st["block_end"], st["step"],
+    values = [st["gen_start"], st["gen_end"], st["block_start"], st["block_end"], _wrap_int64(st["step"]),
               st["block_masked"], st["block_remaining"], st["end_pos"], st["done"], st["seed"],
               _wrap_int64(st["offset"])]
     state_row.copy_(torch.tensor(values, dtype=torch.int64))

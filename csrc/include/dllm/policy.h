@@ -47,6 +47,11 @@ struct SeqState {
   int64_t end_pos, done, seed, offset;
 };
 
+// Counters advance modulo 2^64 (two's complement), so a saturated state can never overflow.
+DLLM_HD int64_t wrapping_increment(int64_t v) {
+  return static_cast<int64_t>(static_cast<uint64_t>(v) + 1u);
+}
+
 DLLM_HD int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 DLLM_HD SeqState load_state(const int64_t* s, int64_t L) {
@@ -406,9 +411,9 @@ DLLM_HD void policy_step(SeqIO& io, const PolicyParams& pp, bool* work) {
     for (int64_t p = st.block_start; p < block_stop; ++p) has_eos |= io.x[p] == pp.eos_id;
     if (has_eos) end_sequence_at(io, st, pp, st.block_end);
   }
-  st.step += 1;
+  st.step = wrapping_increment(st.step);
   st.done = count_masked(io.x, st.gen_start, st.end_pos, pp.mask_id) == 0;
-  st.offset += 1;
+  st.offset = wrapping_increment(st.offset);
   store_state(io.state, st);
 }
 
