@@ -27,6 +27,35 @@ def filter_probabilities(extra, conf, state, B):
     return out
 
 
+def step_inputs(sc, batch, extra, gen, invalid_rows=False):
+    """Logits (eos and the delimiter made plausible somewhere) and optional noise for one step."""
+    B, L, V = sc.B, sc.L, sc.V
+    R = max(1, L - 5) if sc.use_row_start else L
+    row_start = torch.randint(0, L - R + 1, (B,), generator=gen) if sc.use_row_start else None
+    logits = peaked_logits(B, R, V, torch.float32, gen)
+    for b in range(B):
+        for r in torch.randint(0, R, (2,), generator=gen).tolist():
+            boost_token(logits, b, r, batch.eos_id, float(torch.rand(1, generator=gen)) * 6 - 2)
+        if "delimiter_ids" in extra:
+            r = int(torch.randint(0, R, (1,), generator=gen))
+            boost_token(logits, b, r, int(extra["delimiter_ids"][0]), float(torch.rand(1, generator=gen)) * 6 - 2)
+    if invalid_rows:  # a NaN row, a +inf entry, an all -inf row (docs: "Non-finite logits")
+        for b in range(B):
+            rows = torch.randperm(R, generator=gen)[:3].tolist()
+            logits[b, rows[0], V // 2] = float("nan")
+            if len(rows) > 1:
+                logits[b, rows[1], V // 3] = float("inf")
+            if len(rows) > 2:
+                logits[b, rows[2]] = float("-inf")
+            logits[b, rows[-1], 0] = float("-inf")  # -inf entries are ordinary
+    logits = logits.to(sc.dtype)
+    gumbel_u = None
+    if sc.use_gumbel_u and sc.kw["temperature"] > 0:
+        gumbel_u = torch.rand(B, R, V, generator=gen).clamp_(1e-6, 1 - 1e-6)
+    rank_u = torch.rand(B, L, generator=gen) if sc.kw.get("random_remasking") and sc.seed % 2 else None
+    return logits, row_start, gumbel_u, rank_u
+
+
 def run_scenario(op, sc: Scenario, steps: int = 3):
     """Returns (compared, skipped) sequence-steps."""
     gen = torch.Generator().manual_seed(sc.seed)
@@ -34,21 +63,9 @@ def run_scenario(op, sc: Scenario, steps: int = 3):
     batch = make_batch(sc.B, sc.L, sc.V, gen, block_length=kw["block_length"], seed=sc.seed)
     extra = sc.tensors()
     compared = skipped = 0
-    B, L, V = sc.B, sc.L, sc.V
+    B = sc.B
     for _ in range(steps):
-        R = max(1, L - 5) if sc.use_row_start else L
-        row_start = torch.randint(0, L - R + 1, (B,), generator=gen) if sc.use_row_start else None
-        logits = peaked_logits(B, R, V, torch.float32, gen)
-        for b in range(B):  # make eos and the delimiter plausible somewhere
-            for r in torch.randint(0, R, (2,), generator=gen).tolist():
-                boost_token(logits, b, r, batch.eos_id, float(torch.rand(1, generator=gen)) * 6 - 2)
-            r = int(torch.randint(0, R, (1,), generator=gen))
-            if "delimiter_ids" in extra:
-                boost_token(logits, b, r, int(extra["delimiter_ids"][0]), float(torch.rand(1, generator=gen)) * 6 - 2)
-        logits = logits.to(sc.dtype)
-        gumbel_u = None
-        if sc.use_gumbel_u and kw["temperature"] > 0:
-            gumbel_u = torch.rand(B, R, V, generator=gen).clamp_(1e-6, 1 - 1e-6)
+        logits, row_start, gumbel_u, _ = step_inputs(sc, batch, extra, gen)
         seeds, offsets = batch.state.state[:, 9].clone(), batch.state.state[:, 10].clone()
         conf_before = batch.state.conf.clone()
         got, ref = run_both(op, logits, batch, dict(kw, **extra), row_start=row_start, gumbel_u=gumbel_u)

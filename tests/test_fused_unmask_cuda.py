@@ -12,7 +12,7 @@ import torch
 import dllm_kernels  # noqa: F401  (loads the ops)
 from dllm_kernels import _native
 from dllm_kernels import state as S
-from scenario_runner import filter_probabilities, run_scenario
+from scenario_runner import filter_probabilities, run_scenario, step_inputs
 from unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, boost_token,
                           make_batch, peaked_logits)
 
@@ -102,22 +102,9 @@ def run_vs_cpu(sc: Scenario, steps: int = 3):
     kw = dict(sc.kw)
     batch = make_batch(sc.B, sc.L, sc.V, gen, block_length=kw["block_length"], seed=sc.seed)
     extra = sc.tensors()
-    B, L, V = sc.B, sc.L, sc.V
     compared = 0
     for _ in range(steps):
-        R = max(1, L - 5) if sc.use_row_start else L
-        row_start = torch.randint(0, L - R + 1, (B,), generator=gen) if sc.use_row_start else None
-        logits = peaked_logits(B, R, V, torch.float32, gen)
-        for b in range(B):
-            for r in torch.randint(0, R, (2,), generator=gen).tolist():
-                boost_token(logits, b, r, batch.eos_id, float(torch.rand(1, generator=gen)) * 6 - 2)
-            if "delimiter_ids" in extra:
-                r = int(torch.randint(0, R, (1,), generator=gen))
-                boost_token(logits, b, r, int(extra["delimiter_ids"][0]), float(torch.rand(1, generator=gen)) * 6 - 2)
-        logits = logits.to(sc.dtype)
-        gumbel_u = None
-        if sc.use_gumbel_u and kw["temperature"] > 0:
-            gumbel_u = torch.rand(B, R, V, generator=gen).clamp_(1e-6, 1 - 1e-6)
+        logits, row_start, gumbel_u, _ = step_inputs(sc, batch, extra, gen)
         args = dict(kw, **extra, row_start=row_start, gumbel_u=gumbel_u, mask_id=batch.mask_id,
                     eos_id=batch.eos_id)
         c, n = step_vs_cpu(logits, batch.x, batch.state.conf, batch.state.state, args)

@@ -12,6 +12,7 @@ import torch
 
 import dllm_kernels  # noqa: F401  (loads the native op)
 from dllm_kernels.triton_unmask import FusedUnmaskArgumentError, fused_unmask_triton, launch_fused_unmask
+from scenario_runner import step_inputs
 from unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, boost_token,
                           make_batch, peaked_logits)
 
@@ -43,35 +44,6 @@ def triton_op(layout=None):
             host.copy_(d.cpu())
         return tuple(t.cpu() for t in out)
     return op
-
-
-def step_inputs(sc, batch, extra, gen, invalid_rows=False):
-    """Logits (eos and the delimiter made plausible somewhere) and optional noise for one step."""
-    B, L, V = sc.B, sc.L, sc.V
-    R = max(1, L - 5) if sc.use_row_start else L
-    row_start = torch.randint(0, L - R + 1, (B,), generator=gen) if sc.use_row_start else None
-    logits = peaked_logits(B, R, V, torch.float32, gen)
-    for b in range(B):
-        for r in torch.randint(0, R, (2,), generator=gen).tolist():
-            boost_token(logits, b, r, batch.eos_id, float(torch.rand(1, generator=gen)) * 6 - 2)
-        if "delimiter_ids" in extra:
-            r = int(torch.randint(0, R, (1,), generator=gen))
-            boost_token(logits, b, r, int(extra["delimiter_ids"][0]), float(torch.rand(1, generator=gen)) * 6 - 2)
-    if invalid_rows:  # a NaN row, a +inf entry, an all -inf row (docs: "Non-finite logits")
-        for b in range(B):
-            rows = torch.randperm(R, generator=gen)[:3].tolist()
-            logits[b, rows[0], V // 2] = float("nan")
-            if len(rows) > 1:
-                logits[b, rows[1], V // 3] = float("inf")
-            if len(rows) > 2:
-                logits[b, rows[2]] = float("-inf")
-            logits[b, rows[-1], 0] = float("-inf")  # -inf entries are ordinary
-    logits = logits.to(sc.dtype)
-    gumbel_u = None
-    if sc.use_gumbel_u and sc.kw["temperature"] > 0:
-        gumbel_u = torch.rand(B, R, V, generator=gen).clamp_(1e-6, 1 - 1e-6)
-    rank_u = torch.rand(B, L, generator=gen) if sc.kw.get("random_remasking") and sc.seed % 2 else None
-    return logits, row_start, gumbel_u, rank_u
 
 
 def run_against_cpu(sc, steps=2, layout=None, invalid_rows=False, batch=None):
