@@ -30,7 +30,7 @@ PRESETS = {
     "addition": dict(d_model=96, n_layers=3, n_heads=6, mlp_hidden_size=256, batch=48, seq_len=None,
                      steps=2500, lr=3e-3, warmup=80),
     "shakespeare": dict(d_model=128, n_layers=4, n_heads=4, mlp_hidden_size=352, batch=24, seq_len=64,
-                        steps=1000, lr=3e-3, warmup=80),
+                        steps=4000, lr=3e-3, warmup=80),
 }
 
 
@@ -263,7 +263,7 @@ def write_recipe(task_name: str, out: str, tlog: dict, task: "Task"):
               + (f" {100 * fe['accuracy_one_token_per_step']:.1f}% of {fe['accuracy_prompts']} |" if task_name == "addition" else ""),
               "", "Masked-token CE: t ~ U(1e-3, 1) masking of held-out samples, plain (unweighted) cross-entropy per masked "
               "token; the unigram baseline predicts the training token frequencies (add-one) on the same tokens.",
-              "Training curve (mean loss per 50 steps, the 1/t-weighted objective): "
+              "Training curve (mean loss of 50 steps, every 200 steps; the 1/t-weighted objective): "
               + ", ".join(f"{v:.2f}" for v in tlog["train_loss_curve"][::4]) + ".", ""]
     if os.path.exists(os.path.join(out, "learn2pd_filter.safetensors")):
         lines += ["`learn2pd_filter.safetensors`: the Learn2PD filter trained on this model "
