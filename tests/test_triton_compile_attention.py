@@ -1,12 +1,11 @@
 """Compiles the block_attention Triton kernels to real GPU code (sm_90 and sm_80) without a GPU
 (DESIGN.md §4): catches what the interpreter cannot (tl.dot shape/dtype rules, register-level
 lowering of the tile configs the launcher actually picks)."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from triton_compile import run_compile_script
 
 # The compile check must not run under the interpreter (the kernels would not be JIT objects
 # for the real backend), so it runs in a subprocess with TRITON_INTERPRET unset.
@@ -78,10 +77,5 @@ _SCRIPT = textwrap.dedent(r"""
 
 @pytest.mark.parametrize("arch", [90, 80])
 def test_block_attention_kernels_compile(arch):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(arch)], env=env, cwd=root,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    assert "compiled" in proc.stdout
+    stdout = run_compile_script(_SCRIPT, arch, timeout=600)
+    assert "compiled" in stdout

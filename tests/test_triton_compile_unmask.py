@@ -2,12 +2,11 @@
 (DESIGN.md §4): catches what the interpreter cannot (typing of scalar control flow, uint32
 Philox arithmetic, int1 stores, float64 sums, register-level lowering of the tiles the launcher
 picks)."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from triton_compile import run_compile_script
 
 # Not under the interpreter (the kernels must be JIT objects for the real backend): a subprocess
 # with TRITON_INTERPRET unset.
@@ -84,10 +83,5 @@ _SCRIPT = textwrap.dedent(r"""
 
 @pytest.mark.parametrize("arch", [90, 80])
 def test_fused_unmask_kernels_compile(arch):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(arch)], env=env, cwd=root,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    assert ("compiled 15" if arch == 90 else "compiled 9") in proc.stdout
+    stdout = run_compile_script(_SCRIPT, arch, timeout=900)
+    assert ("compiled 15" if arch == 90 else "compiled 9") in stdout
