@@ -1,19 +1,9 @@
 """The C++ CPU fused_unmask against the float64 reference, decision for decision."""
 import pytest
-import torch
 
 import dllm_kernels  # noqa: F401  (loads the op)
 from scenario_runner import run_scenario
-from unmask_cases import DTYPES, Scenario
-
-OP = torch.ops.dllm.fused_unmask
-
-
-def cpu_op(logits, x, conf, state, row_start=None, gumbel_u=None, rank_u=None, suppress_ids=None,
-           zero_conf_ids=None, delimiter_ids=None, filter_w1=None, filter_b1=None, filter_w2=None,
-           filter_b2=None, *, mask_id, eos_id, **kw):
-    return OP(logits, x, conf, state, row_start, gumbel_u, rank_u, suppress_ids, zero_conf_ids,
-              delimiter_ids, filter_w1, filter_b1, filter_w2, filter_b2, mask_id, eos_id, **kw)
+from unmask_cases import DTYPES, Scenario, cpu_op  # noqa: F401  (cpu_op: also used by other test files)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

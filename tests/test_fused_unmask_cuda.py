@@ -14,17 +14,15 @@ from dllm_kernels import _native
 from dllm_kernels import state as S
 from scenario_runner import filter_probabilities, run_scenario, step_inputs
 from unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, boost_token,
-                          make_batch, peaked_logits)
+                          make_batch, op_positional, peaked_logits)
 
 pytestmark = pytest.mark.cuda
 OP = torch.ops.dllm.fused_unmask
-OPTIONAL = ("row_start", "gumbel_u", "rank_u", "suppress_ids", "zero_conf_ids", "delimiter_ids",
-            "filter_w1", "filter_b1", "filter_w2", "filter_b2")
 
 
-def call(logits, x, conf, state, *, mask_id, eos_id, **kw):
-    opt = [kw.pop(name, None) for name in OPTIONAL]
-    return OP(logits, x, conf, state, *opt, mask_id, eos_id, **kw)
+def call(*args, **kwargs):
+    pos, kw = op_positional(*args, **kwargs)
+    return OP(*pos, **kw)
 
 
 def cpu_op(logits, x, conf, state, **kw):

@@ -13,8 +13,8 @@ import torch
 import dllm_kernels  # noqa: F401  (loads the native op)
 from dllm_kernels.triton_unmask import FusedUnmaskArgumentError, fused_unmask_triton, launch_fused_unmask
 from scenario_runner import step_inputs
-from unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, boost_token,
-                          make_batch, peaked_logits)
+from unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, cpu_op, make_batch,
+                          op_positional, peaked_logits)
 
 CPU_OP = torch.ops.dllm.fused_unmask
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -22,22 +22,10 @@ SPLIT = dict(block_v=64, vocab_splits=3)  # forces the split-vocabulary layout o
 ROWS = dict(block_v=64)                   # one program per row, several tiles per row
 
 
-def _positional(logits, x, conf, state, row_start=None, gumbel_u=None, rank_u=None, suppress_ids=None,
-                zero_conf_ids=None, delimiter_ids=None, filter_w1=None, filter_b1=None, filter_w2=None,
-                filter_b2=None, *, mask_id, eos_id, **kw):
-    return (logits, x, conf, state, row_start, gumbel_u, rank_u, suppress_ids, zero_conf_ids, delimiter_ids,
-            filter_w1, filter_b1, filter_w2, filter_b2, mask_id, eos_id), kw
-
-
-def cpu_op(*args, **kwargs):
-    pos, kw = _positional(*args, **kwargs)
-    return CPU_OP(*pos, **kw)
-
-
 def triton_op(layout=None):
     """The Triton path on DEVICE (inputs copied there, outputs and in-place updates copied back)."""
     def op(*args, **kwargs):
-        pos, kw = _positional(*args, **kwargs)
+        pos, kw = op_positional(*args, **kwargs)
         dev = [t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in pos]
         out = launch_fused_unmask(*dev, **kw, **(layout or {})) if layout else fused_unmask_triton(*dev, **kw)
         for host, d in zip(pos[1:4], dev[1:4]):  # x, conf, state are updated in place
@@ -388,7 +376,7 @@ def test_cuda_graph_capture_replays_steps():
     init = [t.cuda() for t in (batch.x, batch.state.conf, batch.state.state)]
 
     def step(x, conf, state):
-        pos, rest = _positional(logits, x, conf, state, **kw)
+        pos, rest = op_positional(logits, x, conf, state, **kw)
         return fused_unmask_triton(*pos, **rest)
 
     eager = [t.clone() for t in init]

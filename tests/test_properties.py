@@ -37,9 +37,9 @@ from dllm_kernels import state as S
 from dllm_kernels.reference import fused_unmask_reference, noise_uniform, row_statistics
 from scenario_runner import filter_probabilities
 from test_block_attention import check_against_reference
-from unmask_cases import DTYPES, TOL, ambiguous_sequences, assert_same_decisions, boost_token, peaked_logits
+from unmask_cases import (DTYPES, TOL, ambiguous_sequences, assert_same_decisions, boost_token, cpu_op,
+                          peaked_logits)
 
-CPU_OP = torch.ops.dllm.fused_unmask
 EXAMPLES = int(os.environ.get("DLLM_PROPERTY_EXAMPLES", "1000"))
 TRITON_EXAMPLES = int(os.environ.get("DLLM_PROPERTY_TRITON_EXAMPLES", str(max(1, min(EXAMPLES, 40)))))
 TRITON_ATTN_EXAMPLES = int(os.environ.get("DLLM_PROPERTY_TRITON_ATTN_EXAMPLES", str(max(1, min(EXAMPLES, 100)))))
@@ -312,13 +312,6 @@ def check_unmask_case(op, c: UnmaskCase, name: str):
         fig["compared"] += c.B - len(skip)
         fig["excused"] += len(skip)
         x, conf, state = ref  # continue from the reference (an excused step may differ legitimately)
-
-
-def cpu_op(logits, x, conf, state, row_start=None, gumbel_u=None, rank_u=None, suppress_ids=None,
-           zero_conf_ids=None, delimiter_ids=None, filter_w1=None, filter_b1=None, filter_w2=None,
-           filter_b2=None, *, mask_id, eos_id, **kw):
-    return CPU_OP(logits, x, conf, state, row_start, gumbel_u, rank_u, suppress_ids, zero_conf_ids,
-                  delimiter_ids, filter_w1, filter_b1, filter_w2, filter_b2, mask_id, eos_id, **kw)
 
 
 def device_op(device, triton=False):

@@ -16,9 +16,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import dllm_kernels as dk
 from dllm_kernels import state as S
-from dllm_kernels.reference.attention import block_attention_ref
-from test_properties import (attention_cases, case_extra, cpu_op, device_op, initial_batch, make_attention_case,
-                             step_tensors, unmask_cases)
+from test_properties import (attention_cases, case_extra, cpu_op, initial_batch, make_attention_case, step_tensors,
+                             unmask_cases)
 from unmask_cases import peaked_logits
 
 OP = torch.ops.dllm.fused_unmask

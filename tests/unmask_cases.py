@@ -11,6 +11,20 @@ from dllm_kernels import state as S
 from dllm_kernels.reference import fused_unmask_reference, noise_uniform, row_statistics
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def op_positional(logits, x, conf, state, row_start=None, gumbel_u=None, rank_u=None, suppress_ids=None,
+                  zero_conf_ids=None, delimiter_ids=None, filter_w1=None, filter_b1=None, filter_w2=None,
+                  filter_b2=None, *, mask_id, eos_id, **kw):
+    """The keyword form the reference takes -> (the op schema's positional arguments, the scalars)."""
+    return (logits, x, conf, state, row_start, gumbel_u, rank_u, suppress_ids, zero_conf_ids, delimiter_ids,
+            filter_w1, filter_b1, filter_w2, filter_b2, mask_id, eos_id), kw
+
+
+def cpu_op(*args, **kwargs):
+    """torch.ops.dllm.fused_unmask (the C++ CPU op for CPU tensors) called in the reference's keyword form."""
+    pos, kw = op_positional(*args, **kwargs)
+    return torch.ops.dllm.fused_unmask(*pos, **kw)
 TOL = 1e-5  # decisions closer than this to a threshold or a tie are allowed to differ (POLICIES.md §1)
 
 
