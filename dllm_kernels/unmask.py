@@ -25,8 +25,9 @@ def fused_unmask(logits: torch.Tensor, x: torch.Tensor, state: DecodeState, poli
 
     logits: [B, R, V] (float32/float16/bfloat16, contiguous along V); row r holds the logits of
     position `row_start[b] + r` (plus one with `policy.shift`, for Dream-style models).
-    x: [B, L] int64 tokens, `mask_id` where still masked. `backend`: "auto" dispatches on the
-    device (C++ on CPU; CUDA kernel, else Triton, on GPU); "triton" and "reference" force those.
+    x: [B, L] int64 tokens, `mask_id` where still masked. `backend`: "auto" (alias "native")
+    dispatches on the device (C++ on CPU; CUDA kernel, else Triton, on GPU); "triton" and
+    "reference" force those.
     Semantics: docs/fused_unmask.md. No host synchronisation on CUDA.
     """
     if backend not in BACKENDS:

@@ -227,9 +227,7 @@ __global__ void __launch_bounds__(kPolicyThreads) unmask_policy_kernel(const Unm
       KeyPos best{0.f, -1};
       for (int64_t q = sp.start + tid; q < sp.window_end; q += kPolicyThreads) {
         if (!read[q] || !is_valid_conf(io.conf[q])) continue;
-        bool delim = false;
-        for (int64_t d = 0; d < pp.n_delimiters; ++d) delim |= x0[q] == pp.delimiter_ids[d];
-        if (delim) best = BestKeyPos{}(best, KeyPos{pprob[q], q});
+        if (is_delimiter(pp, x0[q])) best = BestKeyPos{}(best, KeyPos{pprob[q], q});
       }
       best = block_reduce(best, BestKeyPos{}, scratch);
       if (best.pos >= 0 && best.key >= pp.block_delta) end = best.pos + 1;

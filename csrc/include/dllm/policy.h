@@ -215,9 +215,16 @@ DLLM_HD int64_t count_masked(const int64_t* x, int64_t from, int64_t to, int64_t
   return n;
 }
 
-// Opens a block when needed; returns false when the sequence has nothing left to do.
-DLLM_HD bool open_block(SeqIO& io, SeqState& st, const PolicyParams& pp, const Span& sp) {
-  if (!sp.opening) return true;
+DLLM_HD bool is_delimiter(const PolicyParams& pp, int64_t token) {
+  bool delim = false;
+  for (int64_t d = 0; d < pp.n_delimiters; ++d) delim |= token == pp.delimiter_ids[d];
+  return delim;
+}
+
+// Opens a new block when the span says one opens this step (AdaBlock: ends at the most probable
+// delimiter of the look-ahead window when that probability reaches block_delta).
+DLLM_HD void open_block(SeqIO& io, SeqState& st, const PolicyParams& pp, const Span& sp) {
+  if (!sp.opening) return;
   int64_t end = sp.default_end;
   if (pp.adaptive_block) {
     int64_t best_p = -1;
@@ -225,9 +232,7 @@ DLLM_HD bool open_block(SeqIO& io, SeqState& st, const PolicyParams& pp, const S
     for (int64_t p = sp.start; p < sp.window_end; ++p) {
       if (!position_is_read(p, io.x, st, sp, pp, io.row_start, io.R)) continue;
       if (!is_valid_conf(io.conf[p])) continue;
-      bool delim = false;
-      for (int64_t d = 0; d < pp.n_delimiters; ++d) delim |= io.x0[p] == pp.delimiter_ids[d];
-      if (delim && (best_p < 0 || io.pprob[p] > best)) {
+      if (is_delimiter(pp, io.x0[p]) && (best_p < 0 || io.pprob[p] > best)) {
         best_p = p;
         best = io.pprob[p];
       }
@@ -239,7 +244,6 @@ DLLM_HD bool open_block(SeqIO& io, SeqState& st, const PolicyParams& pp, const S
   st.step = 0;
   st.block_masked = count_masked(io.x, st.block_start, st.block_end < st.end_pos ? st.block_end : st.end_pos,
                                  pp.mask_id);
-  return true;
 }
 
 DLLM_HD void compute_window_stats(SeqIO& io, const SeqState& st, const PolicyParams& pp,
