@@ -38,12 +38,22 @@ def rel(paths):
     return sorted(os.path.relpath(p, HERE) for p in paths)
 
 
+def openmp_flags():
+    """at::parallel_for runs its loop serially unless the extension itself is compiled with OpenMP
+    (ATen/ParallelOpenMP.h is header-only behind `#ifdef _OPENMP`). Linking names libgomp.so.1, the
+    SONAME of the runtime torch has already loaded, so the process keeps one OpenMP runtime."""
+    import torch
+
+    return ["-fopenmp"] if torch.backends.openmp.is_available() else []
+
+
 ext_modules = [
     CppExtension(
         "dllm_kernels._C",
         rel(glob.glob(os.path.join(HERE, "csrc/*.cpp")) + glob.glob(os.path.join(HERE, "csrc/cpu/*.cpp"))),
         include_dirs=[os.path.join(HERE, "csrc")],
-        extra_compile_args={"cxx": CXX_FLAGS},
+        extra_compile_args={"cxx": CXX_FLAGS + openmp_flags()},
+        extra_link_args=openmp_flags(),
     )
 ]
 
