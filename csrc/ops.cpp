@@ -2,6 +2,10 @@
 // in their own files (cpu/*.cpp, cuda/*.cpp, Python for Triton and Meta).
 #include <torch/library.h>
 
+#include <string>
+
+#include "cpu/row_stats.h"
+
 TORCH_LIBRARY(dllm, m) {
   // One unmasking step for a batch; semantics in docs/fused_unmask.md.
   m.def(
@@ -19,6 +23,9 @@ TORCH_LIBRARY(dllm, m) {
   m.def(
       "block_attention(Tensor q, Tensor k_new, Tensor v_new, Tensor(a!) k_cache, Tensor(b!) v_cache, "
       "Tensor block_start, Tensor block_len, Tensor? kv_len, int mask_mode, float scale, int block_size) -> Tensor");
+  // Which instruction-set build of the CPU kernel runs ("avx512", "avx2", "base"; the environment
+  // variable DLLM_CPU_ISA caps it). No tensors, so one kernel serves every backend.
+  m.def("cpu_kernel_isa() -> str", [] { return std::string(dllm::cpu::row_stats_isa()); });
 }
 
 // Importing dllm_kernels._C from Python loads this library, which runs the registrations above.

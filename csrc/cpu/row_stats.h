@@ -36,6 +36,9 @@ struct RowStats {
 
 RowStats row_stats(const void* row, const RowStatsParams& params, const RowNoise& noise);
 
+// Name of the build row_stats runs: "avx512", "avx2" or "base".
+const char* row_stats_isa();
+
 // Per instruction set entry points (row_stats_<isa>.cpp; the AVX ones exist on x86-64 only).
 RowStats row_stats_avx512(const void* row, const RowStatsParams& params, const RowNoise& noise);
 RowStats row_stats_avx2(const void* row, const RowStatsParams& params, const RowNoise& noise);

@@ -6,6 +6,9 @@
 #include <string.h>
 
 #include <cstdint>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "../include/dllm/philox.h"
 #include "row_stats.h"
@@ -85,12 +88,46 @@ inline vf vlog(vf x) {
   return f + y + 0.693359375f * ef;
 }
 
-typedef uint64_t vu64 __attribute__((vector_size(DLLM_VEC_BYTES * 2)));
+typedef uint64_t vq __attribute__((vector_size(DLLM_VEC_BYTES)));  // the same bits as 64-bit lanes
 
+// Is any lane of a comparison mask set? OR of its 64-bit words (a lane-by-lane scalar loop costs
+// as much as a Philox round here).
+inline bool any_lane(vi mask) {
+  uint64_t words[DLLM_VEC_BYTES / 8];
+  memcpy(words, &mask, sizeof words);
+  uint64_t any = 0;
+  for (uint64_t w : words) any |= w;
+  return any != 0;
+}
+
+// Products of the low 32 bits of each 64-bit lane with m, as full 64-bit results. GCC compiles the
+// generic form to a 64 x 64-bit multiply (vpmullq: several uops), so x86 uses the 32 x 32 -> 64 one.
+inline vq mul_even_u32(vq a, uint32_t m) {
+  const vq b = vq{} + static_cast<uint64_t>(m);
+#if defined(__x86_64__) && DLLM_VEC_BYTES == 64 && !defined(__clang__)
+  // The builtin behind _mm512_mul_epu32, with a zero pass-through: GCC 12's intrinsic passes an
+  // "undefined" vector that -Wmaybe-uninitialized flags (GCC PR 105593).
+  return reinterpret_cast<vq>(__builtin_ia32_pmuludq512_mask(reinterpret_cast<__v16si>(a), reinterpret_cast<__v16si>(b),
+                                                             reinterpret_cast<__v8di>(vq{}), static_cast<__mmask8>(-1)));
+#elif defined(__x86_64__) && DLLM_VEC_BYTES == 64
+  return reinterpret_cast<vq>(_mm512_mul_epu32(reinterpret_cast<__m512i>(a), reinterpret_cast<__m512i>(b)));
+#elif defined(__x86_64__) && DLLM_VEC_BYTES == 32
+  return reinterpret_cast<vq>(_mm256_mul_epu32(reinterpret_cast<__m256i>(a), reinterpret_cast<__m256i>(b)));
+#elif defined(__x86_64__) && DLLM_VEC_BYTES == 16
+  return reinterpret_cast<vq>(_mm_mul_epu32(reinterpret_cast<__m128i>(a), reinterpret_cast<__m128i>(b)));
+#else
+  return (a & 0xffffffffull) * b;
+#endif
+}
+
+// Philox's 32 x 32 -> 64 multiply per 32-bit lane: even lanes and odd lanes as two 64-bit
+// products, whose halves are interleaved back into (hi, lo).
 inline void mulhilo(uint32_t m, vu a, vu& hi, vu& lo) {
-  const vu64 p = __builtin_convertvector(a, vu64) * static_cast<uint64_t>(m);
-  hi = __builtin_convertvector(p >> 32, vu);
-  lo = __builtin_convertvector(p, vu);
+  const vq q = reinterpret_cast<vq>(a);
+  const vq even = mul_even_u32(q, m), odd = mul_even_u32(q >> 32, m);
+  const vq mask_lo = vq{} + 0xffffffffull;
+  lo = reinterpret_cast<vu>((even & mask_lo) | (odd << 32));
+  hi = reinterpret_cast<vu>((even >> 32) | (odd & ~mask_lo));
 }
 
 // The uniforms of philox.h's noise_uniform for kLanes consecutive vocab indices, lane-parallel.
@@ -226,9 +263,7 @@ RowStats row_stats_typed(const T* row, const RowStatsParams& prm, const RowNoise
         vf v;
         memcpy(&v, buf + i, sizeof v);
         const vi live = v + slack >= splat(best_noisy);
-        bool any = false;
-        for (int l = 0; l < kLanes; ++l) any |= live[l] != 0;
-        if (!any) continue;
+        if (!any_lane(live)) continue;
         vf u;
         if (noise.uniforms) {
           float tmp[kLanes];
