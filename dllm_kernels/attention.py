@@ -31,10 +31,17 @@ def _fail(msg: str):
     raise ValueError(f"dllm.block_attention: {msg}")
 
 
+def _is_fake(t: torch.Tensor) -> bool:
+    """A FakeTensor (opcheck, export) has no storage to compare; reading its pointer warns."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
+
+
 def _byte_span(t: torch.Tensor):
     """(storage pointer, first byte, end byte) of a real tensor's elements, or None for tensors
     without readable storage (meta, fake, or while torch.compile traces)."""
-    if torch.compiler.is_compiling() or t.device.type == "meta" or t.numel() == 0:
+    if torch.compiler.is_compiling() or t.device.type == "meta" or t.numel() == 0 or _is_fake(t):
         return None
     try:
         base = t.untyped_storage().data_ptr()

@@ -131,7 +131,10 @@ class Policy:
 
     def op_arguments(self, device, vocab_size: int) -> dict:
         """Keyword arguments of torch.ops.dllm.fused_unmask for this policy (tensors cached)."""
-        tensors = _policy_tensors(self, torch.device(device))
+        # While torch.compile traces, build the tensors directly: Dynamo would skip the cache
+        # wrapper anyway (and warn that it does).
+        make = _policy_tensors.__wrapped__ if torch.compiler.is_compiling() else _policy_tensors
+        tensors = make(self, torch.device(device))
         for name in ("delimiter_ids", "suppress_ids", "zero_conf_ids"):
             bad = [i for i in getattr(self, name) if i >= vocab_size]
             if bad:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from dllm_kernels.eager_decoder import EagerLLaDA
-from dllm_kernels.models import LLaDA, LLaDAConfig
+from dllm_kernels.models import LLaDA
 
 P = "model.transformer."
 
