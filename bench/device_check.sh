@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device check for the GPU machine (DESIGN.md §4): build the extension in place, run the GPU tests,
-# compute-sanitizer (memcheck, racecheck) on a small fused_unmask workload, the benchmarks that
-# exist, and the CPU suite; write every log, the JSON results and summary.md into RESULTS_DIR.
+# compute-sanitizer (memcheck, racecheck) on small fused_unmask and block_attention workloads, the
+# benchmarks that exist, and the CPU suite; write every log, the JSON results and summary.md into RESULTS_DIR.
 #
 #   bench/device_check.sh [RESULTS_DIR]        (default: bench/results/)
 #
@@ -160,6 +160,14 @@ if [ -n "$SAN" ]; then
 fi
 run_bench bench_attention 70
 run_bench bench_decode 60
+
+# The Triton block_attention kernels under the sanitizer, after the benchmarks (lower value).
+if [ -n "$SAN" ]; then
+  run_stage memcheck_attention 80 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool memcheck \
+    --error-exitcode 1 --print-limit 50 "$PY" bench/sanitize_attention.py
+  run_stage racecheck_attention 60 "$SAN" --tool racecheck --error-exitcode 1 --print-limit 50 \
+    "$PY" bench/sanitize_attention.py
+fi
 
 # ---- the CPU suite, last (it also runs on every CPU machine) -----------------------------------------------
 
