@@ -32,6 +32,17 @@ def read_flags(pos, x_row, L, active, gen_start, end_pos, span_start, span_end, 
 
 
 @triton.jit
+def fold_best_tile(vals, ok, pos, best_pos, best, L):
+    """Folds one tile into a running (position, value) maximum over tiles scanned in position
+    order: the tile's largest `ok` value (its lowest position on ties) replaces the running one
+    only when strictly larger, so the first position wins ties overall. best_pos < 0: none yet."""
+    t_best = tl.max(tl.where(ok, vals, NEG_INF), 0)
+    t_pos = tl.min(tl.where(ok & (vals == t_best), pos, L), 0)
+    take = (t_pos < L) & ((best_pos < 0) | (t_best > best))
+    return tl.where(take, t_pos, best_pos), tl.where(take, t_best, best)
+
+
+@triton.jit
 def count_equal(x_row, lo, hi, value, TILE: tl.constexpr):
     """Number of positions in [lo, hi) holding `value`."""
     n = lo * 0
@@ -189,11 +200,7 @@ def policy_kernel(x_ptr, x0_ptr, conf_ptr, pprob_ptr, rank_u_ptr, transfer_ptr, 
                         delim = delim | (pred == tl.load(delim_ptr + d))
                     ok = ok & (c == c) & delim
                     pp = tl.load(pprob_row + pos, mask=ok, other=0.0)
-                    t_best = tl.max(tl.where(ok, pp, NEG_INF), 0)
-                    t_pos = tl.min(tl.where(ok & (pp == t_best), pos, L), 0)
-                    take = (t_pos < L) & ((best_p < 0) | (t_best > best))
-                    best_p = tl.where(take, t_pos, best_p)
-                    best = tl.where(take, t_best, best)
+                    best_p, best = fold_best_tile(pp, ok, pos, best_p, best, L)
                 new_end = tl.where((best_p >= 0) & (best >= block_delta), best_p + 1, default_end)
             bs = span_start
             be = new_end
@@ -305,11 +312,7 @@ def policy_kernel(x_ptr, x0_ptr, conf_ptr, pprob_ptr, rank_u_ptr, transfer_ptr, 
                     pred = tl.load(x0_row + pos, mask=read, other=-1)
                     c = tl.load(conf_row + pos, mask=read, other=float("nan"))
                     ok = read & (pred == eos_id) & (c == c)
-                    t_best = tl.max(tl.where(ok, c, NEG_INF), 0)
-                    t_pos = tl.min(tl.where(ok & (c == t_best), pos, L), 0)
-                    take = (t_pos < L) & ((best_q < 0) | (t_best > best))
-                    best_q = tl.where(take, t_pos, best_q)
-                    best = tl.where(take, t_best, best)
+                    best_q, best = fold_best_tile(c, ok, pos, best_q, best, L)
                 if best_q >= 0:
                     tl.store(x_row + best_q, eos_id)
                     tl.store(transfer_row + best_q, best_q >= 0)
