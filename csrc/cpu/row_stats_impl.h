@@ -186,6 +186,69 @@ inline vf load_lanes<Half>(const Half* src) {  // IEEE half, subnormals and inf/
   return bits_to_float(bits | sign);
 }
 
+// Uniforms of the kLanes vocab entries from `first` on: Philox, or the explicit tensor (0.5 past V).
+inline vf lane_uniforms(const RowNoise& noise, int64_t first, int64_t V) {
+  if (noise.uniforms) {
+    float tmp[kLanes];
+    for (int l = 0; l < kLanes; ++l) tmp[l] = first + l < V ? noise.uniforms[first + l] : 0.5f;
+    vf u;
+    memcpy(&u, tmp, sizeof u);
+    return u;
+  }
+  vu idx;
+  for (int l = 0; l < kLanes; ++l) idx[l] = static_cast<uint32_t>(first + l);
+  return philox_uniforms(idx, noise.position, noise.seed, noise.offset);
+}
+
+// The Gumbel-perturbed values v + T * g, g = -log(-log u).
+inline vf gumbel_noisy(vf v, vf u, float temp) { return v + temp * -vlog(-vlog(u)); }
+
+// Index of a largest value of the raw row (suppression not applied; NaN never wins).
+template <typename T>
+int64_t raw_argmax(const T* row, int64_t V) {
+  vf best = splat(-__builtin_inff());
+  vi best_idx = vi{} + 0;
+  vi lane_ids;
+  for (int l = 0; l < kLanes; ++l) lane_ids[l] = l;
+  for (int64_t i = 0; i < V; i += kLanes) {
+    vf v;
+    if (i + kLanes <= V) {
+      v = load_lanes<T>(row + i);
+    } else {  // tail: lanes past V read as -inf
+      T tmp[kLanes];
+      memset(tmp, 0, sizeof tmp);
+      memcpy(tmp, row + i, sizeof(T) * static_cast<size_t>(V - i));
+      v = load_lanes<T>(tmp);
+      v = lane_ids < static_cast<int32_t>(V - i) ? v : splat(-__builtin_inff());
+    }
+    const vi gt = v > best;
+    best = gt ? v : best;
+    best_idx = gt ? lane_ids + static_cast<int32_t>(i) : best_idx;
+  }
+  int64_t idx = -1;
+  float m = -__builtin_inff();
+  for (int l = 0; l < kLanes; ++l)
+    if (best[l] > m) m = best[l], idx = best_idx[l];
+  return idx;
+}
+
+// A lower bound for the row's winning noisy value: the noisy value of its raw argmax, computed by
+// the same vector code as the main pass (lane independent, so the same bits), less a margin that
+// covers any rounding difference. -inf when there is no usable candidate.
+template <typename T>
+float seed_noisy_bound(const T* row, const RowStatsParams& prm, const RowNoise& noise) {
+  const int64_t j = raw_argmax(row, prm.V);
+  if (j < 0) return -__builtin_inff();
+  for (int64_t s = 0; s < prm.n_suppress; ++s)
+    if (prm.suppress_ids[s] == j) return -__builtin_inff();
+  T tmp[kLanes];
+  memset(tmp, 0, sizeof tmp);
+  tmp[0] = row[j];
+  const float noisy = gumbel_noisy(load_lanes<T>(tmp), lane_uniforms(noise, j, prm.V), prm.temperature)[0];
+  if (!(noisy > -__builtin_inff() && noisy < __builtin_inff())) return -__builtin_inff();
+  return noisy - 1e-5f * (fabsf(noisy) + 1.f);
+}
+
 // Per-lane accumulators of the pass; merged across lanes at the end.
 struct Lanes {
   vf m1, m2;  // largest and second largest clean value (m2 == m1 when the maximum is shared)
@@ -212,7 +275,11 @@ RowStats row_stats_typed(const T* row, const RowStatsParams& prm, const RowNoise
   float run_max = neg_inf;  // the max the lane sums are relative to
   const bool sampling = prm.temperature > 0.f;
   const float temp = prm.temperature;
-  float best_noisy = neg_inf;  // max over lanes of nz.best, for pruning
+  // Pruning bound: max over lanes of nz.best, seeded before the first chunk with (a hair below) the
+  // noisy value of the row's largest clean logit, so that a peaked or low-temperature row prunes
+  // from its start and not only after the chunk holding its peak. Exact: an entry is skipped only
+  // when even the largest possible noise cannot lift it to a value some entry already has.
+  float best_noisy = sampling ? seed_noisy_bound(row, prm, noise) : neg_inf;
   struct {
     vf best, clean;
     vi idx;
@@ -264,17 +331,7 @@ RowStats row_stats_typed(const T* row, const RowStatsParams& prm, const RowNoise
         memcpy(&v, buf + i, sizeof v);
         const vi live = v + slack >= splat(best_noisy);
         if (!any_lane(live)) continue;
-        vf u;
-        if (noise.uniforms) {
-          float tmp[kLanes];
-          for (int l = 0; l < kLanes; ++l) tmp[l] = i + l < n ? noise.uniforms[c0 + i + l] : 0.5f;
-          memcpy(&u, tmp, sizeof u);
-        } else {
-          vu idx;
-          for (int l = 0; l < kLanes; ++l) idx[l] = static_cast<uint32_t>(c0 + i + l);
-          u = philox_uniforms(idx, noise.position, noise.seed, noise.offset);
-        }
-        const vf noisy = v + temp * -vlog(-vlog(u));
+        const vf noisy = gumbel_noisy(v, lane_uniforms(noise, c0 + i, V), temp);
         const vi better = (noisy > nz.best) & live;
         nz.best = better ? noisy : nz.best;
         nz.clean = better ? v : nz.clean;
