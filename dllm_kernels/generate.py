@@ -6,12 +6,12 @@ then padding), so positions (and RoPE angles) are those the sequence has alone, 
 generation region `[P_b, P_b + gen_length)` is its own `DecodeState` row. Nothing a sequence
 computes depends on the other sequences: a batch gives each sequence what it gets alone.
 
-One step = one model forward + one `fused_unmask` call for the whole batch. The step's only host
-read is the state tensor ([B, 11] int64, read once at the top of the step): it says which
-sequences are done, which open a block this step (and so refresh their cache), and where each
-block lies, which fixes the forward's query spans and logits rows. Inside the step nothing else
-waits on the host (no `.item()`, no per-layer or per-candidate read); see docs/decoder.md for why
-the cached modes need this one read per step.
+One step = one model forward + one `fused_unmask` call for the whole batch. The only host read
+is the state tensor ([B, 11] int64): it says which sequences are done, which open a block this
+step (and so refresh their cache), and where each block lies, which fixes the forward's query
+spans and logits rows. A top-k schedule reads it once per block (the schedule fixes when each
+block closes); adaptive rules once per step (docs/decoder.md says why). Nothing else waits on the
+host (no `.item()`, no per-layer or per-candidate read).
 
 Model adapters:
 * `dllm_kernels.models.LLaDA` (anything with `forward_span`): logits only for the rows the step
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from .policy import Policy
-from .state import (BLOCK_END, BLOCK_REMAINING, BLOCK_START, DONE, END_POS, GEN_END, GEN_START,
-                    DecodeState)
+from .state import (BLOCK_END, BLOCK_MASKED, BLOCK_REMAINING, BLOCK_START, DONE, END_POS, GEN_END,
+                    GEN_START, STEP, DecodeState)
 from .unmask import fused_unmask
 
 __all__ = ["CACHE_MODES", "GenerateOutput", "generate", "prepare_prompts"]
@@ -58,6 +58,7 @@ class GenerateOutput:
     tokens_per_second: float        # sum(generated_tokens) / wall_time_s
     finished: bool                  # every sequence done (False: max_steps reached)
     graph_steps: int = 0            # steps replayed from a CUDA graph (dense path on CPU)
+    state_reads: int = 0            # host reads of the [B, 11] state (one per block for top-k)
     forward_time_s: Optional[float] = None   # with timing=True: time inside model forwards
     step_time_s: Optional[float] = None      # with timing=True: time of all steps
     step_times: list = field(default_factory=list)  # with timing=True: (forward_s, step_s) per step
@@ -74,7 +75,8 @@ class GenerateOutput:
                 "mean_tokens_per_step": (sum(tps) / len(tps)) if tps else 0.0,
                 "generated_tokens": self.generated_tokens, "wall_time_s": self.wall_time_s,
                 "tokens_per_second": self.tokens_per_second, "finished": self.finished,
-                "graph_steps": self.graph_steps, "forward_time_s": self.forward_time_s,
+                "graph_steps": self.graph_steps, "state_reads": self.state_reads,
+                "forward_time_s": self.forward_time_s,
                 "step_time_s": self.step_time_s, "outside_forward_fraction": self.outside_forward_fraction}
 
 
@@ -111,6 +113,46 @@ def _opening_end(st: list, policy: Policy) -> int:
         w = int(math.floor(np.float32(policy.block_window_fraction) * np.float32(st[GEN_END] - st[GEN_START])))
         n = max(n, min(w, remaining))
     return s + n
+
+
+def _fixed_schedule(policy: Policy) -> bool:
+    """Top-k schedule with fixed block ends: every block takes a number of steps the host can
+    count in advance (EoTP and early stop end sequences, AdaBlock moves block ends: data-dependent)."""
+    return policy.rule == "topk" and not (policy.adaptive_block or policy.eotp or policy.early_stop)
+
+
+def _topk_steps_left(step: int, masked: int, remaining: int, steps: int) -> int:
+    """Steps (this one included) until a top-k block with `remaining` masked positions closes, if
+    every step commits its k_i (docs/fused_unmask.md step 5). Steps commit no more than k_i, so the
+    block never closes sooner; an invalid row can make it close later, which the next read sees."""
+    n = 0
+    while remaining > 0:
+        k = remaining if step >= steps else masked // steps + (1 if step < masked % steps else 0)
+        remaining -= min(k, remaining)
+        step, n = step + 1, n + 1
+    return max(n, 1)
+
+
+def _plan_block(st: list, policy: Policy):
+    """For a fixed schedule: how many steps after this one run without reading the state, and the
+    state rows (as far as `_spans` reads them) those steps see. A sequence opening a block this step
+    gets the block the op will open: [BLOCK_END, +block_length) cut at END_POS, all of it masked
+    (generate lays out the whole generation region masked and a top-k step writes only its block)."""
+    ahead, rows = [], []
+    for row in st:
+        if row[DONE]:
+            rows.append(row)
+            continue
+        if row[BLOCK_REMAINING] == 0:
+            s = row[BLOCK_END]
+            e = s + min(policy.block_length, row[END_POS] - s)
+            ahead.append(_topk_steps_left(0, e - s, e - s, policy.steps))
+            row = list(row)
+            row[BLOCK_START], row[BLOCK_END], row[BLOCK_REMAINING] = s, e, e - s
+        else:
+            ahead.append(_topk_steps_left(row[STEP], row[BLOCK_MASKED], row[BLOCK_REMAINING], policy.steps))
+        rows.append(row)
+    return (min(ahead) - 1 if ahead else 0), rows
 
 
 def _spans(st: list, lens: List[int], policy: Policy, cache: str):
@@ -302,7 +344,9 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
         attn_mask = (torch.arange(L)[None, :] < torch.tensor(lens)[:, None]).long().to(dev)
 
     max_steps = max_steps or 2 * gen_length + 8
-    nfe, calls, steps, graph_steps = [0] * B, 0, 0, 0
+    nfe, calls, steps, graph_steps, reads = [0] * B, 0, 0, 0, 0
+    fixed = _fixed_schedule(policy)
+    unread, planned = 0, None  # steps left that reuse `planned` rows instead of reading the state
     commits, active_log = [], []
     cuda = dev.type == "cuda"
     events, cpu_times = [], []
@@ -318,7 +362,14 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
                 ev = [torch.cuda.Event(enable_timing=True) for _ in range(3)] if cuda else None
                 if cuda:
                     ev[0].record()
-            st = state.state.tolist()  # the step's one host read
+            if unread > 0:  # inside a top-k block: its ends were counted at its opening
+                unread -= 1
+                st = planned
+            else:
+                st = state.state.tolist()  # the host read: once per step, or once per top-k block
+                reads += 1
+                if fixed:
+                    unread, planned = _plan_block(st, policy)
             todo = [b for b in range(B) if not st[b][DONE]]
             bar.update(sum(gen_length if row[DONE] else row[BLOCK_START] - row[GEN_START] for row in st))
             if not todo:
@@ -406,4 +457,5 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
         sequences=x, tokens=tokens, prompt_lengths=P, nfe=nfe, forward_calls=calls, steps=steps,
         tokens_per_step=tokens_per_step, generated_tokens=generated, wall_time_s=wall,
         tokens_per_second=sum(generated) / wall if wall > 0 else float("inf"), finished=finished,
-        graph_steps=graph_steps, forward_time_s=fwd_s, step_time_s=step_s, step_times=step_times)
+        graph_steps=graph_steps, state_reads=reads, forward_time_s=fwd_s, step_time_s=step_s,
+        step_times=step_times)

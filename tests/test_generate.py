@@ -173,6 +173,58 @@ def test_statistics(models):
     assert s["mean_tokens_per_step"] == pytest.approx(3 * GEN / sum(out.nfe))
 
 
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_topk_reads_the_state_once_per_block(models, cache):
+    """A top-k schedule fixes every block's end, so the decoder reads the device state once per
+    block (at its opening) plus once to see the batch done; adaptive rules read it every step.
+    Gen 21 with block 8 and 6 steps: a last block of 5 positions closes after 5 steps."""
+    model, eager = models
+    ps = prompts()
+    for gen, steps, blocks in ((GEN, 4, 3), (21, 6, 3), (5, 3, 1)):
+        for temperature in (0.0, 1.0):
+            policy = dk.Policy(rule="topk", steps=steps, block_length=8, temperature=temperature)
+            ours = dk.generate(model, ps, gen_length=gen, policy=policy, cache=cache, seed=4)
+            ref = eager_generate(eager, ps, gen_length=gen, policy=policy, cache=cache, mask_id=MASK, eos_id=EOS,
+                                 seed=4)
+            assert ours.finished and torch.equal(ours.tokens, ref.tokens) and ours.nfe == ref.nfe
+            assert ours.state_reads == blocks + 1, (gen, steps, ours.state_reads)
+    adaptive = dk.generate(model, ps, gen_length=GEN, policy=POLICIES["threshold"], cache=cache)
+    assert adaptive.state_reads == adaptive.steps + 1
+
+
+def test_topk_block_closing_late_is_read_not_assumed(models):
+    """Invalid (NaN) rows keep a position masked past its scheduled step, so the block closes
+    later than counted at its opening: the decoder must notice at its next read and go on exactly
+    as a decoder that reads the state every step."""
+    _, eager = models
+    P, B = 5, 2
+    ps = [torch.arange(1, P + 1), torch.arange(10, 10 + P)]
+    policy = dk.Policy(rule="topk", steps=4, block_length=8)
+
+    def flaky(calls):
+        def model(x):
+            logits = eager(x)
+            if calls[0] < 6:  # position P + 2 (first block) gives invalid rows for six forwards
+                logits[:, P + 2] = float("nan")
+            calls[0] += 1
+            return logits
+        return model
+
+    calls = [0]
+    ours = dk.generate(flaky(calls), ps, gen_length=GEN, policy=policy, mask_id=MASK, eos_id=EOS)
+    assert ours.finished and ours.state_reads > 4  # more than one read per block
+    # The same model through a loop that reads the state every step.
+    calls2 = [0]
+    model2 = flaky(calls2)
+    x = torch.full((B, P + GEN), MASK)
+    for b in range(B):
+        x[b, :P] = ps[b]
+    state = dk.DecodeState.new(B, P + GEN, gen_start=P, seed=0)
+    while not bool(state.done.all()):
+        dk.fused_unmask(model2(x), x, state, policy, mask_id=MASK, eos_id=EOS, backend="reference")
+    assert torch.equal(ours.sequences, x) and calls[0] == calls2[0] == ours.steps
+
+
 def test_callable_adapter_and_prompt_forms(models, capsys):
     """A plain callable (here the eager model) decodes unchanged; ragged batches pass an attention
     mask; a left-padded 2-D prompt tensor with its attention mask equals the list form."""
