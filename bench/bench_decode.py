@@ -39,6 +39,13 @@ SHAPES = {
 }
 
 
+def median_run(fn, repeats):
+    """The result of fn() whose wall time is the median of `repeats` runs (one run's time on a small
+    model moves by tens of percent on a shared CPU)."""
+    runs = sorted((fn() for _ in range(max(1, repeats))), key=lambda r: r.wall_time_s)
+    return runs[len(runs) // 2]
+
+
 def peak_memory(dev, fn):
     """(result, peak bytes above what was allocated before) of fn()."""
     if dev.type != "cuda":
@@ -65,6 +72,7 @@ def main():
     ap.add_argument("--no-eager", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--budget-s", type=float, default=None)
+    ap.add_argument("--repeats", type=int, default=None, help="runs per case, the median kept (3 on CPU, 1 on GPU)")
     args = ap.parse_args()
 
     dev = torch.device(args.device)
@@ -79,6 +87,7 @@ def main():
     args.steps = min(args.steps, args.block)
     engine = args.eager_engine or ("fused" if cuda else "reference")
     budget = args.budget_s or (55.0 if cuda else 600.0)
+    repeats = args.repeats or (1 if cuda else 3)
     dtype = torch.bfloat16 if cuda else torch.float32
     t_begin = time.perf_counter()
 
@@ -89,7 +98,7 @@ def main():
     policy = dk.Policy(rule="topk", steps=args.steps, block_length=args.block)
     env = environment(args.device)
     print(f"# bench_decode on {env['device']} ({shape}, {dtype}, threads={env['threads']}), gen {gen}, "
-          f"block {args.block}, top-k {args.steps} steps/block, eager engine: {engine}, "
+          f"block {args.block}, top-k {args.steps} steps/block, eager engine: {engine}, median of {repeats} runs, "
           f"load average {os.getloadavg()[0]:.0f}")
 
     # Warm-up (kernel compilation, allocator) on a short generation.
@@ -109,13 +118,13 @@ def main():
             base_time = None
             for cache in caches:
                 left = budget - (time.perf_counter() - t_begin)
-                predicted = last[cache][0] * B * (P + gen) / last[cache][1] if cache in last else 0.0
+                predicted = repeats * last[cache][0] * B * (P + gen) / last[cache][1] if cache in last else 0.0
                 if left <= 0 or predicted * (1 if args.no_eager else 2) > left:
                     print(f"# budget of {budget:.0f} s spent: skipping batch {B}, prompt {P}, cache {cache}")
                     continue
                 mode, graph = cache.split("+")[0], cache.endswith("+graph")
-                ours, mem = peak_memory(dev, lambda: dk.generate(model, ps, gen_length=gen, policy=policy,
-                                                                 cache=mode, cuda_graph=graph, timing=True))
+                ours, mem = peak_memory(dev, lambda: median_run(lambda: dk.generate(
+                    model, ps, gen_length=gen, policy=policy, cache=mode, cuda_graph=graph, timing=True), repeats))
                 row = dict(bench="bench_decode", case=dict(shape=shape, dtype=str(dtype), batch=B, prompt=P, gen=gen,
                                                            block=args.block, policy=f"topk{args.steps}",
                                                            cache=cache),
@@ -123,7 +132,8 @@ def main():
                            wall_s=ours.wall_time_s, nfe=sum(ours.nfe) / B, forward_calls=ours.forward_calls,
                            tokens_per_s=ours.tokens_per_second,
                            outside_forward_fraction=ours.outside_forward_fraction,
-                           peak_mem_bytes=mem, graph_steps=ours.graph_steps, load_avg=os.getloadavg()[0], **env)
+                           peak_mem_bytes=mem, graph_steps=ours.graph_steps, state_reads=ours.state_reads,
+                           load_avg=os.getloadavg()[0], **env)
                 last[cache] = (ours.wall_time_s, B * (P + gen))
                 if mode == "none":
                     base_time = ours.wall_time_s
@@ -132,9 +142,9 @@ def main():
                 e_s = e_nfe = e_mem = same = None
                 skip_eager = args.no_eager or graph or (time.perf_counter() - t_begin > budget)
                 if not skip_eager:
-                    ref, e_mem = peak_memory(dev, lambda: eager_generate(
+                    ref, e_mem = peak_memory(dev, lambda: median_run(lambda: eager_generate(
                         eager, ps, gen_length=gen, policy=policy, cache=mode, mask_id=cfg.mask_token_id,
-                        eos_id=cfg.eos_token_id, engine=engine))
+                        eos_id=cfg.eos_token_id, engine=engine), repeats))
                     e_s, e_nfe = ref.wall_time_s, sum(ref.nfe) / B
                     same = bool(torch.equal(ref.sequences, ours.sequences))
                     row.update(eager_wall_s=e_s, eager_nfe=e_nfe, eager_peak_mem_bytes=e_mem,
