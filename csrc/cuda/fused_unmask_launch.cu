@@ -27,12 +27,7 @@ const char* launch_fused_unmask(const UnmaskParams& p, void* stream_ptr) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const UnmaskWorkspace ws = unmask_workspace(p.workspace, p.B, p.R, p.V, p.L);
 
-  StatsArgs args;
-  args.p = p;
-  args.partials = ws.partials;
-  args.splits = stats_splits(p.V);
-  args.tile = stats_tile(p.V, args.splits);
-  args.slots = stats_slots(p);
+  const StatsArgs args = stats_args(p, ws);
   const int64_t blocks = p.B * args.slots * args.splits;
   if (blocks > 0x7fffffffLL) return "fused_unmask: too many rows for one launch";
   const size_t smem = p.n_suppress > 0 ? static_cast<size_t>((args.tile + 31) / 32) * sizeof(uint32_t) : 0;

@@ -264,6 +264,17 @@ struct StatsArgs {
   int64_t slots;  // row slots per sequence in the grid; a slot strides over the scan range
 };
 
+// The statistics pass's layout for one step: one place for the launcher and the host emulator.
+inline StatsArgs stats_args(const UnmaskParams& p, const UnmaskWorkspace& ws) {
+  StatsArgs args;
+  args.p = p;
+  args.partials = ws.partials;
+  args.splits = stats_splits(p.V);
+  args.tile = stats_tile(p.V, args.splits);
+  args.slots = stats_slots(p);
+  return args;
+}
+
 // Grid: B * slots * splits blocks of kStatsThreads; block (b, slot, split) reduces tile `split`
 // of the rows of positions lo + slot, lo + slot + slots, ... that are read.
 // Dynamic shared memory: ceil(tile / 32) words for the suppression bitmap when n_suppress > 0.

@@ -37,12 +37,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emu(DLLM_FUSED_UNMASK_PARAMS, int
   p.window_stats = window_stats.data_ptr<float>(); p.workspace = workspace.data_ptr();
 
   const UnmaskWorkspace ws = unmask_workspace(p.workspace, p.B, p.R, p.V, p.L);
-  StatsArgs args;
-  args.p = p;
-  args.partials = ws.partials;
-  args.splits = stats_splits(p.V);
-  args.tile = stats_tile(p.V, args.splits);
-  args.slots = override_slots > 0 ? override_slots : stats_slots(p);
+  StatsArgs args = stats_args(p, ws);
+  if (override_slots > 0) args.slots = override_slots;
   const int64_t blocks = p.B * args.slots * args.splits;
   if (p.R > 0) {
     switch (p.dtype) {
