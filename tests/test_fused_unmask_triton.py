@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import dllm_kernels  # noqa: F401  (loads the native op)
-from dllm_kernels.triton_unmask import FusedUnmaskArgumentError, fused_unmask_triton, launch_fused_unmask
+from dllm_kernels.triton_unmask import FusedUnmaskArgumentError, fused_unmask_triton
 from scenario_runner import step_inputs
 from unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, cpu_op, make_batch,
                           op_positional, peaked_logits)
@@ -27,7 +27,7 @@ def triton_op(layout=None):
     def op(*args, **kwargs):
         pos, kw = op_positional(*args, **kwargs)
         dev = [t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in pos]
-        out = launch_fused_unmask(*dev, **kw, **(layout or {})) if layout else fused_unmask_triton(*dev, **kw)
+        out = fused_unmask_triton(*dev, **kw, **(layout or {}))
         for host, d in zip(pos[1:4], dev[1:4]):  # x, conf, state are updated in place
             host.copy_(d.cpu())
         return tuple(t.cpu() for t in out)
