@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .policy import Policy
+from .reference.unmask import topk_count
 from .state import (BLOCK_END, BLOCK_MASKED, BLOCK_REMAINING, BLOCK_START, DONE, END_POS, GEN_END,
                     GEN_START, STEP, DecodeState)
 from .unmask import fused_unmask
@@ -127,8 +128,7 @@ def _topk_steps_left(step: int, masked: int, remaining: int, steps: int) -> int:
     block never closes sooner; an invalid row can make it close later, which the next read sees."""
     n = 0
     while remaining > 0:
-        k = remaining if step >= steps else masked // steps + (1 if step < masked % steps else 0)
-        remaining -= min(k, remaining)
+        remaining -= topk_count(step, masked, steps, remaining)
         step, n = step + 1, n + 1
     return max(n, 1)
 
@@ -144,8 +144,7 @@ def _plan_block(st: list, policy: Policy):
             rows.append(row)
             continue
         if row[BLOCK_REMAINING] == 0:
-            s = row[BLOCK_END]
-            e = s + min(policy.block_length, row[END_POS] - s)
+            s, e = row[BLOCK_END], _opening_end(row, policy)  # no AdaBlock: the default block
             ahead.append(_topk_steps_left(0, e - s, e - s, policy.steps))
             row = list(row)
             row[BLOCK_START], row[BLOCK_END], row[BLOCK_REMAINING] = s, e, e - s

@@ -194,7 +194,7 @@ def _wrap_int64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def _topk_count(step: int, m: int, steps: int, n_cand: int) -> int:
+def topk_count(step: int, m: int, steps: int, n_cand: int) -> int:
     """k_i = m // n + (1 if i < m % n else 0) for i < n; every candidate once i >= n."""
     if step >= steps:
         return n_cand
@@ -216,7 +216,7 @@ def _select(rule, cands, conf, rank_key, st, kw, filt, buffer) -> set:
         return set()
     by_conf = _ranked(cands, conf)
     if rule in (RULE_TOPK, RULE_FILTER):
-        k = _topk_count(st["step"], st["block_masked"], kw["steps"], len(cands))
+        k = topk_count(st["step"], st["block_masked"], kw["steps"], len(cands))
         chosen = set(_ranked(cands, rank_key)[:k])
         if rule == RULE_FILTER:
             w1, b1, w2, b2 = filt
