@@ -186,6 +186,24 @@ inline vf load_lanes<Half>(const Half* src) {  // IEEE half, subnormals and inf/
   return bits_to_float(bits | sign);
 }
 
+// 0, 1, ..., kLanes - 1.
+inline vi lane_iota() {
+  vi ids;
+  for (int l = 0; l < kLanes; ++l) ids[l] = l;
+  return ids;
+}
+
+// The first `count` (< kLanes) values at src, -inf in the lanes past them: the lane loader run on a
+// zero-padded copy, so a row's tail is never read past its end.
+template <typename T>
+inline vf load_lanes_tail(const T* src, int64_t count) {
+  T tmp[kLanes];
+  memset(tmp, 0, sizeof tmp);
+  memcpy(tmp, src, sizeof(T) * static_cast<size_t>(count));
+  const vf v = load_lanes<T>(tmp);
+  return lane_iota() < static_cast<int32_t>(count) ? v : splat(-__builtin_inff());
+}
+
 // Uniforms of the kLanes vocab entries from `first` on: Philox, or the explicit tensor (0.5 past V).
 inline vf lane_uniforms(const RowNoise& noise, int64_t first, int64_t V) {
   if (noise.uniforms) {
@@ -208,19 +226,9 @@ template <typename T>
 int64_t raw_argmax(const T* row, int64_t V) {
   vf best = splat(-__builtin_inff());
   vi best_idx = vi{} + 0;
-  vi lane_ids;
-  for (int l = 0; l < kLanes; ++l) lane_ids[l] = l;
+  const vi lane_ids = lane_iota();
   for (int64_t i = 0; i < V; i += kLanes) {
-    vf v;
-    if (i + kLanes <= V) {
-      v = load_lanes<T>(row + i);
-    } else {  // tail: lanes past V read as -inf
-      T tmp[kLanes];
-      memset(tmp, 0, sizeof tmp);
-      memcpy(tmp, row + i, sizeof(T) * static_cast<size_t>(V - i));
-      v = load_lanes<T>(tmp);
-      v = lane_ids < static_cast<int32_t>(V - i) ? v : splat(-__builtin_inff());
-    }
+    const vf v = i + kLanes <= V ? load_lanes<T>(row + i) : load_lanes_tail<T>(row + i, V - i);
     const vi gt = v > best;
     best = gt ? v : best;
     best_idx = gt ? lane_ids + static_cast<int32_t>(i) : best_idx;
@@ -269,8 +277,7 @@ RowStats row_stats_typed(const T* row, const RowStatsParams& prm, const RowNoise
   ln.bad = vi{} + 0;
   ln.sum = splat(0.f);
   ln.ent = splat(0.f);
-  vi lane_ids;
-  for (int i = 0; i < kLanes; ++i) lane_ids[i] = i;
+  const vi lane_ids = lane_iota();
 
   float run_max = neg_inf;  // the max the lane sums are relative to
   const bool sampling = prm.temperature > 0.f;
@@ -292,15 +299,11 @@ RowStats row_stats_typed(const T* row, const RowStatsParams& prm, const RowNoise
       const vf v = load_lanes<T>(row + c0 + i);
       memcpy(buf + i, &v, sizeof v);
     }
-    if (n_full < n) {  // tail: run the lane loader on a zero-padded copy
-      T tmp[kLanes];
-      memset(tmp, 0, sizeof tmp);
-      memcpy(tmp, row + c0 + n_full, sizeof(T) * static_cast<size_t>(n - n_full));
-      const vf v = load_lanes<T>(tmp);
-      memcpy(buf + n_full, &v, sizeof(float) * static_cast<size_t>(n - n_full));
+    if (n_full < n) {  // tail: lanes past the row read as -inf
+      const vf v = load_lanes_tail<T>(row + c0 + n_full, n - n_full);
+      memcpy(buf + n_full, &v, sizeof v);
     }
     const int64_t n_pad = (n + kLanes - 1) / kLanes * kLanes;
-    for (int64_t i = n; i < n_pad; ++i) buf[i] = neg_inf;
     for (int64_t s = 0; s < prm.n_suppress; ++s) {
       const int64_t id = prm.suppress_ids[s] - c0;
       if (id >= 0 && id < n) buf[id] = neg_inf;
