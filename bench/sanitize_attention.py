@@ -43,27 +43,27 @@ def make_case(name, B, q_max, hq, hkv, d, l_max, starts, lens, kv_lens, dtype, s
                 block_len=ids(lens), kv_len=ids(kv_lens))
 
 
-def to(case, device):
-    """A fresh copy of the case (the op writes the caches): on the CPU a plain clone, on the GPU
-    with the same strides."""
-    return {k: v.clone() if device == "cpu" else _same_layout_on(v, device) for k, v in case.items()}
+def copy_of(case, device):
+    """A fresh copy of the case on `device` (the op writes the caches), strides kept: strided views
+    stay strided."""
+    return {k: _same_layout_on(v, device) for k, v in case.items()}
 
 
 def _same_layout_on(t, device):
-    """A copy on `device` with the same strides (strided views stay strided)."""
     if t.is_contiguous():
-        return t.to(device)
+        return t.to(device, copy=True)
     base = t.as_strided((t.untyped_storage().nbytes() // t.element_size(),), (1,), 0)
-    moved = base.to(device)
-    return moved.as_strided(t.shape, t.stride(), t.storage_offset())
+    return base.to(device, copy=True).as_strided(t.shape, t.stride(), t.storage_offset())
 
 
-def run(case, mode, block_size, num_splits, on):
-    c = to(case, on)
+def run(case, mode, block_size, num_splits, kernel):
+    """(output, k_cache, v_cache) as float32 CPU tensors from the CPU op ("cpu_op") or the Triton
+    kernels on DEVICE ("triton"; the interpreter when DEVICE is the CPU)."""
+    c = copy_of(case, "cpu" if kernel == "cpu_op" else DEVICE)
     d = c["q"].shape[-1]
     args = (c["q"], c["k_new"], c["v_new"], c["k_cache"], c["v_cache"], c["block_start"], c["block_len"],
             c["kv_len"], MODES[mode], 1.0 / math.sqrt(d), block_size)
-    if on == "cpu":
+    if kernel == "cpu_op":
         out = torch.ops.dllm.block_attention(*args)
     else:
         out = triton_kernel_module().block_attention_triton(*args, num_splits=num_splits)
@@ -71,25 +71,12 @@ def run(case, mode, block_size, num_splits, on):
 
 
 def check(name, case, mode, block_size=0, num_splits=None):
-    dtype = case["q"].dtype
-    device = DEVICE if DEVICE == "cuda" else "cpu"
-    want = run(case, mode, block_size, None, "cpu")
-    got = run(case, mode, block_size, num_splits, device) if device == "cuda" else _interpreted(case, mode, block_size,
-                                                                                               num_splits)
+    want = run(case, mode, block_size, None, "cpu_op")
+    got = run(case, mode, block_size, num_splits, "triton")
     err = (got[0] - want[0]).abs().max().item() if got[0].numel() else 0.0
-    ok = err <= TOL[dtype] and torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+    ok = err <= TOL[case["q"].dtype] and torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
     print(f"{'ok ' if ok else 'BAD'} {name:<44} {mode:<12} err {err:.2e}")
     return ok
-
-
-def _interpreted(case, mode, block_size, num_splits):
-    """Without CUDA: the Triton kernels on CPU tensors under the interpreter."""
-    c = {k: v.clone() for k, v in case.items()}
-    d = c["q"].shape[-1]
-    out = triton_kernel_module().block_attention_triton(
-        c["q"], c["k_new"], c["v_new"], c["k_cache"], c["v_cache"], c["block_start"], c["block_len"], c["kv_len"],
-        MODES[mode], 1.0 / math.sqrt(d), block_size, num_splits=num_splits)
-    return [t.float() for t in (out, c["k_cache"], c["v_cache"])]
 
 
 def main():
