@@ -2,8 +2,10 @@
 import math
 
 import pytest
+import torch
 
-import dllm_kernels  # noqa: F401  (loads the op)
+import dllm_kernels as dk
+from dllm_kernels.reference.philox import noise_uniform
 from scenario_runner import run_scenario
 from unmask_cases import DTYPES, Scenario, cpu_op  # noqa: F401  (cpu_op: also used by other test files)
 
@@ -35,10 +37,6 @@ U_MAX = 1.0 - 2.0 ** -24  # the largest uniform the generators give: noise -log(
 
 def _sample_rows(logits, temperature, gumbel_u=None, suppress=()):
     """x0 of every row from the C++ op and from the float64 reference (one block = all rows)."""
-    import torch
-
-    import dllm_kernels as dk
-
     B, R, V = logits.shape
     mask_id, eos_id = V - 1, V - 2
     policy = dk.Policy(rule="threshold", threshold=0.9, block_length=R, temperature=temperature,
@@ -54,8 +52,6 @@ def _sample_rows(logits, temperature, gumbel_u=None, suppress=()):
 
 def _clear_winner(noisy):
     """Rows whose best noisy value leads the runner-up by more than float32 rounding can blur."""
-    import torch
-
     top2 = noisy.topk(2, dim=-1).values
     return (top2[..., 0] - top2[..., 1]) > 1e-4 * (1 + top2[..., 0].abs())
 
@@ -65,8 +61,6 @@ def test_noise_pruning_keeps_edge_candidates(temperature):
     """Rows built on the pruning edge: the peak P gets u = 0.5, and a far-below candidate gets the
     largest uniform with a value that beats (or just misses) P's noisy value by 1% of T. Some rows
     suppress the peak (no seed bound). The sample must be the reference's in every row."""
-    import torch
-
     V, R = 3001, 24
     g = torch.Generator().manual_seed(int(temperature * 1000))
     logits = torch.randn(1, R, V, generator=g, dtype=torch.float64) * 3 - 5
@@ -96,10 +90,6 @@ def test_noise_pruning_keeps_edge_candidates(temperature):
 def test_noise_pruning_on_wide_rows_with_philox(dtype, temperature):
     """Language-model-like rows (a wide bulk far below a few peaks), Philox noise: what pruning
     skips most. Every row with a clear winner gets the reference's sample."""
-    import torch
-
-    from dllm_kernels.reference.philox import noise_uniform
-
     V, R = 2053, 32
     g = torch.Generator().manual_seed(int(temperature * 100) + len(str(dtype)))
     logits = torch.randn(1, R, V, generator=g) * 3 - 5
