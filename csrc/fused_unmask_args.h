@@ -6,7 +6,7 @@
 #include <cmath>
 #include <optional>
 
-#include "include/dllm/policy.h"
+#include "op_checks.h"
 
 namespace dllm {
 
@@ -16,47 +16,7 @@ struct FusedUnmaskArgs {
   PolicyParams policy;
 };
 
-inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name) {
-  TORCH_CHECK(t.device() == ref.device(), "fused_unmask: ", name, " is on ", t.device(),
-              " but logits is on ", ref.device());
-}
-
-inline void check_tensor(const at::Tensor& t, const at::Tensor& logits, const char* name,
-                         at::ScalarType dtype, at::IntArrayRef shape) {
-  check_same_device(t, logits, name);
-  TORCH_CHECK(t.scalar_type() == dtype, "fused_unmask: ", name, " must be ", dtype, ", got ",
-              t.scalar_type());
-  TORCH_CHECK(t.sizes() == shape, "fused_unmask: ", name, " must have shape ", shape, ", got ",
-              t.sizes());
-  TORCH_CHECK(t.is_contiguous(), "fused_unmask: ", name, " must be contiguous");
-}
-
-inline void check_unit(double v, const char* name) {
-  TORCH_CHECK(std::isfinite(v) && v >= 0.0 && v <= 1.0, "fused_unmask: ", name,
-              " must be in [0, 1], got ", v);
-}
-
-// Token-id lists: 1-D int64 on the logits' device; values are range-checked where they can be
-// read without a device sync (CPU), and ignored when out of range by the CUDA kernels.
-inline void check_ids(const std::optional<at::Tensor>& t, const at::Tensor& logits,
-                      const char* name, int64_t V) {
-  if (!t) return;
-  check_same_device(*t, logits, name);
-  TORCH_CHECK(t->scalar_type() == at::kLong, "fused_unmask: ", name, " must be int64, got ",
-              t->scalar_type());
-  TORCH_CHECK(t->dim() == 1, "fused_unmask: ", name, " must be 1-D, got ", t->dim(), "-D");
-  TORCH_CHECK(t->is_contiguous(), "fused_unmask: ", name, " must be contiguous");
-  if (t->device().is_cpu() && t->numel() > 0) {
-    const int64_t lo = t->min().item<int64_t>(), hi = t->max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < V, "fused_unmask: ", name, " holds ids outside [0, ", V,
-                "): ", lo, "..", hi);
-  }
-}
-
-inline const int64_t* ids_ptr(const std::optional<at::Tensor>& t) {
-  return t && t->numel() > 0 ? t->data_ptr<int64_t>() : nullptr;
-}
-inline int64_t ids_len(const std::optional<at::Tensor>& t) { return t ? t->numel() : 0; }
+constexpr const char* kFusedUnmask = "fused_unmask";
 
 // The op's parameter list (matches the schema in ops.cpp), written once for every backend's
 // signature, and the matching argument list to forward it.
@@ -82,32 +42,24 @@ inline int64_t ids_len(const std::optional<at::Tensor>& t) { return t ? t->numel
       adaptive_block, block_delta, block_window_fraction, eotp, early_stop
 
 inline FusedUnmaskArgs check_fused_unmask_args(DLLM_FUSED_UNMASK_PARAMS) {
-  TORCH_CHECK(logits.dim() == 3, "fused_unmask: logits must be 3-D [B, R, V], got ",
-              logits.dim(), "-D");
-  const auto dt = logits.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16,
-              "fused_unmask: logits must be float32, float16 or bfloat16, got ", dt);
+  check_logits(kFusedUnmask, logits);
   FusedUnmaskArgs a;
   a.B = logits.size(0);
   a.R = logits.size(1);
   a.V = logits.size(2);
-  TORCH_CHECK(a.B > 0, "fused_unmask: empty batch (logits has B = 0)");
-  TORCH_CHECK(a.V >= 2, "fused_unmask: logits must have a vocabulary of at least 2, got V = ", a.V);
-  TORCH_CHECK(logits.stride(2) == 1, "fused_unmask: logits must be contiguous along the vocab "
-              "dimension (stride(2) == 1), got stride ", logits.stride(2));
   TORCH_CHECK(x.dim() == 2 && x.size(0) == a.B,
               "fused_unmask: x must be [B, L] with B = ", a.B, ", got ", x.sizes());
   a.L = x.size(1);
   TORCH_CHECK(a.L > 0, "fused_unmask: x must have at least one position");
-  check_tensor(x, logits, "x", at::kLong, {a.B, a.L});
-  check_tensor(conf, logits, "conf", at::kFloat, {a.B, a.L});
-  check_tensor(state, logits, "state", at::kLong, {a.B, kStateCols});
-  if (row_start) check_tensor(*row_start, logits, "row_start", at::kLong, {a.B});
-  if (gumbel_u) check_tensor(*gumbel_u, logits, "gumbel_u", at::kFloat, {a.B, a.R, a.V});
-  if (rank_u) check_tensor(*rank_u, logits, "rank_u", at::kFloat, {a.B, a.L});
-  check_ids(suppress_ids, logits, "suppress_ids", a.V);
-  check_ids(zero_conf_ids, logits, "zero_conf_ids", a.V);
-  check_ids(delimiter_ids, logits, "delimiter_ids", a.V);
+  check_tensor(kFusedUnmask, x, logits, "x", at::kLong, {a.B, a.L});
+  check_tensor(kFusedUnmask, conf, logits, "conf", at::kFloat, {a.B, a.L});
+  check_tensor(kFusedUnmask, state, logits, "state", at::kLong, {a.B, kStateCols});
+  if (row_start) check_tensor(kFusedUnmask, *row_start, logits, "row_start", at::kLong, {a.B});
+  if (gumbel_u) check_tensor(kFusedUnmask, *gumbel_u, logits, "gumbel_u", at::kFloat, {a.B, a.R, a.V});
+  if (rank_u) check_tensor(kFusedUnmask, *rank_u, logits, "rank_u", at::kFloat, {a.B, a.L});
+  check_ids(kFusedUnmask, suppress_ids, logits, "suppress_ids", a.V);
+  check_ids(kFusedUnmask, zero_conf_ids, logits, "zero_conf_ids", a.V);
+  check_ids(kFusedUnmask, delimiter_ids, logits, "delimiter_ids", a.V);
 
   TORCH_CHECK(mask_id >= 0 && mask_id < a.V, "fused_unmask: mask_id must be in [0, ", a.V,
               "), got ", mask_id);
@@ -122,35 +74,14 @@ inline FusedUnmaskArgs check_fused_unmask_args(DLLM_FUSED_UNMASK_PARAMS) {
   TORCH_CHECK(steps >= 1, "fused_unmask: steps must be >= 1, got ", steps);
   TORCH_CHECK(block_length >= 1, "fused_unmask: block_length must be >= 1, got ", block_length);
   TORCH_CHECK(window >= 0, "fused_unmask: window must be >= 0, got ", window);
-  check_unit(threshold, "threshold");
-  check_unit(anchor_threshold, "anchor_threshold");
-  check_unit(relaxed_threshold, "relaxed_threshold");
-  check_unit(filter_threshold, "filter_threshold");
-  check_unit(block_delta, "block_delta");
-  check_unit(block_window_fraction, "block_window_fraction");
+  check_unit(kFusedUnmask, threshold, "threshold");
+  check_unit(kFusedUnmask, anchor_threshold, "anchor_threshold");
+  check_unit(kFusedUnmask, relaxed_threshold, "relaxed_threshold");
+  check_unit(kFusedUnmask, filter_threshold, "filter_threshold");
+  check_unit(kFusedUnmask, block_delta, "block_delta");
+  check_unit(kFusedUnmask, block_window_fraction, "block_window_fraction");
   TORCH_CHECK(std::isfinite(factor) && factor >= 0.0, "fused_unmask: factor must be finite and >= 0, got ",
               factor);
-
-  const bool any_filter = filter_w1 || filter_b1 || filter_w2 || filter_b2;
-  const bool all_filter = filter_w1 && filter_b1 && filter_w2 && filter_b2;
-  TORCH_CHECK(!any_filter || all_filter,
-              "fused_unmask: filter_w1, filter_b1, filter_w2, filter_b2 go together");
-  TORCH_CHECK(rule != kLearnedFilter || all_filter,
-              "fused_unmask: rule 4 (learned filter) needs filter_w1/b1/w2/b2");
-  int64_t fw = 0, fh = 0;
-  if (all_filter) {
-    TORCH_CHECK(filter_w1->dim() == 2, "fused_unmask: filter_w1 must be [hidden, width]");
-    fh = filter_w1->size(0);
-    fw = filter_w1->size(1);
-    TORCH_CHECK(fw >= 1 && fw <= kMaxFilterWidth, "fused_unmask: filter width must be 1..",
-                kMaxFilterWidth, ", got ", fw);
-    TORCH_CHECK(fh >= 1 && fh <= kMaxFilterHidden, "fused_unmask: filter hidden size must be 1..",
-                kMaxFilterHidden, ", got ", fh);
-    check_tensor(*filter_w1, logits, "filter_w1", at::kFloat, {fh, fw});
-    check_tensor(*filter_b1, logits, "filter_b1", at::kFloat, {fh});
-    check_tensor(*filter_w2, logits, "filter_w2", at::kFloat, {fw, fh});
-    check_tensor(*filter_b2, logits, "filter_b2", at::kFloat, {fw});
-  }
 
   a.logits_stride_b = logits.stride(0);
   a.logits_stride_r = logits.stride(1);
@@ -177,12 +108,8 @@ inline FusedUnmaskArgs check_fused_unmask_args(DLLM_FUSED_UNMASK_PARAMS) {
   p.early_stop = early_stop;
   p.delimiter_ids = ids_ptr(delimiter_ids);
   p.n_delimiters = ids_len(delimiter_ids);
-  p.w1 = all_filter ? filter_w1->data_ptr<float>() : nullptr;
-  p.b1 = all_filter ? filter_b1->data_ptr<float>() : nullptr;
-  p.w2 = all_filter ? filter_w2->data_ptr<float>() : nullptr;
-  p.b2 = all_filter ? filter_b2->data_ptr<float>() : nullptr;
-  p.filter_width = fw;
-  p.filter_hidden = fh;
+  check_filter(kFusedUnmask, logits, filter_w1, filter_b1, filter_w2, filter_b2,
+               rule == kLearnedFilter, p);
   return a;
 }
 

@@ -3,8 +3,11 @@
 #include <torch/library.h>
 
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "cpu/row_stats.h"
+#include "include/dllm/select_params.h"
 
 TORCH_LIBRARY(dllm, m) {
   // One unmasking step for a batch; semantics in docs/fused_unmask.md.
@@ -19,6 +22,25 @@ TORCH_LIBRARY(dllm, m) {
       "bool adaptive_block=False, float block_delta=0.3, float block_window_fraction=0.25, "
       "bool eotp=False, bool early_stop=False) "
       "-> (Tensor x0, Tensor transfer, Tensor window_stats)");
+  // The stateless selection step: no state, the caller's candidates and per-sequence parameter
+  // pack (columns: select_param_columns); semantics in docs/select.md.
+  m.def(
+      "select(Tensor logits, Tensor(a!) x, Tensor? candidates=None, Tensor? params=None, "
+      "Tensor? bounds=None, Tensor? row_start=None, Tensor? seed=None, Tensor? offset=None, "
+      "Tensor? gumbel_u=None, Tensor? rank_u=None, Tensor? prev_conf=None, Tensor? suppress_ids=None, "
+      "Tensor? zero_conf_ids=None, Tensor? filter_w1=None, Tensor? filter_b1=None, "
+      "Tensor? filter_w2=None, Tensor? filter_b2=None, int rule=1, int conf_kind=0, bool shift=False, "
+      "bool graded=False, bool random_remasking=False, bool commit=False) "
+      "-> (Tensor x0, Tensor conf, Tensor transfer)");
+  // Names and defaults of the parameter pack's columns, in order (include/dllm/select_params.h).
+  m.def("select_param_columns() -> (str[], float[])", [] {
+    std::vector<std::string> names;
+    std::vector<double> defaults;
+#define DLLM_X(name, dflt) names.push_back(#name), defaults.push_back(dflt);
+    DLLM_SELECT_PARAMS(DLLM_X)
+#undef DLLM_X
+    return std::make_tuple(names, defaults);
+  });
   // Block-aware KV-cache attention for the cached dLLM forward; semantics in docs/block_attention.md.
   m.def(
       "block_attention(Tensor q, Tensor k_new, Tensor v_new, Tensor(a!) k_cache, Tensor(b!) v_cache, "

@@ -8,11 +8,13 @@ from . import _fake  # noqa: F401  (meta implementations)
 from .policy import CONF_KINDS, RULES, LearnedFilter, Policy
 from .state import DecodeState
 from .unmask import UnmaskResult, fused_unmask
+from .select import SelectResult, select
 from . import attention  # noqa: E402  (block_attention: registers its CPU/Triton/fake kernels)
 from .attention import block_attention
 from .generate import GenerateOutput, generate  # noqa: E402
 from . import models  # noqa: E402,F401
 
-__all__ = ["CONF_KINDS", "RULES", "DecodeState", "LearnedFilter", "Policy", "UnmaskResult", "fused_unmask",
+__all__ = ["CONF_KINDS", "RULES", "DecodeState", "LearnedFilter", "Policy", "UnmaskResult", "fused_unmask", "SelectResult",
+           "select",
            "block_attention", "generate", "GenerateOutput", "models"]
 __version__ = "0.1.0"

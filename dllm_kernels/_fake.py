@@ -21,3 +21,22 @@ def _fused_unmask_fake(logits, x, conf, state, *args, **kwargs):
     B, L = x.shape
     return (x.new_empty((B, L)), x.new_empty((B, L), dtype=torch.bool),
             x.new_empty((B, 3), dtype=torch.float32))
+
+
+_SELECT_TENSORS = ("logits", "x", "candidates", "params", "bounds", "row_start", "seed", "offset", "gumbel_u",
+                   "rank_u", "prev_conf", "suppress_ids", "zero_conf_ids", "filter_w1", "filter_b1", "filter_w2",
+                   "filter_b2")
+
+
+@torch.library.register_fake("dllm::select")
+def _select_fake(logits, x, *args, **kwargs):
+    tensors = (logits, x) + args[:len(_SELECT_TENSORS) - 2]
+    for name, t in zip(_SELECT_TENSORS, tensors):
+        if isinstance(t, torch.Tensor) and t.device != logits.device:
+            raise RuntimeError(f"select: {name} is on {t.device} but logits is on {logits.device}")
+    if logits.dim() != 3 or x.dim() != 2 or x.shape[0] != logits.shape[0]:
+        raise RuntimeError(f"select: x must be [B, L] with B = {logits.shape[0] if logits.dim() else '?'}, "
+                           f"got {tuple(x.shape)}")
+    B, L = x.shape
+    return (x.new_empty((B, L)), x.new_empty((B, L), dtype=torch.float32),
+            x.new_empty((B, L), dtype=torch.bool))

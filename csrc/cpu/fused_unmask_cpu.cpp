@@ -4,24 +4,20 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
-#include <limits>
 #include <tuple>
 #include <vector>
 
 #include "../fused_unmask_args.h"
-#include "row_stats.h"
+#include "policy_cpu.h"
+#include "row_pass.h"
 
 namespace dllm {
 namespace {
 
-struct ReadRow {
-  int64_t b, p, r;
-};
-
 // The rows this step reads, by the same rule the policy stage uses (policy.h: position_is_read).
-std::vector<ReadRow> rows_to_read(const FusedUnmaskArgs& a, const int64_t* x, const int64_t* state,
+std::vector<cpu::ReadRow> rows_to_read(const FusedUnmaskArgs& a, const int64_t* x, const int64_t* state,
                                   const int64_t* row_start) {
-  std::vector<ReadRow> rows;
+  std::vector<cpu::ReadRow> rows;
   const PolicyParams& pp = a.policy;
   for (int64_t b = 0; b < a.B; ++b) {
     const SeqState st = load_state(state + b * kStateCols, a.L);
@@ -38,12 +34,6 @@ std::vector<ReadRow> rows_to_read(const FusedUnmaskArgs& a, const int64_t* x, co
   return rows;
 }
 
-cpu::LogitsType logits_type(at::ScalarType t) {
-  if (t == at::kHalf) return cpu::LogitsType::kFloat16;
-  if (t == at::kBFloat16) return cpu::LogitsType::kBFloat16;
-  return cpu::LogitsType::kFloat32;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_unmask_cpu(DLLM_FUSED_UNMASK_PARAMS) {
   const FusedUnmaskArgs a = check_fused_unmask_args(DLLM_FUSED_UNMASK_ARGS);
   at::Tensor x0 = x.clone();
@@ -57,47 +47,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_unmask_cpu(DLLM_FUSED_UNMAS
   float* pprob_p = pprob.data_ptr<float>();
   int64_t* state_p = state.data_ptr<int64_t>();
   const int64_t* row_start_p = row_start ? row_start->data_ptr<int64_t>() : nullptr;
-  const std::vector<ReadRow> rows = rows_to_read(a, x_p, state_p, row_start_p);
+  const std::vector<cpu::ReadRow> rows = rows_to_read(a, x_p, state_p, row_start_p);
 
-  cpu::RowStatsParams prm;
-  prm.type = logits_type(logits.scalar_type());
-  prm.V = a.V;
-  prm.conf_kind = a.policy.conf_kind;
-  prm.temperature = static_cast<float>(temperature);
-  prm.suppress_ids = ids_ptr(suppress_ids);
-  prm.n_suppress = ids_len(suppress_ids);
-  prm.zero_conf_ids = ids_ptr(zero_conf_ids);
-  prm.n_zero_conf = ids_len(zero_conf_ids);
-  const char* logits_p = static_cast<const char*>(logits.data_ptr());
-  const int64_t elem = logits.element_size();
-  const float* gumbel_p = gumbel_u ? gumbel_u->data_ptr<float>() : nullptr;
-
-  // Statistics: one pass per read row; rows are independent, so split them over threads.
-  at::parallel_for(0, static_cast<int64_t>(rows.size()), 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      const ReadRow& rr = rows[i];
-      const int64_t* st = state_p + rr.b * kStateCols;
-      cpu::RowNoise noise;
-      noise.uniforms = gumbel_p ? gumbel_p + (rr.b * a.R + rr.r) * a.V : nullptr;
-      noise.seed = static_cast<uint64_t>(st[kSeed]);
-      noise.offset = static_cast<uint64_t>(st[kOffset]);
-      noise.position = static_cast<uint32_t>(rr.p);
-      const char* row = logits_p + (rr.b * a.logits_stride_b + rr.r * a.logits_stride_r) * elem;
-      const cpu::RowStats s = cpu::row_stats(row, prm, noise);
-      const int64_t at_bp = rr.b * a.L + rr.p;
-      x0_p[at_bp] = s.valid ? s.x0 : a.policy.mask_id;
-      conf_p[at_bp] = s.valid ? s.conf : std::numeric_limits<float>::quiet_NaN();
-      pprob_p[at_bp] = s.pprob;
-    }
-  });
+  cpu::RowPass pass;
+  pass.logits = static_cast<const char*>(logits.data_ptr());
+  pass.elem = logits.element_size();
+  pass.stride_b = a.logits_stride_b;
+  pass.stride_r = a.logits_stride_r;
+  pass.R = a.R;
+  pass.L = a.L;
+  pass.gumbel_u = gumbel_u ? gumbel_u->data_ptr<float>() : nullptr;
+  pass.seed = state_p + kSeed;
+  pass.offset = state_p + kOffset;
+  pass.key_stride = kStateCols;
+  pass.temperature = nullptr;
+  pass.temperature_stride = 0;
+  pass.invalid_x0 = a.policy.mask_id;
+  pass.prm.type = cpu::logits_type(logits.scalar_type());
+  pass.prm.V = a.V;
+  pass.prm.conf_kind = a.policy.conf_kind;
+  pass.prm.temperature = static_cast<float>(temperature);
+  pass.prm.suppress_ids = ids_ptr(suppress_ids);
+  pass.prm.n_suppress = ids_len(suppress_ids);
+  pass.prm.zero_conf_ids = ids_ptr(zero_conf_ids);
+  pass.prm.n_zero_conf = ids_len(zero_conf_ids);
+  cpu::row_stats_pass(rows, pass, x0_p, conf_p, pprob_p);
 
   // Policy: per sequence, the shared host/device logic.
   const float* rank_p = rank_u ? rank_u->data_ptr<float>() : nullptr;
   bool* transfer_p = transfer.data_ptr<bool>();
   float* ws_p = window_stats.data_ptr<float>();
   at::parallel_for(0, a.B, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<char> work_bytes(static_cast<size_t>(policy_work_size(a.L)) * sizeof(bool));
-    bool* work = reinterpret_cast<bool*>(work_bytes.data());
+    cpu::PolicyWork work;
     for (int64_t b = lo; b < hi; ++b) {
       SeqIO io;
       io.L = a.L;
@@ -111,7 +92,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_unmask_cpu(DLLM_FUSED_UNMAS
       io.state = state_p + b * kStateCols;
       io.row_start = row_start_p ? row_start_p[b] : 0;
       io.R = a.R;
-      policy_step(io, a.policy, work);
+      cpu::policy_step(io, a.policy, work);
     }
   });
   return {x0, transfer, window_stats};

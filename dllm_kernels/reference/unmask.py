@@ -210,27 +210,29 @@ def _sigmoid(z: float) -> float:
     return float(torch.sigmoid(torch.tensor(z, dtype=torch.float64)))
 
 
-def _select(rule, cands, conf, rank_key, st, kw, filt, buffer) -> set:
-    """The selection rule (POLICIES.md §2) over the candidates; returns the committed positions."""
+def select_positions(rule, cands, conf, rank_key, k, block, kw, filt, buffer) -> set:
+    """The selection rule over the candidates of `block` = (start, end); returns the chosen
+    positions. Shared by the stateful step below and the stateless `select_reference`.
+    `k`: the top-k count (rules topk and filter); `buffer`: the conf seen by the learned filter
+    at block positions that are not candidates; `kw`: the rule's parameters by name."""
     if not cands:
         return set()
     by_conf = _ranked(cands, conf)
     if rule in (RULE_TOPK, RULE_FILTER):
-        k = topk_count(st["step"], st["block_masked"], kw["steps"], len(cands))
         chosen = set(_ranked(cands, rank_key)[:k])
         if rule == RULE_FILTER:
             w1, b1, w2, b2 = filt
             width = w1.shape[1]
             feat = torch.zeros(width, dtype=torch.float64)
             for j in range(width):
-                p = st["block_start"] + j
-                if p < st["block_end"]:
+                p = block[0] + j
+                if p < block[1]:
                     c = conf[p] if p in conf else buffer[p]
                     feat[j] = c if math.isfinite(c) else 0.0
             hidden = torch.relu(w1 @ feat + b1)
             out = w2 @ hidden + b2
             for p in cands:
-                j = p - st["block_start"]
+                j = p - block[0]
                 if j < width and _sigmoid(float(out[j])) > kw["filter_threshold"]:
                     chosen.add(p)
         return chosen
@@ -351,7 +353,8 @@ def _sequence_step(b, logits, xs, buffer, state_row, row_start, gumbel_u, rank_u
             rank_key = {p: float(rank_uniform(st["seed"], st["offset"], p)) for p in cands}
     else:
         rank_key = conf
-    chosen = _select(kw["rule"], cands, conf, rank_key, st, kw, filt, buffer)
+    k = topk_count(st["step"], st["block_masked"], kw["steps"], len(cands))
+    chosen = select_positions(kw["rule"], cands, conf, rank_key, k, (bs, be), kw, filt, buffer)
 
     # 6. Commit (after selection: every rule saw the pre-step tokens).
     before = list(xs)

@@ -304,49 +304,6 @@ DLLM_HD bool localleap_selected(const SeqIO& io, const SeqState& st, const Polic
   return c >= thr;
 }
 
-// Selection rule over the block's candidates; marks chosen positions in `sel` (block offsets).
-// `cand` and `sel` are arrays of block length. Ranks are O(n) each, O(n^2) per block: blocks are
-// short (tens to hundreds) and the CUDA kernel spreads the rank loop over threads.
-DLLM_HD void select_positions(const SeqIO& io, const SeqState& st, const PolicyParams& pp,
-                              const bool* cand, bool* sel, bool* scratch) {
-  const int64_t s = st.block_start, n = st.block_end - st.block_start;
-  int64_t n_cand = 0;
-  for (int64_t j = 0; j < n; ++j) n_cand += cand[j];
-  for (int64_t j = 0; j < n; ++j) sel[j] = false;
-  if (n_cand == 0) return;
-
-  if (pp.rule == kTopK || pp.rule == kLearnedFilter) {
-    const int64_t k = topk_count(st, pp, n_cand);
-    for (int64_t j = 0; j < n; ++j)
-      if (cand[j]) sel[j] = candidate_rank(io, st, pp, cand, s + j, pp.random_remasking) < k;
-    if (pp.rule == kLearnedFilter) {
-      bool* keep = scratch;  // [filter_width]
-      run_filter(io, st, pp, keep);
-      for (int64_t j = 0; j < n && j < pp.filter_width; ++j)
-        if (cand[j] && keep[j]) sel[j] = true;
-    }
-    return;
-  }
-  if (pp.rule == kThreshold) {
-    for (int64_t j = 0; j < n; ++j)
-      if (cand[j]) sel[j] = threshold_selected(io, st, pp, cand, j);
-    return;
-  }
-  if (pp.rule == kFactor) {
-    int64_t run = n_cand;
-    for (int64_t j = 0; j < n; ++j) {
-      if (!cand[j]) continue;
-      const int64_t bound = factor_run_bound(io, st, pp, cand, j, n_cand);
-      run = bound < run ? bound : run;
-    }
-    for (int64_t j = 0; j < n; ++j)
-      if (cand[j]) sel[j] = candidate_rank(io, st, pp, cand, s + j, false) < run;
-    return;
-  }
-  for (int64_t j = 0; j < n; ++j)
-    if (cand[j]) sel[j] = localleap_selected(io, st, pp, cand, j);
-}
-
 // EoTP after the rule's commits. `sel` holds this step's committed block offsets.
 DLLM_HD void apply_eotp(SeqIO& io, SeqState& st, const PolicyParams& pp, const Span& sp,
                         const bool* sel) {
@@ -373,52 +330,6 @@ DLLM_HD void apply_eotp(SeqIO& io, SeqState& st, const PolicyParams& pp, const S
     io.transfer[best_q] = true;
     end_sequence_at(io, st, pp, best_q + 1);
   }
-}
-
-// The whole per-sequence stage, single-threaded. `work` holds policy_work_size(L) bools.
-DLLM_HD int64_t policy_work_size(int64_t L) { return 2 * (L + 1) + kMaxFilterWidth; }
-
-DLLM_HD void policy_step(SeqIO& io, const PolicyParams& pp, bool* work) {
-  io.window_stats[0] = io.window_stats[1] = io.window_stats[2] = 0.f;
-  SeqState st = load_state(io.state, io.L);
-  const Span sp = compute_span(st, pp);
-  if (st.done) return;
-  if (!sp.active) {  // nothing left to open: the sequence is complete
-    st.done = 1;
-    store_state(io.state, st);
-    return;
-  }
-  open_block(io, st, pp, sp);
-  compute_window_stats(io, st, pp, sp);
-
-  const int64_t n = st.block_end - st.block_start;
-  bool* cand = work;
-  bool* sel = work + io.L + 1;
-  bool* scratch = work + 2 * (io.L + 1);
-  for (int64_t j = 0; j < n; ++j) {
-    const int64_t p = st.block_start + j;
-    cand[j] = position_is_read(p, io.x, st, sp, pp, io.row_start, io.R) && is_valid_conf(io.conf[p]);
-  }
-  select_positions(io, st, pp, cand, sel, scratch);
-  // Commit after selection so that every rule saw the same (pre-step) tokens.
-  for (int64_t j = 0; j < n; ++j) {
-    if (!sel[j]) continue;
-    io.x[st.block_start + j] = io.x0[st.block_start + j];
-    io.transfer[st.block_start + j] = true;
-  }
-  if (pp.eotp) apply_eotp(io, st, pp, sp, sel);
-
-  const int64_t block_stop = st.block_end < st.end_pos ? st.block_end : st.end_pos;
-  st.block_remaining = count_masked(io.x, st.block_start, block_stop, pp.mask_id);
-  if (pp.early_stop && st.block_remaining == 0) {
-    bool has_eos = false;
-    for (int64_t p = st.block_start; p < block_stop; ++p) has_eos |= io.x[p] == pp.eos_id;
-    if (has_eos) end_sequence_at(io, st, pp, st.block_end);
-  }
-  st.step = wrapping_increment(st.step);
-  st.done = count_masked(io.x, st.gen_start, st.end_pos, pp.mask_id) == 0;
-  st.offset = wrapping_increment(st.offset);
-  store_state(io.state, st);
 }
 
 }  // namespace dllm

@@ -1,0 +1,65 @@
+"""The per-request parameter pack of `select`: one float64 column per numeric parameter.
+
+The columns and their defaults are defined once, in C++ (csrc/include/dllm/select_params.h), and
+read here from the native library. A value may be a Python number (the same for every
+sequence) or a tensor with one value per sequence, so one batch can serve requests with
+different policies; tensor values travel to the kernels as data, so changing them neither
+recompiles a `torch.compile`d caller nor needs a new CUDA-graph capture.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Mapping, Optional, Union
+
+import torch
+
+from . import _native  # noqa: F401  (the op that names the columns)
+
+_names, _defaults = torch.ops.dllm.select_param_columns()
+SELECT_PARAM_COLUMNS: tuple = tuple(_names)
+SELECT_PARAM_DEFAULTS: tuple = tuple(_defaults)
+SELECT_DEFAULTS: Mapping[str, float] = dict(zip(SELECT_PARAM_COLUMNS, SELECT_PARAM_DEFAULTS))
+
+# Columns holding whole numbers, and those in [0, 1].
+_WHOLE = ("k", "window")
+_UNIT = ("threshold", "anchor_threshold", "relaxed_threshold", "filter_threshold")
+
+Value = Union[int, float, torch.Tensor]
+
+
+def _check_scalar(op: str, name: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a number or a tensor, got {type(v).__name__}")
+    v = float(v)
+    if name in _WHOLE and not (math.isfinite(v) and v >= 0 and v == int(v)):
+        raise ValueError(f"{op}: {name} must be a whole number >= 0, got {v!r}")
+    if name in _UNIT and not (math.isfinite(v) and 0.0 <= v <= 1.0):
+        raise ValueError(f"{op}: {name} must be in [0, 1], got {v!r}")
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{op}: {name} must be finite and >= 0, got {v!r}")
+    return v
+
+
+def pack_select_params(batch: int, device, values: Mapping[str, Optional[Value]], *,
+                       op: str = "select") -> torch.Tensor:
+    """[batch, P] float64 on `device`: each column from `values[name]` (a number, a 0-d tensor
+    or a [batch] tensor), its default where absent or None. Python numbers are checked here; a
+    tensor's values are checked by the op on CPU (on CUDA a check would need a host sync)."""
+    unknown = set(values) - set(SELECT_PARAM_COLUMNS)
+    if unknown:
+        raise ValueError(f"{op}: unknown parameters {sorted(unknown)}; known: {list(SELECT_PARAM_COLUMNS)}")
+    cols = []
+    for name, default in zip(SELECT_PARAM_COLUMNS, SELECT_PARAM_DEFAULTS):
+        v = values.get(name)
+        if v is None:
+            v = default
+        if isinstance(v, torch.Tensor):
+            if v.dim() > 1 or (v.dim() == 1 and v.shape[0] not in (1, batch)):
+                raise ValueError(f"{op}: {name} must be a number or a [{batch}] tensor, got shape {tuple(v.shape)}")
+            if v.dtype == torch.bool or v.is_complex():
+                raise TypeError(f"{op}: {name} must hold real numbers, got {v.dtype}")
+            cols.append(v.to(device=device, dtype=torch.float64).reshape(-1).expand(batch))
+        else:
+            cols.append(torch.full((batch,), _check_scalar(op, name, v), dtype=torch.float64, device=device))
+    return torch.stack(cols, dim=1).contiguous()
