@@ -34,3 +34,21 @@ def eager_threshold_step(logits: torch.Tensor, x: torch.Tensor, block_start: int
     transfer &= mask_index
     block[transfer] = x0[transfer]
     return transfer
+
+
+def eager_topk_step(logits: torch.Tensor, x: torch.Tensor, block_start: int, block_end: int,
+                    mask_id: int, k: int, dtype=torch.float64) -> torch.Tensor:
+    """One LLaDA low-confidence-remasking step (greedy) over rows [block_start, block_end) of x:
+    float64 softmax, the chosen token's probability, `torch.topk` of k per sequence. Returns the
+    transfer mask; `logits` are the rows of the block only."""
+    block = x[:, block_start:block_end]
+    mask_index = block == mask_id
+    x0 = torch.argmax(logits, dim=-1)
+    p = torch.softmax(logits.to(dtype), dim=-1)
+    x0_p = torch.gather(p, -1, x0.unsqueeze(-1)).squeeze(-1)
+    confidence = torch.where(mask_index, x0_p, torch.tensor(-float("inf"), dtype=dtype))
+    transfer = torch.zeros_like(mask_index)
+    transfer.scatter_(1, torch.topk(confidence, k, dim=1).indices, True)
+    transfer &= mask_index
+    block[transfer] = x0[transfer]
+    return transfer
