@@ -1,7 +1,9 @@
 """Builds dllm_kernels._C (the C++ ops) and, where nvcc is found, dllm_kernels._C_cuda.
 
-Install with `pip install -e . --no-build-isolation` into an environment that already has torch:
-torch is deliberately not a build requirement (pip would fetch a multi-GB CUDA wheel).
+The package's metadata lives in pyproject.toml; this file holds only what the build computes
+(the extension modules and the package map). Install with `pip install --no-build-isolation .`
+(or `-e .`) into an environment that already has torch: torch is deliberately not a build
+requirement (pip would fetch a multi-GB CUDA wheel).
 """
 import glob
 import os
@@ -74,13 +76,8 @@ if want_cuda():
     )
 
 setup(
-    name="dllm-kernels",
-    version="0.1.0",
-    description="Fused CUDA/Triton/C++ kernels for diffusion-LLM decoding",
     packages=find_packages(include=["dllm_kernels", "dllm_kernels.*"]) + ["dllm_kernels.triton_kernels"],
     package_dir={"dllm_kernels.triton_kernels": "triton_kernels"},
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    python_requires=">=3.10",
-    install_requires=["numpy"],
 )
