@@ -18,7 +18,7 @@ CXX_FLAGS = ["-O3", "-std=c++20", "-fno-math-errno"]
 
 
 def cuda_home():
-    """CPU torch leaves CUDA_HOME unset; find nvcc ourselves (DESIGN.md §4)."""
+    """CPU torch leaves CUDA_HOME unset; find nvcc ourselves (docs/building.md)."""
     for cand in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
         if cand and os.path.exists(os.path.join(cand, "bin", "nvcc")):
             return cand

@@ -1,4 +1,4 @@
-"""Benchmark of dllm.block_attention (issue 4) against the public decoders' attention.
+"""Benchmark of dllm.block_attention against the public decoders' attention.
 
 Backends, measured side by side in one run on the same inputs:
   block_attention   torch.ops.dllm.block_attention: writes the block's K/V into the cache in place

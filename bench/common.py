@@ -1,4 +1,4 @@
-"""Shared benchmark plumbing (DESIGN.md §6): environment facts, timing, JSON-lines results."""
+"""Shared benchmark plumbing (docs/building.md, benchmark conventions): environment facts, timing, JSON-lines results."""
 import datetime
 import json
 import os

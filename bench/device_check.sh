@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device check for the GPU machine (DESIGN.md §4): build the extension in place, run the GPU tests,
+# Device check for the GPU machine (docs/building.md): build the extension in place, run the GPU tests,
 # compute-sanitizer (memcheck, racecheck) on small fused_unmask and block_attention workloads, the
 # benchmarks that exist, and the CPU suite; write every log, the JSON results and summary.md into RESULTS_DIR.
 #

@@ -1,9 +1,9 @@
-"""A plain eager dLLM decoder written from shared/spec/POLICIES.md, the way the public decoders are.
+"""A plain eager dLLM decoder written from docs/policies.md, the way the public decoders are.
 
 This is the reference `dllm_kernels.generate` is tested against, and the baseline of
 `bench/bench_decode.py`. Nothing here is shared with `generate.py` or `models/llada.py`:
 
-* `EagerLLaDA`: the LLaDA equations (LLADA_FORMAT.md) straight from the checkpoint's tensor names,
+* `EagerLLaDA`: the LLaDA equations (docs/llada_checkpoint.md) straight from the checkpoint's tensor names,
   separate q/k/v projections, attention by `torch.cat` of the cached K/V + SDPA, as LLaDA /
   Fast-dLLM's modelling code does. It returns the logits of every query position.
 * `eager_generate`: the LLaDA / Fast-dLLM decode loop. No cache: a full forward per step. Prefix
@@ -13,7 +13,7 @@ This is the reference `dllm_kernels.generate` is tested against, and the baselin
   full forward whose K/V of every position are kept; the other steps run the block only,
   replacing its slots (`replace_position`). The block's first step commits tokens with the logits of
   the refreshing forward. The policy engine (which positions to commit) is the float64 reference
-  op `fused_unmask_reference` (the executable form of POLICIES.md) by default, called with exactly
+  op `fused_unmask_reference` (the executable form of docs/policies.md) by default, called with exactly
   the logits the forward produced (`row_start` = first query position).
 
 Batches: prompts of different lengths are laid out as in `generate` (sequence b occupies
@@ -150,7 +150,7 @@ def eager_generate(model: EagerLLaDA, prompts: Sequence, *, gen_length: int, pol
     """Decode `prompts` (a list of token sequences) with `policy`; see the module docstring.
 
     engine: "reference" (float64 `fused_unmask_reference`) or "fused" (the native op), the same
-    decisions (POLICIES.md §1 excepts near-ties only).
+    decisions (docs/policies.md §1 excepts near-ties only).
     """
     from .unmask import fused_unmask
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# AddressSanitizer + UndefinedBehaviorSanitizer run of the C++ CPU path (issue 7).
+# AddressSanitizer + UndefinedBehaviorSanitizer run of the C++ CPU path.
 #
 #   scripts/sanitize_cpu.sh [BUILD_DIR]          (default: build/sanitize; never the tree's .so)
 #

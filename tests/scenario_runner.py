@@ -1,5 +1,5 @@
 """Runs a random Scenario for a few steps through a backend and the float64 reference, comparing
-every decision; sequences with a legitimately ambiguous step (POLICIES.md §1) are resynchronised
+every decision; sequences with a legitimately ambiguous step (docs/policies.md §1) are resynchronised
 to the reference and counted, not compared."""
 import math
 

@@ -1,4 +1,4 @@
-"""Compile checks for the CUDA sources on machines without a GPU (DESIGN.md §4).
+"""Compile checks for the CUDA sources on machines without a GPU (docs/building.md).
 
 Every csrc/cuda/*.cu file must compile with nvcc for Hopper (sm_90a) and Ampere (sm_80); the
 device kernels must stay free of torch headers; and where the CUDA extension was built, it must

@@ -67,7 +67,7 @@ def step_vs_cpu(logits, x, conf, state, args):
 
     With T == 0 the predictions x0 must agree exactly (an argmax is exact in any order) and the
     confidences of every read row to float32 rounding; the decisions must agree except for
-    sequences whose step is ambiguous at float32 precision (POLICIES.md §1: a confidence next to a
+    sequences whose step is ambiguous at float32 precision (docs/policies.md §1: a confidence next to a
     threshold or a tie, a sampled row whose best two noisy values nearly tie). Returns the CPU
     op's (x, conf, state) and the number of sequences compared.
     """

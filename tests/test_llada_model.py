@@ -1,4 +1,4 @@
-"""dllm_kernels.models.LLaDA: checkpoint loading (LLADA_FORMAT.md) and logits against independent
+"""dllm_kernels.models.LLaDA: checkpoint loading (docs/llada_checkpoint.md) and logits against independent
 implementations of the same equations (a float64 one written here, and the eager cat + SDPA model)."""
 import json
 import math
@@ -45,7 +45,7 @@ def write_checkpoint(path, *, d=64, layers=2, heads=4, kv_heads=2, mlp=96, vocab
 
 
 def logits_f64(cfg, sd, x):
-    """LLADA_FORMAT.md "The computation", in float64, one sequence at a time, explicit softmax."""
+    """docs/llada_checkpoint.md "The computation", in float64, one sequence at a time, explicit softmax."""
     d, H, Hkv = cfg["d_model"], cfg["n_heads"], cfg["n_kv_heads"]
     hd = d // H
     w = {k: v.double() for k, v in sd.items()}

@@ -1,6 +1,6 @@
 """Hand-worked cases for the float64 reference of fused_unmask and its Philox generator.
 
-Every expected value is derived by hand in the comments (docs/fused_unmask.md, POLICIES.md); the
+Every expected value is derived by hand in the comments (docs/fused_unmask.md, docs/policies.md); the
 reference is the spec the other backends are tested against, so these tests pin it to the contract
 rather than to any implementation.
 

@@ -1,4 +1,4 @@
-"""Stability of the ops inside someone else's decoder (issue 7): determinism for a seed (and
+"""Stability of the ops inside someone else's decoder: determinism for a seed (and
 independence from the thread count), batch and permutation invariance, no memory growth over
 10,000 calls, decode loops that make progress every step (and the documented stall on invalid
 rows, which a decoder must guard against), torch.compile(fullgraph=True) of a decode step that

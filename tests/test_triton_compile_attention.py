@@ -1,5 +1,5 @@
 """Compiles the block_attention Triton kernels to real GPU code (sm_90 and sm_80) without a GPU
-(DESIGN.md §4): catches what the interpreter cannot (tl.dot shape/dtype rules, register-level
+(docs/building.md): catches what the interpreter cannot (tl.dot shape/dtype rules, register-level
 lowering of the tile configs the launcher actually picks)."""
 import textwrap
 

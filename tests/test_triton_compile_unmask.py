@@ -1,5 +1,5 @@
 """Compiles the fused_unmask Triton kernels to real GPU code (sm_90 and sm_80) without a GPU
-(DESIGN.md §4): catches what the interpreter cannot (typing of scalar control flow, uint32
+(docs/building.md): catches what the interpreter cannot (typing of scalar control flow, uint32
 Philox arithmetic, int1 stores, float64 sums, register-level lowering of the tiles the launcher
 picks)."""
 import textwrap

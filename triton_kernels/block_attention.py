@@ -19,7 +19,7 @@ no access leaves the tensors: block_len to [0, min(Qmax, Lmax)], block_start to 
 kv_len to [block_end, Lmax].
 
 Under TRITON_INTERPRET=1, bf16/fp16 arithmetic is unreliable: the launcher sets UPCAST so that
-tiles are converted to float32 right after loading (DESIGN.md §4).
+tiles are converted to float32 right after loading (docs/building.md).
 """
 from __future__ import annotations
 

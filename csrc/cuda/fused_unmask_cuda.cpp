@@ -1,6 +1,6 @@
 // CUDA implementation of dllm::fused_unmask: checks the arguments (shared with the CPU op),
 // allocates the outputs and the workspace with torch, and launches the kernels on the current
-// stream. Built by the host compiler against torch's CPU-compatible headers (DESIGN.md §4): the
+// stream. Built by the host compiler against torch's CPU-compatible headers (docs/building.md): the
 // stream comes from the device-guard interface, not from ATen/cuda.
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>

@@ -1,10 +1,10 @@
 """Training tiny LLaDA-architecture masked diffusion models, and Learn2PD filters for them.
 
-* `model.TinyLLaDA`: a trainable module with exactly the LLaDA computation (LLADA_FORMAT.md), saved as a
+* `model.TinyLLaDA`: a trainable module with exactly the LLaDA computation (docs/llada_checkpoint.md), saved as a
   LLaDA-format checkpoint (config.json + fp16 safetensors) that `dllm_kernels.models.LLaDA` loads.
 * `objective.masked_diffusion_loss`: LLaDA's objective (t ~ U(eps, 1), mask with probability t,
   cross-entropy on masked tokens weighted by 1/t).
 * `data`: the two data recipes (Shakespeare characters; multi-line addition with checkable answers).
 * `train`: the seeded training loop and CLI (`python -m dllm_kernels.training.train`).
-* `learn2pd`: oracle traces (POLICIES.md §2.5), filter training, CLI (`python -m dllm_kernels.training.learn2pd`).
+* `learn2pd`: oracle traces (docs/policies.md §2.5), filter training, CLI (`python -m dllm_kernels.training.learn2pd`).
 """

@@ -5,7 +5,7 @@
 
 1. **Reference**: each training prompt is decoded one token per step (top-k, k = 1, fixed blocks):
    the answer y* the filter must not change.
-2. **Oracle replay** (POLICIES.md §2.5, the Learn2PD recipe): from the prompt and masks again, at each
+2. **Oracle replay** (docs/policies.md §2.5, the Learn2PD recipe): from the prompt and masks again, at each
    step one forward gives `x0` and `conf` (prob) of the block's masked positions; the step records the
    filter's input exactly as the op builds it (docs/fused_unmask.md step 5: `conf` of block position j,
    the value it had when committed for decoded positions, 0 outside the block) and the label

@@ -1,6 +1,6 @@
 """A trainable LLaDA-architecture model and its LLaDA-format checkpoint writer.
 
-`TinyLLaDA` computes exactly what shared/spec/LLADA_FORMAT.md describes (RMSNorm in float32, RoPE
+`TinyLLaDA` computes exactly what docs/llada_checkpoint.md describes (RMSNorm in float32, RoPE
 "rotate half", SwiGLU, bidirectional attention, no biases) with ordinary autograd modules, so it can be
 trained; `save_llada_checkpoint` writes config.json + a safetensors file under the public tensor names,
 which `dllm_kernels.models.LLaDA.from_pretrained` loads for decoding. A key-padding length per sequence
@@ -107,7 +107,7 @@ class TinyLLaDA(torch.nn.Module):
         return F.linear(out, self.wte.weight if self.ff_out is None else self.ff_out.weight)
 
     def llada_state_dict(self, dtype=torch.float16) -> dict:
-        """The weights under LLaDA-format names (LLADA_FORMAT.md), cast to `dtype`."""
+        """The weights under LLaDA-format names (docs/llada_checkpoint.md), cast to `dtype`."""
         sd = {}
         for name, t in self.state_dict().items():
             if name == "wte.weight":
