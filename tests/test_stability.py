@@ -597,7 +597,8 @@ def test_generate_guard_stops_a_stalled_decode(stall):
                                            policy=dk.Policy(rule="threshold", threshold=0.5, block_length=3),
                                            mask_id=mask_id, eos_id=eos_id, max_steps=max_steps))
         limit = max_steps or 2 * 6 + 8
-        assert not out.finished and out.steps == limit and model.calls == limit
+        # two prompt lengths: a plain callable gets one unpadded forward per length each step
+        assert not out.finished and out.steps == limit and model.calls == out.forward_calls == 2 * limit
         assert bool((out.tokens == mask_id).any())
 
 
