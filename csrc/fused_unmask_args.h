@@ -54,7 +54,18 @@ inline FusedUnmaskArgs check_fused_unmask_args(DLLM_FUSED_UNMASK_PARAMS) {
   check_tensor(kFusedUnmask, x, logits, "x", at::kLong, {a.B, a.L});
   check_tensor(kFusedUnmask, conf, logits, "conf", at::kFloat, {a.B, a.L});
   check_tensor(kFusedUnmask, state, logits, "state", at::kLong, {a.B, kStateCols});
-  if (row_start) check_tensor(kFusedUnmask, *row_start, logits, "row_start", at::kLong, {a.B});
+  // Row r holds position row_start + r (+ shift): more rows than positions is a caller's mistake.
+  TORCH_CHECK(a.R <= a.L, "fused_unmask: logits has R = ", a.R, " rows, more than the L = ", a.L,
+              " positions of x (need R <= L)");
+  if (row_start) {
+    check_tensor(kFusedUnmask, *row_start, logits, "row_start", at::kLong, {a.B});
+    // Values are checked where they can be read without a device sync (CPU); the CUDA kernels
+    // read only rows inside [0, R), whatever row_start holds.
+    if (row_start->device().is_cpu()) {
+      const int64_t lo = row_start->min().item<int64_t>();
+      TORCH_CHECK(lo >= 0, "fused_unmask: row_start must be >= 0, got ", lo);
+    }
+  }
   if (gumbel_u) check_tensor(kFusedUnmask, *gumbel_u, logits, "gumbel_u", at::kFloat, {a.B, a.R, a.V});
   if (rank_u) check_tensor(kFusedUnmask, *rank_u, logits, "rank_u", at::kFloat, {a.B, a.L});
   check_ids(kFusedUnmask, suppress_ids, logits, "suppress_ids", a.V);

@@ -91,7 +91,15 @@ inline SelectArgs check_select_args(DLLM_SELECT_PARAMS_DECL) {
     check_tensor(kSelect, *bounds, logits, "bounds", at::kLong, {a.B, 2});
     check_select_bounds(*bounds, a.L);
   }
-  if (row_start) check_tensor(kSelect, *row_start, logits, "row_start", at::kLong, {a.B});
+  TORCH_CHECK(a.R <= a.L, "select: logits has R = ", a.R, " rows, more than the L = ", a.L,
+              " positions of x (need R <= L)");
+  if (row_start) {
+    check_tensor(kSelect, *row_start, logits, "row_start", at::kLong, {a.B});
+    if (row_start->device().is_cpu()) {  // on CUDA only rows inside [0, R) are ever read
+      const int64_t lo = row_start->min().item<int64_t>();
+      TORCH_CHECK(lo >= 0, "select: row_start must be >= 0, got ", lo);
+    }
+  }
   if (seed) check_tensor(kSelect, *seed, logits, "seed", at::kLong, {a.B});
   if (offset) check_tensor(kSelect, *offset, logits, "offset", at::kLong, {a.B});
   if (gumbel_u) check_tensor(kSelect, *gumbel_u, logits, "gumbel_u", at::kFloat, {a.B, a.R, a.V});

@@ -19,6 +19,9 @@ def _fused_unmask_fake(logits, x, conf, state, *args, **kwargs):
     if tuple(conf.shape) != tuple(x.shape):
         raise RuntimeError(f"fused_unmask: conf must have shape {tuple(x.shape)}, got {tuple(conf.shape)}")
     B, L = x.shape
+    if logits.shape[1] > L:
+        raise RuntimeError(f"fused_unmask: logits has R = {logits.shape[1]} rows, more than the L = {L} "
+                           "positions of x (need R <= L)")
     return (x.new_empty((B, L)), x.new_empty((B, L), dtype=torch.bool),
             x.new_empty((B, 3), dtype=torch.float32))
 

@@ -51,7 +51,7 @@ class GenerateOutput:
     tokens: torch.Tensor            # [B, gen_length] the generation region of each sequence
     prompt_lengths: List[int]
     nfe: List[int]                  # forwards each sequence took part in
-    forward_calls: int              # model calls (one per step)
+    forward_calls: int              # model calls (one per step; per length group, see generate)
     steps: int                      # decode steps of the batch
     tokens_per_step: List[List[int]]  # per sequence: tokens written at each of its steps
     generated_tokens: List[int]     # per sequence: non-eos tokens in its generation region
@@ -145,11 +145,11 @@ def _plan_block(st: list, policy: Policy):
             continue
         if row[BLOCK_REMAINING] == 0:
             s, e = row[BLOCK_END], _opening_end(row, policy)  # no AdaBlock: the default block
-            ahead.append(_topk_steps_left(0, e - s, e - s, policy.steps))
+            ahead.append(_topk_steps_left(0, e - s, e - s, policy.block_steps))
             row = list(row)
             row[BLOCK_START], row[BLOCK_END], row[BLOCK_REMAINING] = s, e, e - s
         else:
-            ahead.append(_topk_steps_left(row[STEP], row[BLOCK_MASKED], row[BLOCK_REMAINING], policy.steps))
+            ahead.append(_topk_steps_left(row[STEP], row[BLOCK_MASKED], row[BLOCK_REMAINING], policy.block_steps))
         rows.append(row)
     return (min(ahead) - 1 if ahead else 0), rows
 
@@ -194,6 +194,41 @@ def _logits_of(out):
     if isinstance(out, (tuple, list)):
         return out[0]
     raise TypeError(f"generate: the model returned {type(out).__name__}, expected logits")
+
+
+def _callable_logits(model, x, attn_mask, groups):
+    """Logits [B, L, V] of a plain callable: one forward of the batch, or, for a ragged batch
+    decoded by length group, one unpadded forward per group (rows past a sequence's end are NaN:
+    never read, and invalid if they were)."""
+    if groups is None:
+        return _logits_of(model(x, attention_mask=attn_mask) if attn_mask is not None else model(x))
+    logits = None
+    for rows, n in groups:
+        part = _logits_of(model(x[rows, :n]))
+        if logits is None:
+            logits = part.new_full((x.shape[0], x.shape[1], part.shape[-1]), float("nan"))
+        logits[rows, :n] = part
+    return logits
+
+
+def _check_mask_honoured(model, x, logits, b: int, n: int) -> None:
+    """Once per decode (one host read): sequence b, padded in the batch, must get the logits it
+    gets alone. A model that ignores `attention_mask` attends to the padding and would commit
+    wrong tokens without any error."""
+    ones = torch.ones(1, n, dtype=torch.long, device=x.device)
+    solo = _logits_of(model(x[b:b + 1, :n], attention_mask=ones))[0].float()
+    batched = logits[b, :n].float()
+    diff = (batched - solo).abs().masked_fill(batched == solo, 0).masked_fill(batched.isnan() & solo.isnan(), 0)
+    worst = float(diff.max())
+    finite = solo[solo.isfinite()]
+    scale = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
+    tol = max(1e-4, 8 * torch.finfo(logits.dtype).eps) * scale  # batch-shape rounding, not padding
+    if not worst <= tol:
+        raise ValueError(
+            f"generate: with pass_attention_mask=True, sequence {b} (padded in the batch) gets logits that "
+            f"differ from its forward alone (max |diff| {worst:.3g} > {tol:.3g}): the model does not honour "
+            "attention_mask (the public LLaDA code ignores it). Drop pass_attention_mask: a ragged batch of a "
+            "plain callable is then decoded with one unpadded forward per prompt length, exactly.")
 
 
 class _Progress:
@@ -279,14 +314,17 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
         prompt_ids: list of token sequences, or a [B, P] tensor (with `attention_mask` for padding).
         gen_length: tokens to generate per sequence.
         block_length, temperature: override the policy's fields when given.
-        policy: `dllm_kernels.Policy` (default: `Policy()`, top-k one step per block).
+        policy: `dllm_kernels.Policy` (default: `Policy()`, LLaDA's top-k with one token per step).
         cache: "none", "prefix" or "dual" (the last two need the LLaDA adapter).
         seed: Philox seed, an int (every sequence the same seed: a sequence's noise never depends on
             its batch slot) or one per sequence.
         mask_id, eos_id: default to the model config's `mask_token_id` / `eos_token_id`.
         pad_id: token after a sequence's end in the layout (default eos_id); never read.
         pass_attention_mask: callables only: call `model(x, attention_mask=m)` with m [B, L] (1 for
-            the positions of each sequence), for batches of different lengths.
+            the positions of each sequence), for batches of different lengths. The first step checks
+            once that the most padded sequence gets the logits it gets alone, and raises if not (a
+            model that ignores the mask). Without it, a ragged batch of a callable is decoded with
+            one unpadded forward per prompt length (each counted in `forward_calls`).
         cuda_graph: replay dual-cache block steps from a CUDA graph (steps where no sequence opens a
             block; not with EoTP); on CPU the same fixed-shape step runs eagerly.
         progress: a progress bar (tqdm if installed, else a line every 10%).
@@ -341,6 +379,16 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
     attn_mask = None
     if not native and pass_attention_mask:
         attn_mask = (torch.arange(L)[None, :] < torch.tensor(lens)[:, None]).long().to(dev)
+    # A plain callable with a ragged batch: with a mask, check once that the model honours it (on
+    # the most padded sequence); without one, padding would be attended, so each group of equal
+    # lengths gets its own unpadded forward.
+    groups, mask_check_row = None, None
+    if not native and len(set(lens)) > 1:
+        if pass_attention_mask:
+            mask_check_row = lens.index(min(lens))
+        else:
+            groups = [(torch.tensor([b for b in range(B) if lens[b] == n], device=dev), n)
+                      for n in sorted(set(lens))]
 
     max_steps = max_steps or 2 * gen_length + 8
     nfe, calls, steps, graph_steps, reads = [0] * B, 0, 0, 0, 0
@@ -410,8 +458,12 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
                         if n_rows[b] < r_max:
                             logits[b, n_rows[b]:].fill_(float("nan"))
             else:
-                out = model(x, attention_mask=attn_mask) if attn_mask is not None else model(x)
-                logits, rs = _logits_of(out), None
+                logits, rs = _callable_logits(model, x, attn_mask, groups), None
+                calls += len(groups) - 1 if groups else 0
+                if mask_check_row is not None:
+                    _check_mask_honoured(model, x, logits, mask_check_row, lens[mask_check_row])
+                    calls += 1
+                    mask_check_row = None
             if timing:
                 if cuda:
                     ev[2].record()

@@ -6,10 +6,13 @@ handling. It is frozen and hashable, so converted device tensors can be cached p
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+import numbers
+import warnings
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -61,15 +64,44 @@ class LearnedFilter:
                      for t in (self.w1, self.b1, self.w2, self.b2))
 
 
+def _is_number(value) -> bool:
+    """A real number, not a bool (True would otherwise pass as 1)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_unit(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
+    if not (_is_number(value) and math.isfinite(value) and 0.0 <= value <= 1.0):
         raise ValueError(f"Policy: {name} must be in [0, 1], got {value!r}")
 
 
-def _check_ids(name: str, ids: Sequence[int]) -> None:
-    for i in ids:
-        if not isinstance(i, int) or i < 0:
+def _id_tuple(name: str, ids) -> tuple:
+    """Token ids as a tuple: a sequence (or 1-D tensor) of ids, or one id alone."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.reshape(-1).tolist()
+    if _is_int(ids):
+        ids = (ids,)
+    try:
+        out = tuple(ids)
+    except TypeError:
+        raise ValueError(f"Policy: {name} must be a token id or a sequence of token ids, "
+                         f"got {type(ids).__name__}") from None
+    for i in out:
+        if not _is_int(i) or i < 0:
             raise ValueError(f"Policy: {name} must hold non-negative token ids, got {i!r}")
+    return out
+
+
+# The fields each rule reads; any other rule ignores them (a changed value then draws a warning).
+RULE_FIELDS = {
+    "steps": ("topk", "filter"), "random_remasking": ("topk", "filter"),
+    "threshold": ("threshold",), "factor": ("factor",),
+    "anchor_threshold": ("localleap",), "relaxed_threshold": ("localleap",), "window": ("localleap",),
+    "graded": ("localleap",), "learned_filter": ("filter",), "filter_threshold": ("filter",),
+}
 
 
 @dataclass(frozen=True)
@@ -78,12 +110,19 @@ class Policy:
 
     rule: "topk" (LLaDA low-confidence remasking, `steps` per block), "threshold" (Fast-dLLM),
     "factor" (Fast-dLLM dynamic), "localleap", or "filter" (Learn2PD; needs `learned_filter`).
+
+    The default, `Policy()`, is LLaDA's own decoding: top-k low-confidence remasking with one token
+    per step (`steps=None` means `steps = block_length`, also after `block_length` is changed),
+    greedy. It is the quality baseline every faster rule is measured against, and its number of
+    forwards is fixed (gen_length); `Policy(rule="threshold")` (Fast-dLLM, 0.9) is the fast choice.
+    Fields a rule does not read (`RULE_FIELDS`) draw a warning when set to a non-default value.
+    `suppress_ids`, `zero_conf_ids`, `delimiter_ids` take a sequence of ids or a single id.
     """
 
     rule: str = "topk"
     conf: str = "prob"
     temperature: float = 0.0
-    steps: int = 1
+    steps: Optional[int] = None
     threshold: float = 0.9
     factor: float = 1.0
     anchor_threshold: float = 0.9
@@ -109,25 +148,38 @@ class Policy:
             raise ValueError(f"Policy: rule must be one of {sorted(RULES)}, got {self.rule!r}")
         if self.conf not in CONF_KINDS:
             raise ValueError(f"Policy: conf must be one of {sorted(CONF_KINDS)}, got {self.conf!r}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+        if not (_is_number(self.temperature) and math.isfinite(self.temperature) and self.temperature >= 0):
             raise ValueError(f"Policy: temperature must be finite and >= 0, got {self.temperature!r}")
-        for name in ("steps", "block_length"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
-                raise ValueError(f"Policy: {name} must be an int >= 1, got {getattr(self, name)!r}")
-        if not (isinstance(self.window, int) and self.window >= 0):
+        if not (self.steps is None or (_is_int(self.steps) and self.steps >= 1)):
+            raise ValueError(f"Policy: steps must be an int >= 1 (or None: one token per step), got {self.steps!r}")
+        if not (_is_int(self.block_length) and self.block_length >= 1):
+            raise ValueError(f"Policy: block_length must be an int >= 1, got {self.block_length!r}")
+        if not (_is_int(self.window) and self.window >= 0):
             raise ValueError(f"Policy: window must be an int >= 0, got {self.window!r}")
         for name in ("threshold", "anchor_threshold", "relaxed_threshold", "filter_threshold",
                      "block_delta", "block_window_fraction"):
             _check_unit(name, getattr(self, name))
-        if not (math.isfinite(self.factor) and self.factor >= 0):
+        if not (_is_number(self.factor) and math.isfinite(self.factor) and self.factor >= 0):
             raise ValueError(f"Policy: factor must be finite and >= 0, got {self.factor!r}")
         for name in ("delimiter_ids", "suppress_ids", "zero_conf_ids"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-            _check_ids(name, getattr(self, name))
+            object.__setattr__(self, name, _id_tuple(name, getattr(self, name)))
         if self.rule == "filter" and self.learned_filter is None:
             raise ValueError("Policy: rule 'filter' needs learned_filter")
         if self.adaptive_block and not self.delimiter_ids:
             raise ValueError("Policy: adaptive_block needs delimiter_ids (LLaDA: (198,))")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        unused = [name for name, rules in RULE_FIELDS.items()
+                  if self.rule not in rules and getattr(self, name) is not defaults[name]
+                  and getattr(self, name) != defaults[name]]
+        if unused:
+            warnings.warn("Policy: " + "; ".join(f"{name} is unused by rule {self.rule!r} (read by rule "
+                                                 f"{'/'.join(RULE_FIELDS[name])})" for name in unused),
+                          UserWarning, stacklevel=3)
+
+    @property
+    def block_steps(self) -> int:
+        """Steps of a top-k block: `steps`, or `block_length` (one token per step) when None."""
+        return self.block_length if self.steps is None else self.steps
 
     def op_arguments(self, device, vocab_size: int) -> dict:
         """Keyword arguments of torch.ops.dllm.fused_unmask for this policy (tensors cached)."""
@@ -142,7 +194,7 @@ class Policy:
         return dict(
             tensors,
             rule=RULES[self.rule], conf_kind=CONF_KINDS[self.conf], temperature=float(self.temperature),
-            shift=self.shift, steps=self.steps, threshold=float(self.threshold), factor=float(self.factor),
+            shift=self.shift, steps=self.block_steps, threshold=float(self.threshold), factor=float(self.factor),
             anchor_threshold=float(self.anchor_threshold), relaxed_threshold=float(self.relaxed_threshold),
             window=self.window, graded=self.graded, filter_threshold=float(self.filter_threshold),
             random_remasking=self.random_remasking, block_length=self.block_length,

@@ -9,10 +9,20 @@ GEN_START, GEN_END, BLOCK_START, BLOCK_END, STEP, BLOCK_MASKED, BLOCK_REMAINING,
 STATE_COLUMNS = 11
 
 IntOrSeq = Union[int, Sequence[int], torch.Tensor]
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+# Columns that change whenever a sequence makes progress: a commit lowers BLOCK_REMAINING (or
+# opens the next block, moving BLOCK_START on), EoTP / early stop lower END_POS, the end sets DONE.
+# Each moves one way only, so equal values mean no token was committed in between.
+_PROGRESS_COLUMNS = [BLOCK_START, BLOCK_REMAINING, END_POS, DONE]
 
 
 def _per_sequence(value: IntOrSeq, batch: int, name: str) -> torch.Tensor:
-    t = torch.as_tensor(value, dtype=torch.int64).reshape(-1)
+    try:
+        t = torch.as_tensor(value, dtype=torch.int64).reshape(-1)
+    except (OverflowError, RuntimeError, ValueError):
+        raise ValueError(f"DecodeState: {name} must be int64, in [{INT64_MIN}, {INT64_MAX}], "
+                         f"got {value!r}") from None
     if t.numel() == 1:
         t = t.expand(batch)
     if t.numel() != batch:
@@ -30,6 +40,9 @@ class DecodeState:
     def __init__(self, state: torch.Tensor, conf: torch.Tensor):
         self.state = state
         self.conf = conf
+        # The progress columns when last seen changing, and the OFFSET (steps taken) at that time.
+        self._seen = state[:, _PROGRESS_COLUMNS]
+        self._seen_offset = state[:, OFFSET].clone()
 
     @classmethod
     def new(cls, batch: int, length: int, *, gen_start: IntOrSeq, gen_end: IntOrSeq | None = None,
@@ -55,7 +68,9 @@ class DecodeState:
         return cls(state.to(device), conf.to(device))
 
     def clone(self) -> "DecodeState":
-        return DecodeState(self.state.clone(), self.conf.clone())
+        out = DecodeState(self.state.clone(), self.conf.clone())
+        out._seen, out._seen_offset = self._seen.clone(), self._seen_offset.clone()
+        return out
 
     def column(self, index: int) -> torch.Tensor:
         return self.state[:, index]
@@ -84,3 +99,23 @@ class DecodeState:
     def all_done(self) -> bool:
         """One host synchronisation: is every sequence finished?"""
         return bool(self.done.all())
+
+    def steps_without_progress(self) -> torch.Tensor:
+        """[B] int64 on the device, no host synchronisation: steps each sequence has taken since it
+        last committed a token (0 for a done sequence). Steps are counted by the state's OFFSET
+        column, so calling this every step or every few steps gives the same count, except that a
+        change is dated to the call that first sees it (the count never overstates a stall)."""
+        key = self.state[:, _PROGRESS_COLUMNS]
+        offset = self.state[:, OFFSET]
+        moved = (key != self._seen).any(1)
+        self._seen_offset = torch.where(moved, offset, self._seen_offset)
+        self._seen = key
+        return torch.where(self.done, torch.zeros_like(offset), offset - self._seen_offset)
+
+    def stalled(self, patience: int = 64) -> bool:
+        """One host synchronisation: has some unfinished sequence gone `patience` steps without
+        committing a token (e.g. its logits are NaN at every step)? The guard for a
+        `while not state.all_done()` loop."""
+        if not (isinstance(patience, int) and not isinstance(patience, bool) and patience >= 1):
+            raise ValueError(f"DecodeState.stalled: patience must be an int >= 1, got {patience!r}")
+        return bool((self.steps_without_progress() >= patience).any())

@@ -130,8 +130,11 @@ def fused_unmask_triton(logits, x, conf, state, row_start, gumbel_u, rank_u, sup
     _check_tensor(x, logits, "x", torch.int64, (B, L))
     _check_tensor(conf, logits, "conf", torch.float32, (B, L))
     _check_tensor(state, logits, "state", torch.int64, (B, STATE_COLUMNS))
+    _check(R <= L, f"logits has R = {R} rows, more than the L = {L} positions of x (need R <= L)")
     if row_start is not None:
         _check_tensor(row_start, logits, "row_start", torch.int64, (B,))
+        if row_start.device.type == "cpu":  # on a GPU this would sync: rows outside [0, R) are not read
+            _check(int(row_start.min()) >= 0, f"row_start must be >= 0, got {int(row_start.min())}")
     if gumbel_u is not None:
         _check_tensor(gumbel_u, logits, "gumbel_u", torch.float32, (B, R, V))
     if rank_u is not None:

@@ -1,5 +1,6 @@
 """Every argument of fused_unmask with each wrong kind of value: a clear error naming it, no crash."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -49,6 +50,8 @@ CASES = [
     ("state", lambda a: a["state"].int(), "state must be Long"),
     ("row_start", lambda a: torch.zeros(B + 1, dtype=torch.int64), "row_start must have shape"),
     ("row_start", lambda a: torch.zeros(B, dtype=torch.int32), "row_start must be Long"),
+    ("row_start", lambda a: torch.tensor([0, -1]), "row_start must be >= 0, got -1"),
+    ("logits", lambda a: torch.randn(B, L + 1, V), "logits has R = 7 rows, more than the L = 6 positions"),
     ("gumbel_u", lambda a: torch.rand(B, L, V - 1), "gumbel_u must have shape"),
     ("gumbel_u", lambda a: torch.rand(B, L, V).double(), "gumbel_u must be Float"),
     ("rank_u", lambda a: torch.rand(B, L + 1), "rank_u must have shape"),
@@ -116,6 +119,11 @@ def test_meta_device_mix_is_rejected():
     ("rule", "greedy", "rule must be one of"), ("conf", "max", "conf must be one of"),
     ("threshold", 1.2, "threshold must be in"), ("steps", 0, "steps must be an int"),
     ("temperature", -1.0, "temperature must be"), ("suppress_ids", (-3,), "suppress_ids must hold"),
+    ("steps", True, "steps must be an int"), ("block_length", True, "block_length must be an int"),
+    ("window", False, "window must be an int"), ("threshold", True, "threshold must be in"),
+    ("temperature", True, "temperature must be"), ("factor", True, "factor must be"),
+    ("suppress_ids", 5.0, "suppress_ids must be a token id or a sequence of token ids, got float"),
+    ("zero_conf_ids", (True,), "zero_conf_ids must hold non-negative token ids"),
 ])
 def test_policy_validation(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -133,3 +141,56 @@ def test_policy_ids_beyond_vocab_and_wrapper_types():
         dk.fused_unmask(torch.randn(1, 4, 10), x, st, dk.Policy(), mask_id=9, eos_id=8, backend="fast")
     with pytest.raises(ValueError, match="gen_start <= gen_end"):
         dk.DecodeState.new(1, 4, gen_start=5)
+
+
+def test_single_id_is_a_one_element_list():
+    """An int where a list of ids goes is that one id (a 1-D tensor is accepted too)."""
+    assert dk.Policy(suppress_ids=5).suppress_ids == (5,)
+    assert dk.Policy(zero_conf_ids=torch.tensor([3, 4])).zero_conf_ids == (3, 4)
+    logits = torch.zeros(1, 2, 10)
+    logits[:, :, 5] = 10.0  # the favourite token, suppressed
+    logits[:, :, 7] = 5.0
+    x = torch.full((1, 2), 9)
+    out = dk.fused_unmask(logits, x, dk.DecodeState.new(1, 2, gen_start=0), dk.Policy(suppress_ids=5, steps=1),
+                          mask_id=9, eos_id=8)
+    assert x.tolist() == [[7, 7]] and out.transfer.all()
+
+
+def test_seed_outside_int64_is_rejected():
+    with pytest.raises(ValueError, match=r"seed must be int64, in \[-9223372036854775808, 9223372036854775807\]"):
+        dk.DecodeState.new(1, 4, gen_start=0, seed=2 ** 70)
+    with pytest.raises(ValueError, match="seed must be int64"):
+        dk.DecodeState.new(2, 4, gen_start=0, seed=[1, -(2 ** 64)])
+    assert dk.DecodeState.new(1, 4, gen_start=0, seed=2 ** 63 - 1).state[0, dk.state.SEED] == 2 ** 63 - 1
+
+
+@pytest.mark.parametrize("fields,unused", [
+    (dict(rule="topk", threshold=0.5), "threshold is unused by rule 'topk'"),
+    (dict(rule="threshold", steps=4), "steps is unused by rule 'threshold'"),
+    (dict(rule="factor", graded=True), "graded is unused by rule 'factor'"),
+    (dict(rule="localleap", random_remasking=True), "random_remasking is unused by rule 'localleap'"),
+])
+def test_field_the_rule_does_not_read_warns(fields, unused):
+    with pytest.warns(UserWarning, match=unused):
+        dk.Policy(**fields)
+
+
+@pytest.mark.parametrize("fields", [dict(rule="topk", threshold=0.9), dict(rule="threshold", threshold=0.5),
+                                    dict(rule="topk", steps=4), dict(rule="localleap", window=2, graded=True)])
+def test_default_or_used_fields_do_not_warn(fields):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dk.Policy(**fields)
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_rows_beyond_l_and_negative_row_start_through_the_wrapper(backend):
+    x = torch.full((1, 4), 9)
+    st = dk.DecodeState.new(1, 4, gen_start=0)
+    pol = dk.Policy(steps=1)
+    with pytest.raises((RuntimeError, ValueError), match="logits has R = 5 rows, more than the L = 4"):
+        dk.fused_unmask(torch.randn(1, 5, 10), x, st, pol, mask_id=9, eos_id=8, backend=backend)
+    with pytest.raises((RuntimeError, ValueError), match="row_start must be >= 0, got -2"):
+        dk.fused_unmask(torch.randn(1, 4, 10), x, st, pol, mask_id=9, eos_id=8, backend=backend,
+                        row_start=torch.tensor([-2]))
+    assert (x == 9).all()

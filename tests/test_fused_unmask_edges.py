@@ -25,7 +25,7 @@ def test_length_one(dtype):
     x, st = fresh(1, 1)
     logits = torch.zeros(1, 1, 10, dtype=dtype)
     logits[0, 0, 3] = 5
-    out = step(logits, x, st)
+    out = step(logits, x, st, steps=1)
     assert x.tolist() == [[3]] and out.transfer.tolist() == [[True]] and st.all_done()
 
 
@@ -33,7 +33,7 @@ def test_no_masked_position_reads_nothing_and_finishes():
     x = torch.arange(6).reshape(1, 6)
     st = dk.DecodeState.new(1, 6, gen_start=2)
     logits = torch.full((1, 6, 10), float("nan"))  # would poison anything that read it
-    out = step(logits, x, st)
+    out = step(logits, x, st, steps=1)
     assert x.tolist() == [[0, 1, 2, 3, 4, 5]] and not out.transfer.any()
     assert st.all_done() and torch.isnan(st.conf).all()
 
@@ -73,8 +73,34 @@ def test_non_finite_rows_are_never_committed(bad):
     assert st.all_done()
 
 
+def test_stall_signal_stops_a_loop_whose_row_is_nan_at_every_step():
+    """The README loop with its guard: row 0's logits are NaN at every step, row 1 commits one token
+    per step. steps_without_progress counts row 0's steps since its block opened and keeps row 1 at 0;
+    stalled(patience) ends the loop, which without it would spin forever."""
+    L = 6
+    x, st = fresh(2, L)
+    policy = dk.Policy(rule="topk", block_length=L)  # one token per step
+    seen, n = [], 0
+    while not st.all_done():
+        logits = torch.randn(2, L, 10)
+        logits[..., MASK] = -math.inf
+        logits[0] = math.nan
+        dk.fused_unmask(logits, x, st, policy, mask_id=MASK, eos_id=EOS)
+        n += 1
+        seen.append(st.steps_without_progress().tolist())
+        if st.stalled(patience=5):
+            break
+        assert n < 50, "the guard did not stop the loop"
+    assert n == 6 and seen == [[k, 0] for k in range(5)] + [[5, 0]]  # row 1 done at step 6: 0
+    assert (x[0] == MASK).all() and (x[1] != MASK).all() and not st.all_done()
+    assert st.clone().steps_without_progress().tolist() == [5, 0]
+    with pytest.raises(ValueError, match="patience must be an int >= 1"):
+        st.stalled(patience=0)
+
+
 @pytest.mark.parametrize("rule", ["topk", "threshold", "factor", "localleap", "filter"])
 @pytest.mark.parametrize("eotp", [False, True])
+@pytest.mark.filterwarnings("ignore:Policy. .* is unused by rule")  # one field set for every rule
 def test_whole_decode_matches_reference(rule, eotp):
     """Run to completion, feeding both backends the same logits every step."""
     gen = torch.Generator().manual_seed(7)
@@ -114,7 +140,7 @@ def test_done_sequence_is_untouched():
 def test_corrupt_state_cannot_index_out_of_bounds():
     x, st = fresh(1, 5)
     st.state[0, :8] = torch.tensor([-50, 10**9, 10**9, -4, -1, -1, 3, 10**12])
-    step(torch.randn(1, 5, 10), x, st)  # clamped into [0, L]: no crash, nothing outside x written
+    step(torch.randn(1, 5, 10), x, st, steps=1)  # clamped into [0, L]: no crash, nothing outside x written
     assert x.shape == (1, 5)
 
 

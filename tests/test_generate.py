@@ -237,7 +237,7 @@ def test_callable_adapter_and_prompt_forms(models, capsys):
 
     out = dk.generate(hf_like, ps, gen_length=GEN, policy=POLICIES["localleap"], seed=2, mask_id=MASK,
                       eos_id=EOS, pass_attention_mask=True, progress=True)
-    assert torch.equal(out.tokens, native.tokens)
+    assert torch.equal(out.tokens, native.tokens) and out.forward_calls == out.steps + 1  # + the mask check
     assert "100%" in capsys.readouterr().err
     padded = torch.zeros(3, 12, dtype=torch.int64)
     mask = torch.zeros(3, 12, dtype=torch.int64)
@@ -246,6 +246,25 @@ def test_callable_adapter_and_prompt_forms(models, capsys):
         mask[b, 12 - len(p):] = 1
     out2 = dk.generate(model, padded, attention_mask=mask, gen_length=GEN, policy=POLICIES["localleap"], seed=2)
     assert torch.equal(out2.tokens, native.tokens)
+
+
+def test_ragged_callable_that_ignores_the_mask(models):
+    """The public LLaDA code ignores attention_mask: asked to pass one, generate refuses after one
+    check instead of committing tokens computed over padding; without it, the ragged batch is
+    decoded one unpadded forward per prompt length and equals each sequence decoded alone."""
+    model, eager = models
+    ps = prompts()
+    native = dk.generate(model, ps, gen_length=GEN, policy=POLICIES["localleap"], seed=2)
+
+    def ignores_mask(x, attention_mask=None):
+        return eager(x)
+
+    with pytest.raises(ValueError, match="does not honour attention_mask"):
+        dk.generate(ignores_mask, ps, gen_length=GEN, policy=POLICIES["localleap"], seed=2, mask_id=MASK,
+                    eos_id=EOS, pass_attention_mask=True)
+    out = dk.generate(ignores_mask, ps, gen_length=GEN, policy=POLICIES["localleap"], seed=2, mask_id=MASK,
+                      eos_id=EOS)
+    assert torch.equal(out.tokens, native.tokens) and out.forward_calls == 3 * out.steps  # 3 lengths
 
 
 def test_shifted_logits_callable(models):
@@ -263,6 +282,19 @@ def test_shifted_logits_callable(models):
     out = dk.generate(shifted, ps, gen_length=GEN, policy=dataclasses.replace(policy, shift=True),
                       mask_id=MASK, eos_id=EOS)
     assert torch.equal(out.tokens, plain.tokens)
+
+
+def test_default_policy_is_one_token_per_step(models):
+    """Policy() is LLaDA's decoding: top-k with one token per step, also when generate changes the
+    block length (steps follows block_length while it is None)."""
+    model, _ = models
+    assert dk.Policy().rule == "topk" and dk.Policy().block_steps == dk.Policy().block_length
+    assert dataclasses.replace(dk.Policy(), block_length=8).block_steps == 8
+    assert dk.Policy(steps=4, block_length=8).block_steps == 4
+    for block_length in (None, 8):
+        out = dk.generate(model, prompts((3, 5)), gen_length=16, block_length=block_length)
+        assert out.finished and out.nfe == [16, 16]
+        assert all(t == [1] * 16 for t in out.tokens_per_step)
 
 
 def test_bad_arguments(models):

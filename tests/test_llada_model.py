@@ -171,3 +171,22 @@ def test_checkpoint_errors(tmp_path):
         LLaDA.from_pretrained(str(tmp_path))
     with pytest.raises(FileNotFoundError):
         LLaDA.from_pretrained(str(tmp_path / "nowhere"))
+
+
+def test_stored_dtype_is_kept_and_float64_rejected(tmp_path):
+    """No dtype: the model computes in the checkpoint's dtype (here float32) and matches the
+    float64 equations as the explicit float32 load does; float64 is refused at load, by name."""
+    cfg, sd = write_checkpoint(tmp_path, d=32, layers=1, heads=2, kv_heads=1, mlp=48, vocab=40)
+    model = LLaDA.from_pretrained(str(tmp_path))
+    assert model.dtype == torch.float32
+    x = torch.randint(0, 40, (1, 9))
+    torch.testing.assert_close(model(x).double(), logits_f64(cfg, sd, x), atol=1e-4, rtol=1e-4)
+    assert LLaDA.from_pretrained(str(tmp_path), dtype=torch.bfloat16).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype must be float32, float16 or bfloat16, got torch.float64"):
+        LLaDA.from_pretrained(str(tmp_path), dtype=torch.float64)
+    for f in tmp_path.glob("*.safetensors"):  # the same checkpoint stored as float64
+        from safetensors.torch import load_file
+        save_file({k: v.double() for k, v in load_file(str(f)).items()}, str(f))
+    with pytest.raises(ValueError, match="stored as torch.float64.*pass dtype=torch.float32"):
+        LLaDA.from_pretrained(str(tmp_path))
+    assert LLaDA.from_pretrained(str(tmp_path), dtype=torch.float32).dtype == torch.float32

@@ -200,7 +200,7 @@ def step_tensors(c: UnmaskCase, gen: torch.Generator):
         R, row_start = 0, None
     else:
         R = int(torch.randint(1, L + 1, (1,), generator=gen))
-        row_start = torch.randint(-2, L - R + 3, (B,), generator=gen)
+        row_start = torch.randint(0, L - R + 3, (B,), generator=gen)  # negative starts are rejected
     logits = peaked_logits(B, R, V, torch.float32, gen, spread=float(torch.rand(1, generator=gen)) * 20)
     if R > 0:
         for b in range(B):

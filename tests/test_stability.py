@@ -597,7 +597,8 @@ def test_generate_guard_stops_a_stalled_decode(stall):
                                            policy=dk.Policy(rule="threshold", threshold=0.5, block_length=3),
                                            mask_id=mask_id, eos_id=eos_id, max_steps=max_steps))
         limit = max_steps or 2 * 6 + 8
-        assert not out.finished and out.steps == limit and model.calls == limit
+        # two prompt lengths: a plain callable gets one unpadded forward per length each step
+        assert not out.finished and out.steps == limit and model.calls == out.forward_calls == 2 * limit
         assert bool((out.tokens == mask_id).any())
 
 
@@ -621,3 +622,43 @@ def test_generate_finishes_within_its_default_limit():
         out = _with_alarm(lambda: generate(model, [[1, 2], [3, 4, 5, 6]], gen_length=16, policy=policy,
                                            mask_id=mask_id, eos_id=eos_id))
         assert out.finished and out.steps <= 2 * 16 + 8 and not bool((out.tokens == mask_id).any()), policy
+
+
+# ---- Threads: the op fans out only above a work threshold; results never depend on the split ----
+
+_SPLIT_CHILD = r"""
+import torch, dllm_kernels as dk
+g = torch.Generator().manual_seed(0)
+B, L, V = 3, 16, 500
+logits = torch.randn(B, L, V, generator=g) * 4
+outs = []
+for threads in (1, 2):
+    torch.set_num_threads(threads)
+    x = torch.full((B, L), V - 1)
+    st = dk.DecodeState.new(B, L, gen_start=[0, 3, 5], seed=7)
+    policy = dk.Policy(rule="threshold", threshold=0.3, block_length=8, temperature=1.0)
+    steps = [dk.fused_unmask(logits, x, st, policy, mask_id=V - 1, eos_id=V - 2) for _ in range(3)]
+    outs.append((x, st.state, st.conf.nan_to_num(-1.0), *[t for s in steps for t in s]))
+assert all(torch.equal(a, b) for a, b in zip(*outs)), "results depend on the thread count"
+print("ok")
+"""
+
+
+def _child(code, **env):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True)
+
+
+def test_fan_out_forced_gives_the_serial_result():
+    """DLLM_CPU_MIN_PARALLEL_VALUES=0 fans out even tiny steps (rows handed out one at a time to
+    two threads): bit-identical to one thread."""
+    out = _child(_SPLIT_CHILD, DLLM_CPU_MIN_PARALLEL_VALUES="0")
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_bad_min_parallel_values_is_a_clear_error():
+    out = _child(_SPLIT_CHILD, DLLM_CPU_MIN_PARALLEL_VALUES="many")
+    assert out.returncode != 0 and "DLLM_CPU_MIN_PARALLEL_VALUES must be an integer >= 0, got 'many'" in out.stderr

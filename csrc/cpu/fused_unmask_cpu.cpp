@@ -4,10 +4,12 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
+#include <algorithm>
 #include <tuple>
 #include <vector>
 
 #include "../fused_unmask_args.h"
+#include "cpu_threads.h"
 #include "policy_cpu.h"
 #include "row_pass.h"
 
@@ -77,7 +79,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_unmask_cpu(DLLM_FUSED_UNMAS
   const float* rank_p = rank_u ? rank_u->data_ptr<float>() : nullptr;
   bool* transfer_p = transfer.data_ptr<bool>();
   float* ws_p = window_stats.data_ptr<float>();
-  at::parallel_for(0, a.B, 1, [&](int64_t lo, int64_t hi) {
+  const int64_t block = std::min(a.L, std::max<int64_t>(a.policy.block_length, 1));
+  at::parallel_for(0, a.B, cpu::policy_grain(a.B, a.L, block), [&](int64_t lo, int64_t hi) {
     cpu::PolicyWork work;
     for (int64_t b = lo; b < hi; ++b) {
       SeqIO io;

@@ -1,5 +1,5 @@
 // The statistics pass shared by the CPU ops: one row_stats call per row to read, split over
-// threads. The grain keeps small steps on one thread (a fan-out costs more than it saves there).
+// threads only when the rows add up to enough work (cpu_threads.h).
 #pragma once
 #include <ATen/Parallel.h>
 #include <torch/types.h>
@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu_threads.h"
 #include "row_stats.h"
 
 namespace dllm {
@@ -39,8 +40,9 @@ inline LogitsType logits_type(at::ScalarType t) {
 
 inline void row_stats_pass(const std::vector<ReadRow>& rows, const RowPass& a, int64_t* x0,
                            float* conf, float* pprob) {
-  at::parallel_for(0, static_cast<int64_t>(rows.size()), 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
+  const int64_t n_rows = static_cast<int64_t>(rows.size());
+  for_each_item(n_rows, n_rows * a.prm.V, [&](int64_t i) {
+    {
       const ReadRow& rr = rows[i];
       RowStatsParams prm = a.prm;
       if (a.temperature) prm.temperature = static_cast<float>(a.temperature[rr.b * a.temperature_stride]);

@@ -5,11 +5,13 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
+#include <algorithm>
 #include <limits>
 #include <tuple>
 #include <vector>
 
 #include "../select_args.h"
+#include "cpu_threads.h"
 #include "policy_cpu.h"
 #include "row_pass.h"
 
@@ -88,7 +90,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_cpu(DLLM_SELECT_PARAMS_DEC
   bool* transfer_p = transfer.data_ptr<bool>();
   const int64_t* seed_p = seed ? seed->data_ptr<int64_t>() : nullptr;
   const int64_t* offset_p = offset ? offset->data_ptr<int64_t>() : nullptr;
-  at::parallel_for(0, a.B, 1, [&](int64_t lo, int64_t hi) {
+  int64_t widest = 1;
+  for (int64_t b = 0; b < a.B; ++b) {
+    const Bounds bd = bounds_of(bounds_p, b, a.L);
+    widest = std::max(widest, bd.end - bd.start);
+  }
+  at::parallel_for(0, a.B, cpu::policy_grain(a.B, a.L, widest), [&](int64_t lo, int64_t hi) {
     cpu::PolicyWork work;
     for (int64_t b = lo; b < hi; ++b) {
       const Bounds bd = bounds_of(bounds_p, b, a.L);

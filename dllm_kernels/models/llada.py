@@ -227,11 +227,20 @@ class LLaDA(torch.nn.Module):
     # ---- construction ------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, path: str, *, dtype=torch.bfloat16, device="cpu") -> "LLaDA":
-        """Loads `path`/config.json and the safetensors shards of a LLaDA checkpoint directory."""
+    def from_pretrained(cls, path: str, *, dtype=None, device="cpu") -> "LLaDA":
+        """Loads `path`/config.json and the safetensors shards of a LLaDA checkpoint directory, in
+        the stored dtype unless `dtype` is given (float32, float16 or bfloat16: what
+        block_attention computes in; a float64 checkpoint needs e.g. dtype=torch.float32)."""
+        supported = (torch.float32, torch.float16, torch.bfloat16)
+        if dtype is not None and dtype not in supported:
+            raise ValueError(f"LLaDA.from_pretrained: dtype must be float32, float16 or bfloat16, got {dtype}")
         config = LLaDAConfig.from_json(os.path.join(path, "config.json"))
-        return cls(config, load_llada_state_dict(path, config, dtype=dtype, device=device),
-                   dtype=dtype, device=device)
+        state_dict = load_llada_state_dict(path, config, dtype=dtype, device=device)
+        stored = state_dict["model.transformer.wte.weight"].dtype
+        if stored not in supported:
+            raise ValueError(f"LLaDA.from_pretrained: the checkpoint is stored as {stored}; the model computes "
+                             "in float32, float16 or bfloat16: pass dtype=torch.float32 (or another) to cast it")
+        return cls(config, state_dict, dtype=dtype, device=device)
 
     @classmethod
     def random(cls, config: LLaDAConfig, *, seed: int = 0, dtype=torch.float32, device="cpu",

@@ -444,8 +444,10 @@ def fused_unmask_reference(logits, x, conf, state, row_start=None, gumbel_u=None
         _check(tuple(gumbel_u.shape) == (B, R, V), "gumbel_u must be [B, R, V]")
     if rank_u is not None:
         _check(tuple(rank_u.shape) == (B, L), "rank_u must be [B, L]")
+    _check(R <= L, f"logits has R = {R} rows, more than the L = {L} positions of x (need R <= L)")
     if row_start is not None:
         _check(tuple(row_start.shape) == (B,), "row_start must be [B]")
+        _check(int(row_start.min()) >= 0, f"row_start must be >= 0, got {int(row_start.min())}")
     parts = (filter_w1, filter_b1, filter_w2, filter_b2)
     filt = None
     _check(all(t is None for t in parts) or all(t is not None for t in parts),
