@@ -356,3 +356,17 @@ def test_bad_inputs_name_the_argument():
         compat.get_transfer_index_dynamic(logits, 0.0, "low_confidence", mask, x, None, -1.0)
     with pytest.raises(ValueError, match="steps"):
         compat.get_num_transfer_tokens(mask, 0)
+
+
+# ---- the example ----------------------------------------------------------------------------------
+
+def test_drop_in_example_gives_identical_tokens():
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, os.path.join(root, "examples", "drop_in_fast_dllm.py")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "all tokens identical" in run.stdout and "DIFFER" not in run.stdout
