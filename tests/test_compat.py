@@ -370,3 +370,169 @@ def test_drop_in_example_gives_identical_tokens():
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "all tokens identical" in run.stdout and "DIFFER" not in run.stdout
+
+
+# ---- Dream ----------------------------------------------------------------------------------------
+
+DV = 128  # > 50, so Dream's top_k = 50 filters
+
+
+def ref_sample_tokens(logits, temperature=0.0, top_p=None, top_k=None, margin_confidence=False, neg_entropy=False):
+    if temperature > 0:
+        logits = logits / temperature
+    if top_p is not None and top_p < 1:
+        srt, order = torch.sort(logits, descending=True)
+        remove = torch.cumsum(F.softmax(srt, dim=-1), dim=-1) > top_p
+        remove[..., 1:] = remove[..., :-1].clone()
+        remove[..., 0] = False
+        logits = logits.masked_fill(torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, remove),
+                                    torch.finfo(logits.dtype).min)
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)))[0][..., -1, None]
+        logits = logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
+    probs = torch.softmax(logits, dim=-1)
+    confidence, x0 = probs.max(dim=-1)
+    if margin_confidence:
+        srt = torch.sort(probs, dim=-1, descending=True)[0]
+        confidence = srt[:, 0] - srt[:, 1]
+    if neg_entropy:
+        confidence = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
+    return confidence, x0
+
+
+def ref_dream_generate(model, input_ids, mask_id, max_length, steps, eps, alg, alg_temp, top_p, top_k):
+    x = F.pad(input_ids, (0, max_length - input_ids.shape[1]), value=mask_id)
+    timesteps = torch.linspace(1, eps, steps + 1)
+    for i in range(steps):
+        mask_index = x == mask_id
+        logits = model(x, "full", None)
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        mask_logits = logits[mask_index]
+        t, s = timesteps[i], timesteps[i + 1]
+        if alg == "origin":
+            p_transfer = 1 - s / t if i < steps - 1 else 1
+            x0 = torch.zeros_like(x[mask_index]) + mask_id
+            chosen = torch.rand(*x0.shape) < p_transfer
+            _, x0[chosen] = ref_sample_tokens(mask_logits[chosen], top_p=top_p, top_k=top_k)
+            x[mask_index] = x0.clone()
+            continue
+        confidence, x0 = ref_sample_tokens(mask_logits, top_p=top_p, top_k=top_k,
+                                           margin_confidence=alg == "topk_margin", neg_entropy=alg == "entropy")
+        num_mask_token = mask_index.sum() / mask_index.shape[0]
+        k = int(num_mask_token * (1 - s / t)) if i < steps - 1 else int(num_mask_token)
+        full = torch.full_like(x, -torch.inf, dtype=logits.dtype)
+        full[mask_index] = confidence
+        if k > 0:
+            if alg_temp is None or alg_temp == 0:
+                _, idx = torch.topk(full, k)
+            else:
+                idx = torch.multinomial(F.softmax(full / alg_temp, dim=-1), num_samples=k)
+            x_ = torch.zeros_like(x) + mask_id
+            x_[mask_index] = x0.clone()
+            rows = torch.arange(x.size(0)).unsqueeze(1).expand_as(idx)
+            x[rows, idx] = x_[rows, idx]
+    return x
+
+
+class ToyDenoiser:
+    """A deterministic callable: fixed peaked logits per position, sharpened by decoded neighbours."""
+
+    def __init__(self, L, dtype, seed):
+        gen = _gen(seed)
+        self.base = torch.randn(L, DV, generator=gen) * 3
+        self.target = torch.randint(0, DV - 1, (L,), generator=gen)
+        self.gain = torch.rand(L, generator=gen) * 6
+        self.base[torch.arange(L), self.target] += self.gain
+        self.emb = torch.randn(DV, DV, generator=gen) * 0.5
+        self.dtype = dtype
+
+    def __call__(self, x, attention_mask, tok_idx):
+        decoded = (x != DV - 1).float()
+        context = F.avg_pool1d(decoded[:, None], 5, stride=1, padding=2)[:, 0]
+        logits = self.base[None] + self.emb[x] * context[..., None]
+        logits[:, torch.arange(x.shape[1]), self.target] += 8 * context
+        return logits.to(self.dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", ["prob", "margin", "neg_entropy"])
+@pytest.mark.parametrize("filters", [(None, None), (None, 50), (0.9, None), (0.95, 50)], ids=str)
+def test_dream_sample_tokens(dtype, kind, filters):
+    top_p, top_k = filters
+    gen = _gen(500)
+    logits = peaked_logits(4, 16, torch.float32, gen=gen)
+    logits = torch.cat([logits, torch.randn(4, 16, DV - V, generator=gen)], dim=-1).reshape(64, DV).to(dtype)
+    flags = dict(margin_confidence=kind == "margin", neg_entropy=kind == "neg_entropy")
+    conf, x0 = compat.sample_tokens(logits, 0.0, top_p, top_k, **flags)
+    ref_conf, ref_x0 = ref_sample_tokens(logits, 0.0, top_p, top_k, **flags)
+    assert torch.equal(x0, ref_x0) and conf.dtype == ref_conf.dtype
+    if dtype == torch.float32:
+        torch.testing.assert_close(conf, ref_conf, rtol=0, atol=2e-5)
+    else:
+        assert torch.equal(conf, ref_conf)
+    for k in (1, 5, 17, 40):  # every ranking the Dream loop can ask for
+        assert set(torch.topk(conf, k).indices.tolist()) == set(torch.topk(ref_conf, k).indices.tolist())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("alg", ["maskgit_plus", "topk_margin", "entropy", "origin"])
+def test_dream_diffusion_generate(dtype, alg):
+    B, P, L = 2, 6, 30
+    for steps, top_k, top_p, alg_temp in ((24, None, None, None), (8, 50, None, None), (5, 50, 0.95, None),
+                                          (12, None, None, 0.5)):
+        if alg == "origin" and alg_temp is not None:
+            continue
+        model = ToyDenoiser(L, dtype, seed=steps)
+        prompt = torch.randint(0, DV - 1, (B, P), generator=_gen(steps))
+        torch.manual_seed(1)
+        ours = compat.dream_diffusion_generate(model, prompt, mask_token_id=DV - 1, max_length=L, steps=steps,
+                                               alg=alg, alg_temp=alg_temp, top_p=top_p, top_k=top_k)
+        torch.manual_seed(1)
+        ref = ref_dream_generate(model, prompt, DV - 1, L, steps, 1e-3, alg, alg_temp, top_p, top_k)
+        assert torch.equal(ours, ref), (steps, top_k, top_p, alg_temp)
+        assert not bool((ours == DV - 1).any())
+
+
+def test_dream_bad_inputs():
+    with pytest.raises(ValueError, match="alg"):
+        compat.dream_diffusion_generate(lambda *a: None, torch.zeros(1, 2, dtype=torch.long), mask_token_id=5,
+                                        max_new_tokens=4, alg="greedy")
+    with pytest.raises(ValueError, match="top_k"):
+        compat.sample_tokens(torch.randn(3, 8), top_k=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", ["prob", "margin", "neg_entropy"])
+def test_dream_sample_tokens_hard_rows(dtype, kind):
+    # Rows float32 cannot order (see near_tie_logits), and rows whose two best logits are adjacent
+    # bfloat16 values near 0.1, so their rounded probabilities tie and Dream's x0 is the lower id.
+    gen = _gen(600)
+    rows = near_tie_logits(2, 24, torch.float32, gen=gen).reshape(48, V)
+    rows = torch.cat([rows, torch.full((48, DV - V), -9.0)], dim=-1)
+    close = torch.full((8, DV), -6.0)
+    for r in range(8):
+        close[r, 10 + r] = 0.10009765625 - 2.0 ** -11 * (1 + r % 2)
+        close[r, 30 + r] = 0.10009765625
+    logits = torch.cat([rows, close]).to(dtype)
+    flags = dict(margin_confidence=kind == "margin", neg_entropy=kind == "neg_entropy")
+    conf, x0 = compat.sample_tokens(logits, **flags)
+    ref_conf, ref_x0 = ref_sample_tokens(logits, **flags)
+    assert torch.equal(x0, ref_x0)
+    if dtype != torch.float32:
+        assert torch.equal(conf, ref_conf)
+    full = torch.full((1, 64), -torch.inf, dtype=dtype)
+    for k in (1, 3, 6, 9, 20, 50):
+        a, b = full.clone(), full.clone()
+        a[0, :56], b[0, :56] = conf, ref_conf
+        assert torch.equal(torch.topk(a, k).indices, torch.topk(b, k).indices)
+
+
+def test_dream_sample_tokens_samples_the_tempered_distribution():
+    row = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0, 1.5, 0.2])
+    logits = row.repeat(20000, 1)
+    conf, x0 = compat.sample_tokens(logits, temperature=0.7, top_k=5)
+    kept = row >= torch.topk(row, 5).values[-1]
+    ref_probs = torch.softmax(torch.where(kept, row / 0.7, torch.tensor(-float("inf"))), dim=-1)
+    freq = torch.bincount(x0, minlength=8).double() / x0.numel()
+    assert (freq - ref_probs.double()).abs().max() < 0.015
+    torch.testing.assert_close(conf, ref_probs[x0], rtol=1e-5, atol=1e-6)

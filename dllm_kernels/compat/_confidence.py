@@ -57,12 +57,12 @@ def predict(logits: torch.Tensor, x: torch.Tensor, candidates: torch.Tensor, *, 
     return r.x0, r.conf
 
 
-def _near_ties(approx: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-    """Candidates within 2 * TOL of another candidate of the same row."""
+def near_ties(approx: torch.Tensor, cand: torch.Tensor, slack: float = 0.0) -> torch.Tensor:
+    """Candidates within 2 * (TOL * max(1, |value|) + slack) of another candidate of the same row."""
     vals = torch.where(cand, approx.to(torch.float64), torch.tensor(-float("inf"), dtype=torch.float64,
                                                                      device=approx.device))
     srt, order = torch.sort(vals, dim=1, descending=True)
-    close = (srt[:, :-1] - srt[:, 1:]).abs() <= 2 * TOL * torch.clamp(srt[:, :-1].abs(), min=1.0)
+    close = (srt[:, :-1] - srt[:, 1:]).abs() <= 2 * (TOL * torch.clamp(srt[:, :-1].abs(), min=1.0) + slack)
     close &= torch.isfinite(srt[:, 1:])
     flag_sorted = torch.zeros_like(srt, dtype=torch.bool)
     flag_sorted[:, :-1] |= close
@@ -80,10 +80,9 @@ def exact_key(logits: torch.Tensor, x0: torch.Tensor, approx: torch.Tensor, cand
     precision dtypes only: rounded values are compared exactly)."""
     key = torch.full(x0.shape, -float("inf"), dtype=dtype, device=x0.device)
     if dtype in (torch.float16, torch.bfloat16):
-        lo, hi = (approx - TOL * approx.abs().clamp(min=1)).to(dtype), (approx + TOL * approx.abs().clamp(min=1)).to(dtype)
-        unsure = (lo != hi) & cand
+        unsure = rounding_unsure(approx, dtype) & cand
     else:
-        unsure = _near_ties(approx, cand)
+        unsure = near_ties(approx, cand)
         if near_critical is not None:
             unsure |= near_critical(approx.to(torch.float64)) & cand
     key = torch.where(cand, approx.to(dtype), key)
@@ -91,6 +90,12 @@ def exact_key(logits: torch.Tensor, x0: torch.Tensor, approx: torch.Tensor, cand
         b, p = unsure.nonzero(as_tuple=True)
         key[b, p] = public_rows(logits[b, p], x0[b, p]).to(dtype)
     return key
+
+
+def rounding_unsure(approx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Values within TOL of a rounding midpoint of `dtype` (their rounded value is not settled)."""
+    delta = TOL * approx.abs().clamp(min=1)
+    return (approx - delta).to(dtype) != (approx + delta).to(dtype)
 
 
 def softmax_at(rows: torch.Tensor, x0: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
