@@ -326,7 +326,8 @@ def test_sglang_low_confidence(dtype, threshold):
         gen = _gen(400 + seed)
         logits = (peaked_logits if seed % 2 else near_tie_logits)(3, 16, dtype, gen=gen)
         x, _ = masked_x(3, 16, gen=gen, masked_counts=[None, (0, 1, 16), (2, 2, 2), (16, 5, 0)][seed])
-        _same(compat.low_confidence_step(logits, x, MASK, threshold), ref_sglang_low_confidence(logits, x, MASK, threshold))
+        _same(compat.low_confidence_step(logits, x, MASK, threshold),
+              ref_sglang_low_confidence(logits, x, MASK, threshold))
 
 
 def test_sglang_threshold_is_strict():

@@ -9,5 +9,5 @@ from .fast_dllm import get_transfer_index, get_transfer_index_dynamic
 from .llada import get_num_transfer_tokens, llada_transfer
 from .sglang import low_confidence_step
 
-__all__ = ["dream_diffusion_generate", "sample_tokens", "get_num_transfer_tokens", "get_transfer_index", "get_transfer_index_dynamic", "llada_transfer",
-           "low_confidence_step"]
+__all__ = ["dream_diffusion_generate", "sample_tokens", "get_num_transfer_tokens", "get_transfer_index",
+           "get_transfer_index_dynamic", "llada_transfer", "low_confidence_step"]

@@ -7,10 +7,11 @@ pass, in float32. To give the public decisions exactly, the float32 values are u
 they cannot change a decision, and the public formula is recomputed in torch for the few rows
 where they could:
 
-- in float64 / float32 (values not rounded further): rows within `TOL` of another candidate (a
-  tie or near-tie whose order float32 cannot settle) or of a decision constant (a threshold);
-- in bfloat16 / float16: rows within `TOL` of a rounding midpoint of that dtype (elsewhere the
-  float32 value rounds to the public value exactly, ties included).
+- in float64 / float32 (values not rounded further): rows within the error bound of another
+  candidate (a tie or near-tie whose order float32 cannot settle) or within `TOL` of a decision
+  constant (a threshold);
+- in bfloat16 / float16: rows within a relative `TOL` of a rounding midpoint of that dtype
+  (elsewhere the float32 value rounds to the public value exactly, ties included).
 
 The returned key then has the public confidence's order pattern and its side of every decision
 constant, so the same torch calls on it (`topk`, `argmax`, `>`) give the public result, ties
@@ -24,8 +25,10 @@ import torch
 
 from ..select import select
 
-# Bound on |select's float32 confidence - the public value| (measured below 1e-6), with margin.
+# Bound on |select's float32 confidence - the public value|, with a wide margin: relative TOL plus
+# ABS_TOL (measured: below 1e-6 relative; a negative entropy near 0 errs by ~1e-7 absolute).
 TOL = 1e-5
+ABS_TOL = 1e-6
 
 LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -58,11 +61,11 @@ def predict(logits: torch.Tensor, x: torch.Tensor, candidates: torch.Tensor, *, 
 
 
 def near_ties(approx: torch.Tensor, cand: torch.Tensor, slack: float = 0.0) -> torch.Tensor:
-    """Candidates within 2 * (TOL * max(1, |value|) + slack) of another candidate of the same row."""
+    """Candidates within 2 * (TOL * |value| + ABS_TOL + slack) of another candidate of the same row."""
     vals = torch.where(cand, approx.to(torch.float64), torch.tensor(-float("inf"), dtype=torch.float64,
                                                                      device=approx.device))
     srt, order = torch.sort(vals, dim=1, descending=True)
-    close = (srt[:, :-1] - srt[:, 1:]).abs() <= 2 * (TOL * torch.clamp(srt[:, :-1].abs(), min=1.0) + slack)
+    close = (srt[:, :-1] - srt[:, 1:]).abs() <= 2 * (TOL * srt[:, :-1].abs() + ABS_TOL + slack)
     close &= torch.isfinite(srt[:, 1:])
     flag_sorted = torch.zeros_like(srt, dtype=torch.bool)
     flag_sorted[:, :-1] |= close
@@ -93,8 +96,9 @@ def exact_key(logits: torch.Tensor, x0: torch.Tensor, approx: torch.Tensor, cand
 
 
 def rounding_unsure(approx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Values within TOL of a rounding midpoint of `dtype` (their rounded value is not settled)."""
-    delta = TOL * approx.abs().clamp(min=1)
+    """Values within a relative TOL of a rounding midpoint of `dtype` (their rounded value is not
+    settled). Relative: select's error on a probability is relative (that of exp(l - lse))."""
+    delta = TOL * approx.abs()
     return (approx - delta).to(dtype) != (approx + delta).to(dtype)
 
 

@@ -8,7 +8,7 @@ commit `x[transfer_index] = x0[transfer_index]`.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
