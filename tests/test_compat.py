@@ -537,3 +537,30 @@ def test_dream_sample_tokens_samples_the_tempered_distribution():
     freq = torch.bincount(x0, minlength=8).double() / x0.numel()
     assert (freq - ref_probs.double()).abs().max() < 0.015
     torch.testing.assert_close(conf, ref_probs[x0], rtol=1e-5, atol=1e-6)
+
+
+def test_dream_hooks_and_history():
+    model = ToyDenoiser(20, torch.float32, seed=3)
+    prompt = torch.randint(0, DV - 1, (2, 4), generator=_gen(3))
+    seen = []
+
+    def logits_hook(step, x, logits):
+        seen.append(step)
+        return logits
+
+    out = compat.dream_diffusion_generate(model, prompt, mask_token_id=DV - 1, max_new_tokens=16, steps=6,
+                                          alg="maskgit_plus", return_dict_in_generate=True, output_history=True,
+                                          generation_logits_hook_func=logits_hook,
+                                          generation_tokens_hook_func=lambda step, x, logits: x)
+    ref = ref_dream_generate(model, prompt, DV - 1, 20, 6, 1e-3, "maskgit_plus", None, None, None)
+    assert torch.equal(out.sequences, ref) and len(out.history) == 6 and seen == list(range(6))
+
+
+def test_llada_transfer_sampling_is_seeded_by_the_generator():
+    gen = _gen(41)
+    logits = peaked_logits(2, 32, torch.float32, gen=gen)
+    x, _ = masked_x(2, 32, gen=gen)
+    runs = [compat.llada_transfer(logits, x, MASK, 32, 4, 1.0, confidence_eos_eot_inf=True, eos_id=3, eot_id=4,
+                                  generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2)]
+    assert torch.equal(runs[0][0], runs[1][0]) and not torch.equal(runs[0][0], runs[2][0])
+    assert runs[0][1].sum(1).tolist() == [4, 4]

@@ -46,7 +46,8 @@ def llada_transfer(logits: torch.Tensor, x: torch.Tensor, mask_id: int, block_en
     `confidence_eos_eot_inf` are LLaDA's flags of the same names, with its ids by default (the
     public code writes -inf into the caller's logits; this function leaves them untouched).
     x0 holds the prediction at masked positions before `block_end`, x elsewhere (the public step
-    also predicts past the block, where nothing can be chosen).
+    also predicts past the block, where nothing can be chosen). At temperature > 0 the Philox
+    seeds come from `generator` (default: torch's).
     """
     op = "llada_transfer"
     check_logits(op, logits, x)
@@ -61,8 +62,8 @@ def llada_transfer(logits: torch.Tensor, x: torch.Tensor, mask_id: int, block_en
     # LLaDA removes these from the confidence only, after x0 is drawn; at T = 0 its noisy logits
     # are the logits themselves, so the eos write lands in both.
     conf_ids = ([eos_id, eot_id] if temperature == 0 else [eot_id]) if confidence_eos_eot_inf else []
-    seed = None
-    if temperature > 0 and conf_ids:
+    seed = None  # one seed per sequence, so both passes below draw the same noise
+    if temperature > 0:
         seed = torch.randint(-2 ** 63, 2 ** 63 - 1, (B,), generator=generator, dtype=torch.int64)
     x0, approx = predict(logits, x, cand, temperature=temperature, suppress_ids=suppress or None, seed=seed)
 
