@@ -16,6 +16,8 @@ from typing import Optional
 
 import torch
 
+from .select_params import SELECT_DEFAULTS  # the rules' numeric defaults, defined once in C++
+
 RULES = {"topk": 0, "threshold": 1, "factor": 2, "localleap": 3, "filter": 4}
 CONF_KINDS = {"prob": 0, "margin": 1, "neg_entropy": 2}
 
@@ -121,16 +123,16 @@ class Policy:
 
     rule: str = "topk"
     conf: str = "prob"
-    temperature: float = 0.0
+    temperature: float = SELECT_DEFAULTS["temperature"]
     steps: Optional[int] = None
-    threshold: float = 0.9
-    factor: float = 1.0
-    anchor_threshold: float = 0.9
-    relaxed_threshold: float = 0.75
-    window: int = 4
+    threshold: float = SELECT_DEFAULTS["threshold"]
+    factor: float = SELECT_DEFAULTS["factor"]
+    anchor_threshold: float = SELECT_DEFAULTS["anchor_threshold"]
+    relaxed_threshold: float = SELECT_DEFAULTS["relaxed_threshold"]
+    window: int = int(SELECT_DEFAULTS["window"])
     graded: bool = False
     learned_filter: Optional[LearnedFilter] = None
-    filter_threshold: float = 0.96
+    filter_threshold: float = SELECT_DEFAULTS["filter_threshold"]
     random_remasking: bool = False
     block_length: int = 32
     adaptive_block: bool = False

@@ -13,17 +13,17 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 
 from .policy import CONF_KINDS, RULES, LearnedFilter
-from .select_params import Value, pack_select_params
+from .policy import RULE_FIELDS as POLICY_RULE_FIELDS
+from .select_params import SELECT_PARAM_COLUMNS, Value, pack_select_params
 
 BACKENDS = ("auto", "native", "reference")
 
-# The parameter-pack fields each rule reads (every rule reads temperature).
+# The pack columns each rule reads (every rule reads temperature): Policy's table, with the
+# caller's per-step `k` in place of the top-k schedule's `steps`.
 RULE_FIELDS = {
-    "topk": ("k",),
-    "threshold": ("threshold",),
-    "factor": ("factor",),
-    "localleap": ("anchor_threshold", "relaxed_threshold", "window"),
-    "filter": ("k", "filter_threshold"),
+    rule: tuple(name for name in ("k" if f == "steps" else f for f, rules in POLICY_RULE_FIELDS.items()
+                                  if rule in rules) if name in SELECT_PARAM_COLUMNS)
+    for rule in RULES
 }
 
 
