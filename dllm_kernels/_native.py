@@ -1,5 +1,5 @@
 """Loads the native libraries that register the dllm ops with the dispatcher, and registers the
-Triton kernels for CUDA where no native CUDA kernel was built."""
+Triton kernels for CUDA: select's always, fused_unmask's where no native CUDA kernel was built."""
 import torch  # noqa: F401  (loads libc10/libtorch, which the native libraries link against)
 
 from . import _C  # noqa: F401  (registers the op schemas and the CPU kernels)
@@ -15,9 +15,15 @@ except ImportError as exc:  # depends on the build machine
 
 
 def register_triton_fallbacks() -> bool:
-    """On a CUDA machine without the native CUDA kernels, serve fused_unmask on CUDA tensors with
-    the Triton kernels (block_attention registers its own Triton path)."""
-    if HAS_CUDA_KERNELS or not torch.cuda.is_available():
+    """On a CUDA machine: serve select on CUDA tensors with its Triton kernels (there is no native
+    CUDA select), and fused_unmask too where the native CUDA kernels were not built
+    (block_attention registers its own Triton path). Returns whether fused_unmask's was registered."""
+    if not torch.cuda.is_available():
+        return False
+    from .select_triton import register_select_cuda_kernel
+
+    register_select_cuda_kernel()
+    if HAS_CUDA_KERNELS:
         return False
     from .triton_unmask import register_triton_cuda_kernel
 

@@ -16,7 +16,9 @@ from .policy import CONF_KINDS, RULES, LearnedFilter
 from .policy import RULE_FIELDS as POLICY_RULE_FIELDS
 from .select_params import SELECT_PARAM_COLUMNS, Value, pack_select_params
 
-BACKENDS = ("auto", "native", "reference")
+# "native": the op (C++ on CPU, Triton on CUDA); "triton": the Triton kernels directly (CUDA, or
+# CPU tensors under TRITON_INTERPRET=1); "reference": the float64 reference.
+BACKENDS = ("auto", "native", "triton", "reference")
 
 # The pack columns each rule reads (every rule reads temperature): Policy's table, with the
 # caller's per-step `k` in place of the top-k schedule's `steps`.
@@ -135,4 +137,8 @@ def select(logits: torch.Tensor, x: torch.Tensor, candidates: Optional[torch.Ten
         from .reference.select import select_reference
 
         return SelectResult(*select_reference(*args, **flags))
+    if backend == "triton":
+        from .select_triton import select_triton
+
+        return SelectResult(*select_triton(*args, **flags))
     return SelectResult(*torch.ops.dllm.select(*args, **flags))

@@ -198,7 +198,9 @@ def fused_unmask_triton(logits, x, conf, state, row_start, gumbel_u, rank_u, sup
     if R > 0:
         block_v, n_splits, chunk = stats_layout(B * R, V, logits.device, block_v, vocab_splits)
         warps = 8 if block_v >= 2048 else 4
-        common = dict(HAS_ROW_START=row_start is not None, CONF_KIND=int(conf_kind))
+        # READ_FROM=0: rows chosen by the state; one temperature for the batch (TEMP_COL=-1).
+        common = dict(HAS_ROW_START=row_start is not None, CONF_KIND=int(conf_kind), params_ptr=conf,
+                      params_stride=0, READ_FROM=0, TEMP_COL=-1)
         if n_splits == 1:
             row_stats_kernel[(R, B)](
                 logits, logits.stride(0), logits.stride(1), gumbel_t, x, state, row_start_t, suppress_t,
@@ -215,7 +217,7 @@ def fused_unmask_triton(logits, x, conf, state, row_start, gumbel_u, rank_u, sup
                 BLOCK_V=block_v, num_warps=warps)
             merge_stats_kernel[(R, B)](
                 part_f, part_i, x, state, row_start_t, zero_t, n_zero, x0, conf, pprob, L, R, V,
-                **read_args, N_SPLITS=n_splits, SPLITS_PAD=_next_pow2(n_splits), **common,
+                temperature=float(temperature), **read_args, N_SPLITS=n_splits, SPLITS_PAD=_next_pow2(n_splits), **common,
                 SAMPLING=sampling, num_warps=1)
 
     if policy_tile is None:

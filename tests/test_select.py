@@ -71,9 +71,11 @@ def _thresholds_of(kw, b):
     return out
 
 
-def _compare(logits, x, candidates, kw):
-    got = dk.select(logits, x.clone(), candidates, **kw)
-    ref = dk.select(logits, x.clone(), candidates, backend="reference", **kw)
+def _compare(logits, x, candidates, kw, backend="auto", against="reference"):
+    """`backend`'s result against `against`'s on the same draw, decision for decision except in
+    sequences with a near-tie; returns the number of sequences excused."""
+    got = dk.select(logits, x.clone(), candidates, backend=backend, **kw)
+    ref = dk.select(logits, x.clone(), candidates, backend=against, **kw)
     B, L = x.shape
     read = ~torch.isnan(ref.conf)
     shift = 1 if kw.get("shift") else 0

@@ -21,6 +21,19 @@ SEED = tl.constexpr(9)
 OFFSET = tl.constexpr(10)
 STATE_COLS = 11
 
+# Which rows a pass reads (constexpr READ_FROM): fused_unmask's rule over the state and the masked
+# tokens, or select's caller-given candidates inside per-sequence bounds: flags read in place of
+# the tokens (the caller's bool candidates viewed as int8, compared with mask_id = 1), or all.
+READ_MASKED = tl.constexpr(0)
+READ_FLAGS = tl.constexpr(1)
+READ_ALL = tl.constexpr(2)
+# select's per-sequence row (int64 [B, SEQ_COLS]): the block [start, end) and the noise key.
+SEQ_START = tl.constexpr(0)
+SEQ_END = tl.constexpr(1)
+SEQ_SEED = tl.constexpr(2)
+SEQ_OFFSET = tl.constexpr(3)
+SEQ_COLS = 4
+
 
 @triton.jit
 def load_state(state_row, L):
@@ -40,6 +53,26 @@ def load_state(state_row, L):
     offset = tl.load(state_row + OFFSET)
     return (gen_start, gen_end, block_start, block_end, step, block_masked, block_remaining, end_pos,
             done, seed, offset)
+
+
+@triton.jit
+def load_select_seq(seq_row, L):
+    """select's (start, end, seed, offset), bounds clamped into 0 <= start <= end <= L (the op
+    checks them on CPU only: on a GPU the check would sync)."""
+    start = tl.minimum(tl.maximum(tl.load(seq_row + SEQ_START), 0), L)
+    end = tl.minimum(tl.maximum(tl.load(seq_row + SEQ_END), start), L)
+    return start, end, tl.load(seq_row + SEQ_SEED), tl.load(seq_row + SEQ_OFFSET)
+
+
+@triton.jit
+def read_token(row, pos, in_seq, mask_id, READ_FROM: tl.constexpr):
+    """What position_is_read compares with mask_id: x's token (READ_MASKED), the caller's
+    candidate flag (READ_FLAGS, `row` the int8 flags, mask_id = 1), or mask_id itself (READ_ALL)."""
+    if READ_FROM == READ_ALL:
+        tok = tl.where(in_seq, mask_id, -1)
+    else:
+        tok = tl.load(row + pos, mask=in_seq, other=-1)
+    return tok
 
 
 @triton.jit

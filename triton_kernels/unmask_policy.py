@@ -5,6 +5,11 @@ opening (fixed / AdaBlock), candidates, the five selection rules, EoTP, early st
 transfer and window_stats follow policy.h step by step. Ranks come from a [TILE, TILE] comparison
 matrix per pair of tiles (blocks are small: usually one tile, so one matrix).
 
+The candidate and rule stage (count_candidates, mark_selection) is shared with `select`
+(triton_kernels/select_policy.py), whose candidates are the caller's (READ_FROM, unmask_common.py).
+Ranks are O(n^2) comparisons per block, done tile pair by tile pair (parallel within a tile, so
+correct for any block length; the CPU op sorts instead).
+
 Phases communicate through global memory (the selection is written into `transfer`, commits into
 `x`), and one program's threads see each other's writes only after a CTA barrier: hence the
 tl.debug_barrier() between phases.
@@ -13,8 +18,8 @@ import triton
 import triton.language as tl
 
 from .unmask_common import (BLOCK_END, BLOCK_MASKED, BLOCK_REMAINING, BLOCK_START, DONE, END_POS,
-                            GEN_END, GEN_START, OFFSET, SEED, STEP, compute_span, load_state,
-                            philox_uniform, position_is_read, split_u64)
+                            GEN_END, GEN_START, OFFSET, READ_MASKED, SEED, STEP, compute_span,
+                            load_state, philox_uniform, position_is_read, read_token, split_u64)
 
 NEG_INF = tl.constexpr(float("-inf"))
 RANK_STREAM = tl.constexpr(0xFFFFFFFF)  # philox.h kRankStream: the vocab index of the rank noise
@@ -22,10 +27,11 @@ RANK_STREAM = tl.constexpr(0xFFFFFFFF)  # philox.h kRankStream: the vocab index 
 
 @triton.jit
 def read_flags(pos, x_row, L, active, gen_start, end_pos, span_start, span_end, row_start, R, shift,
-               eotp, mask_id):
-    """(read, token) for a tile of positions, from the tokens currently in x."""
+               eotp, mask_id, READ_FROM: tl.constexpr):
+    """(read, token) for a tile of positions, from the tokens currently in x (READ_MASKED) or the
+    caller's candidate flags in x_row (select: see read_token)."""
     in_seq = (pos >= 0) & (pos < L)
-    tok = tl.load(x_row + pos, mask=in_seq, other=-1)
+    tok = read_token(x_row, pos, in_seq, mask_id, READ_FROM)
     read = in_seq & position_is_read(pos, tok, active, gen_start, end_pos, span_start, span_end,
                                      row_start, R, shift, eotp, mask_id)
     return read, tok
@@ -67,10 +73,10 @@ def fill_eos(x_row, transfer_row, lo, hi, eos_id, TILE: tl.constexpr):
 @triton.jit
 def block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos, span_start,
                      span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
-                     RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr):
+                     RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr, READ_FROM: tl.constexpr):
     """(candidate, conf, ranking key) for a tile of block positions: read, valid, inside the block."""
     read, tok = read_flags(pos, x_row, L, active, gen_start, end_pos, span_start, span_end, row_start,
-                           R, shift, eotp, mask_id)
+                           R, shift, eotp, mask_id, READ_FROM)
     in_block = (pos >= bs) & (pos < be)
     c = tl.load(conf_row + pos, mask=in_block, other=float("nan"))
     cand = read & in_block & (c == c)
@@ -90,7 +96,8 @@ def block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start, end
 @triton.jit
 def candidate_ranks(pos_i, key_i, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
                     span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
-                    RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr, TILE: tl.constexpr):
+                    RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr, READ_FROM: tl.constexpr,
+                    TILE: tl.constexpr):
     """policy.h candidate_rank for a tile: candidates of the block ranked above each position
     (larger key, or equal key and lower position)."""
     rank = tl.zeros([TILE], dtype=tl.int32)
@@ -98,7 +105,8 @@ def candidate_ranks(pos_i, key_i, x_row, conf_row, rank_u_row, L, active, gen_st
         pos_j = j0 + tl.arange(0, TILE)
         cand_j, c_j, key_j = block_candidates(pos_j, x_row, conf_row, rank_u_row, L, active, gen_start,
                                               end_pos, span_start, span_end, row_start, R, shift, eotp,
-                                              mask_id, bs, be, seed, offset, RANDOM_RANK, HAS_RANK_U)
+                                              mask_id, bs, be, seed, offset, RANDOM_RANK, HAS_RANK_U,
+                                              READ_FROM)
         kj = key_j[None, :]
         ki = key_i[:, None]
         # block offsets in int32: the matrices are the kernel's largest register tiles
@@ -111,7 +119,7 @@ def candidate_ranks(pos_i, key_i, x_row, conf_row, rank_u_row, L, active, gen_st
 @triton.jit
 def anchor_distance(pos_i, x_row, conf_row, L, active, gen_start, end_pos, span_start, span_end,
                     row_start, R, shift, eotp, mask_id, bs, be, anchor_threshold,
-                    TILE: tl.constexpr):
+                    READ_FROM: tl.constexpr, TILE: tl.constexpr):
     """LocalLeap: distance from each position to the nearest anchor (candidate with conf >= kappa);
     L + 1 when there is none."""
     dist = tl.zeros([TILE], dtype=tl.int32) + L + 1
@@ -119,7 +127,7 @@ def anchor_distance(pos_i, x_row, conf_row, L, active, gen_start, end_pos, span_
         pos_j = j0 + tl.arange(0, TILE)
         cand_j, c_j, key_j = block_candidates(pos_j, x_row, conf_row, conf_row, L, active, gen_start,
                                               end_pos, span_start, span_end, row_start, R, shift, eotp,
-                                              mask_id, bs, be, 0, 0, False, False)
+                                              mask_id, bs, be, 0, 0, False, False, READ_FROM)
         anchor = cand_j & (c_j >= anchor_threshold)
         gap = tl.abs((pos_j - bs).to(tl.int32)[None, :] - (pos_i - bs).to(tl.int32)[:, None])
         dist = tl.minimum(dist, tl.min(tl.where(anchor[None, :], gap, L + 1), 1))
@@ -149,6 +157,81 @@ def filter_keep(offs, conf_row, bs, be, w1_ptr, b1_ptr, w2_ptr, b2_ptr, filter_w
                      other=0.0)
         z += tl.sum(w2 * tl.where(hm, hidden, 0.0)[None, :], 1)
     return om & (tl.math.div_rn(1.0, 1.0 + tl.exp(-z)) > filter_threshold)
+
+
+@triton.jit
+def count_candidates(x_row, conf_row, L, active, gen_start, end_pos, span_start, span_end, row_start,
+                     R, shift, eotp, mask_id, bs, be, READ_FROM: tl.constexpr, TILE: tl.constexpr):
+    """Number of candidates in the block [bs, be)."""
+    n_cand = bs * 0
+    for p0 in range(bs, be, TILE):
+        pos = p0 + tl.arange(0, TILE)
+        cand, c, key = block_candidates(pos, x_row, conf_row, conf_row, L, active, gen_start, end_pos,
+                                        span_start, span_end, row_start, R, shift, eotp, mask_id, bs,
+                                        be, 0, 0, False, False, READ_FROM)
+        n_cand += tl.sum(cand.to(tl.int64), 0)
+    return n_cand
+
+
+@triton.jit
+def mark_selection(x_row, conf_row, rank_u_row, transfer_row, L, active, gen_start, end_pos,
+                   span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
+                   n_cand, k, threshold, factor, anchor_threshold, relaxed_threshold, window, graded,
+                   filter_threshold, w1_ptr, b1_ptr, w2_ptr, b2_ptr, filter_width, filter_hidden,
+                   RULE: tl.constexpr, RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr,
+                   READ_FROM: tl.constexpr, TILE: tl.constexpr, FW_PAD: tl.constexpr,
+                   H_CHUNK: tl.constexpr):
+    """The rule over the block's candidates (policy.h select rules): marks its choice in
+    `transfer` (zero on entry). `k` (rules 0 and 4) is already capped at n_cand. The caller commits
+    afterwards, so that every rank here sees the pre-step tokens."""
+    run = n_cand  # factor rule: longest leading run of the descending order that passes
+    if RULE == 2:
+        for p0 in range(bs, be, TILE):
+            pos = p0 + tl.arange(0, TILE)
+            cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start,
+                                            end_pos, span_start, span_end, row_start, R, shift, eotp,
+                                            mask_id, bs, be, seed, offset, False, False, READ_FROM)
+            rank = candidate_ranks(pos, key, x_row, conf_row, rank_u_row, L, active, gen_start,
+                                   end_pos, span_start, span_end, row_start, R, shift, eotp, mask_id,
+                                   bs, be, seed, offset, False, False, READ_FROM, TILE)
+            # 1-based r = rank + 1 >= 2 fails when c < 1 - f / (r + 1); the run ends before it.
+            bar = 1.0 - tl.math.div_rn(tl.zeros([TILE], dtype=tl.float32) + factor,
+                                       (rank + 2).to(tl.float32))
+            fails = cand & (rank >= 1) & ~(c >= bar)
+            run = tl.minimum(run, tl.min(tl.where(fails, rank, L + 1), 0).to(tl.int64))
+
+    for p0 in range(bs, be, TILE):
+        pos = p0 + tl.arange(0, TILE)
+        cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start,
+                                        end_pos, span_start, span_end, row_start, R, shift, eotp,
+                                        mask_id, bs, be, seed, offset, RANDOM_RANK, HAS_RANK_U,
+                                        READ_FROM)
+        rank = candidate_ranks(pos, key, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
+                               span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be,
+                               seed, offset, RANDOM_RANK, HAS_RANK_U, READ_FROM, TILE)
+        if RULE == 0:
+            sel = rank < k
+        elif RULE == 1:
+            sel = (c >= threshold) | (rank == 0)
+        elif RULE == 2:
+            sel = rank < run
+        elif RULE == 3:
+            dist = anchor_distance(pos, x_row, conf_row, L, active, gen_start, end_pos, span_start,
+                                   span_end, row_start, R, shift, eotp, mask_id, bs, be,
+                                   anchor_threshold, READ_FROM, TILE)
+            relaxed = tl.zeros([TILE], dtype=tl.float32) + relaxed_threshold
+            if graded != 0:  # rises linearly from tau_rel at distance 1 to kappa at W + 1
+                span = (anchor_threshold - relaxed_threshold) * (dist - 1).to(tl.float32)
+                relaxed = relaxed_threshold + tl.math.div_rn(
+                    span, (tl.zeros([TILE], dtype=tl.int64) + tl.maximum(window, 1)).to(tl.float32))
+            near = (dist >= 1) & (dist <= window) & (c >= relaxed)
+            sel = (c >= anchor_threshold) | (rank == 0) | near
+        else:
+            keep = filter_keep((pos - bs).to(tl.int32), conf_row, bs, be, w1_ptr, b1_ptr, w2_ptr,
+                               b2_ptr, filter_width, filter_hidden, filter_threshold, FW_PAD, H_CHUNK)
+            sel = (rank < k) | keep
+        sel = cand & sel
+        tl.store(transfer_row + pos, sel, mask=sel)
 
 
 @triton.jit
@@ -191,7 +274,7 @@ def policy_kernel(x_ptr, x0_ptr, conf_ptr, pprob_ptr, rank_u_ptr, transfer_ptr, 
                 for p0 in range(span_start, window_end, TILE):
                     pos = p0 + tl.arange(0, TILE)
                     read, tok = read_flags(pos, x_row, L, active, gen_start, end_pos, span_start,
-                                           span_end, row_start, R, shift, eotp, mask_id)
+                                           span_end, row_start, R, shift, eotp, mask_id, READ_MASKED)
                     ok = read & (pos < window_end)
                     c = tl.load(conf_row + pos, mask=ok, other=float("nan"))
                     pred = tl.load(x0_row + pos, mask=ok, other=-1)
@@ -213,7 +296,7 @@ def policy_kernel(x_ptr, x0_ptr, conf_ptr, pprob_ptr, rank_u_ptr, transfer_ptr, 
         for p0 in range(bs, window_end, TILE):
             pos = p0 + tl.arange(0, TILE)
             read, tok = read_flags(pos, x_row, L, active, gen_start, end_pos, span_start, span_end,
-                                   row_start, R, shift, eotp, mask_id)
+                                   row_start, R, shift, eotp, mask_id, READ_MASKED)
             c = tl.load(conf_row + pos, mask=read & (pos < window_end), other=float("nan"))
             ok = read & (pos < window_end) & (c == c)
             c64 = tl.where(ok, c, 0.0).to(tl.float64)
@@ -224,68 +307,19 @@ def policy_kernel(x_ptr, x0_ptr, conf_ptr, pprob_ptr, rank_u_ptr, transfer_ptr, 
             ws_mean = w_sum / ws_n
             ws_var = w_sum2 / ws_n - ws_mean * ws_mean
 
-        # 3. Selection: candidates, their count, the rule's parameters.
-        n_cand = bs * 0
-        for p0 in range(bs, be, TILE):
-            pos = p0 + tl.arange(0, TILE)
-            cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start,
-                                            end_pos, span_start, span_end, row_start, R, shift, eotp,
-                                            mask_id, bs, be, seed, offset, False, False)
-            n_cand += tl.sum(cand.to(tl.int64), 0)
-        # top-k count of the LLaDA schedule; every remaining candidate once the steps are spent.
+        # 3. Selection: candidates, their count, the top-k count of the LLaDA schedule (every
+        # remaining candidate once the steps are spent), the rule's choice into `transfer`.
+        n_cand = count_candidates(x_row, conf_row, L, active, gen_start, end_pos, span_start, span_end,
+                                  row_start, R, shift, eotp, mask_id, bs, be, READ_MASKED, TILE)
         k = tl.where(step >= steps, n_cand,
                      tl.minimum(block_masked // steps + (step < block_masked % steps).to(tl.int64),
                                 n_cand))
-        run = n_cand  # factor rule: longest leading run of the descending order that passes
-        if RULE == 2:
-            for p0 in range(bs, be, TILE):
-                pos = p0 + tl.arange(0, TILE)
-                cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active,
-                                                gen_start, end_pos, span_start, span_end, row_start,
-                                                R, shift, eotp, mask_id, bs, be, seed, offset, False,
-                                                False)
-                rank = candidate_ranks(pos, key, x_row, conf_row, rank_u_row, L, active, gen_start,
-                                       end_pos, span_start, span_end, row_start, R, shift, eotp,
-                                       mask_id, bs, be, seed, offset, False, False, TILE)
-                # 1-based r = rank + 1 >= 2 fails when c < 1 - f / (r + 1); the run ends before it.
-                bar = 1.0 - tl.math.div_rn(tl.zeros([TILE], dtype=tl.float32) + factor,
-                                           (rank + 2).to(tl.float32))
-                fails = cand & (rank >= 1) & ~(c >= bar)
-                run = tl.minimum(run, tl.min(tl.where(fails, rank, L + 1), 0).to(tl.int64))
-
-        # The rule marks its selection in `transfer` (zero on entry); commits come after, so that
-        # every rank above saw the pre-step tokens.
-        for p0 in range(bs, be, TILE):
-            pos = p0 + tl.arange(0, TILE)
-            cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start,
-                                            end_pos, span_start, span_end, row_start, R, shift, eotp,
-                                            mask_id, bs, be, seed, offset, RANDOM_RANK, HAS_RANK_U)
-            rank = candidate_ranks(pos, key, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
-                                   span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be,
-                                   seed, offset, RANDOM_RANK, HAS_RANK_U, TILE)
-            if RULE == 0:
-                sel = rank < k
-            elif RULE == 1:
-                sel = (c >= threshold) | (rank == 0)
-            elif RULE == 2:
-                sel = rank < run
-            elif RULE == 3:
-                dist = anchor_distance(pos, x_row, conf_row, L, active, gen_start, end_pos, span_start,
-                                       span_end, row_start, R, shift, eotp, mask_id, bs, be,
-                                       anchor_threshold, TILE)
-                relaxed = tl.zeros([TILE], dtype=tl.float32) + relaxed_threshold
-                if graded != 0:  # rises linearly from tau_rel at distance 1 to kappa at W + 1
-                    span = (anchor_threshold - relaxed_threshold) * (dist - 1).to(tl.float32)
-                    relaxed = relaxed_threshold + tl.math.div_rn(
-                        span, (tl.zeros([TILE], dtype=tl.int64) + tl.maximum(window, 1)).to(tl.float32))
-                near = (dist >= 1) & (dist <= window) & (c >= relaxed)
-                sel = (c >= anchor_threshold) | (rank == 0) | near
-            else:
-                keep = filter_keep((pos - bs).to(tl.int32), conf_row, bs, be, w1_ptr, b1_ptr, w2_ptr,
-                                   b2_ptr, filter_width, filter_hidden, filter_threshold, FW_PAD, H_CHUNK)
-                sel = (rank < k) | keep
-            sel = cand & sel
-            tl.store(transfer_row + pos, sel, mask=sel)
+        mark_selection(x_row, conf_row, rank_u_row, transfer_row, L, active, gen_start, end_pos,
+                       span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
+                       n_cand, k, threshold, factor, anchor_threshold, relaxed_threshold, window,
+                       graded, filter_threshold, w1_ptr, b1_ptr, w2_ptr, b2_ptr, filter_width,
+                       filter_hidden, RULE, RANDOM_RANK, HAS_RANK_U, READ_MASKED, TILE, FW_PAD,
+                       H_CHUNK)
         tl.debug_barrier()
 
         # 4. Commit: x = x0 at the selected positions; note the first committed eos (EoTP).
@@ -308,7 +342,7 @@ def policy_kernel(x_ptr, x0_ptr, conf_ptr, pprob_ptr, rank_u_ptr, transfer_ptr, 
                 for q0 in range(gen_start, end_pos, TILE):
                     pos = q0 + tl.arange(0, TILE)
                     read, tok = read_flags(pos, x_row, L, active, gen_start, end_pos, span_start,
-                                           span_end, row_start, R, shift, eotp, mask_id)
+                                           span_end, row_start, R, shift, eotp, mask_id, READ_MASKED)
                     pred = tl.load(x0_row + pos, mask=read, other=-1)
                     c = tl.load(conf_row + pos, mask=read, other=float("nan"))
                     ok = read & (pred == eos_id) & (c == c)

@@ -12,11 +12,16 @@ Two layouts, chosen by shape on the host:
 - `split_stats_kernel` + `merge_stats_kernel`: each row's vocabulary split over several programs
   writing partial statistics, merged by a second tiny launch (few rows, e.g. one block at batch 1).
 Both write x0, conf (in place, read positions only) and pprob (clean probability of x0).
+
+The same kernels serve `select` (READ_FROM != READ_MASKED, unmask_common.py): the rows read are
+then the caller's candidates inside per-sequence bounds, each sequence's temperature comes from
+its row of the parameter pack (column TEMP_COL), and an invalid row leaves x0 at x.
 """
 import triton
 import triton.language as tl
 
-from .unmask_common import compute_span, load_state, philox_uniform, position_is_read
+from .unmask_common import (READ_MASKED, compute_span, load_select_seq, load_state, philox_uniform,
+                            position_is_read, read_token)
 
 NEG_INF = tl.constexpr(float("-inf"))
 POS_INF = tl.constexpr(float("inf"))
@@ -30,22 +35,32 @@ N_PART_I = 3  # first index of m1, index of the best noisy value, invalid flag
 
 @triton.jit
 def row_read_info(b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift, eotp, block_length,
-                  adaptive_block, block_window_fraction, HAS_ROW_START: tl.constexpr):
-    """Is logits row r of sequence b read this step? Returns (read, position, seed, offset)."""
+                  adaptive_block, block_window_fraction, temperature, params_ptr, params_stride,
+                  HAS_ROW_START: tl.constexpr, READ_FROM: tl.constexpr, TEMP_COL: tl.constexpr):
+    """Is logits row r of sequence b read this step? Returns (read, position, seed, offset,
+    temperature). fused_unmask: `state_ptr` is the state, `x_ptr` the tokens; select: `state_ptr`
+    holds the [B, SEQ_COLS] rows, `x_ptr` the candidate flags (READ_FLAGS)."""
     row_start = 0
     if HAS_ROW_START:
         row_start = tl.load(row_start_ptr + b)
     p = r + shift + row_start  # the position whose prediction row r holds
-    (gen_start, gen_end, block_start, block_end, step, block_masked, block_remaining, end_pos, done,
-     seed, offset) = load_state(state_ptr + b * 11, L)
-    active, opening, span_start, span_end, default_end, window_end = compute_span(
-        gen_start, gen_end, block_start, block_end, block_remaining, end_pos, done, block_length,
-        adaptive_block, block_window_fraction)
     in_seq = (p >= 0) & (p < L)
-    tok = tl.load(x_ptr + b * L + p, mask=in_seq, other=-1)
-    read = in_seq & position_is_read(p, tok, active, gen_start, end_pos, span_start, span_end,
-                                     row_start, R, shift, eotp, mask_id)
-    return read, p, seed, offset
+    tok = read_token(x_ptr + b * L, p, in_seq, mask_id, READ_FROM)
+    if READ_FROM == READ_MASKED:
+        (gen_start, gen_end, block_start, block_end, step, block_masked, block_remaining, end_pos,
+         done, seed, offset) = load_state(state_ptr + b * 11, L)
+        active, opening, span_start, span_end, default_end, window_end = compute_span(
+            gen_start, gen_end, block_start, block_end, block_remaining, end_pos, done,
+            block_length, adaptive_block, block_window_fraction)
+        read = in_seq & position_is_read(p, tok, active, gen_start, end_pos, span_start, span_end,
+                                         row_start, R, shift, eotp, mask_id)
+    else:  # the caller's block is the whole span (eotp = 1: no span test)
+        start, end, seed, offset = load_select_seq(state_ptr + b * 4, L)
+        read = in_seq & position_is_read(p, tok, start <= end, start, end, start, end, row_start, R,
+                                         shift, 1, mask_id)
+    if TEMP_COL >= 0:  # per-sequence temperature, compared in float32 as the C++ does
+        temperature = tl.load(params_ptr + b * params_stride + TEMP_COL).to(tl.float32)
+    return read, p, seed, offset, temperature
 
 
 @triton.jit
@@ -102,8 +117,8 @@ def scan_vocab(row_ptr, noise_ptr, v_lo, v_hi, suppress_ptr, n_suppress, seed, o
             ent += tl.sum(e * tl.where(e > 0, v - m_ref, 0.0), 0)
         m1 = m_new
 
-        if SAMPLING:
-            if t_max + temperature * GUMBEL_MAX >= noisy_best:
+        if SAMPLING:  # (select: a sequence with temperature 0 takes the clean argmax)
+            if (temperature > 0) & (t_max + temperature * GUMBEL_MAX >= noisy_best):
                 if EXPLICIT_NOISE:
                     u = tl.load(noise_ptr + offs, mask=inb, other=0.5)
                 else:
@@ -121,16 +136,18 @@ def scan_vocab(row_ptr, noise_ptr, v_lo, v_hi, suppress_ptr, n_suppress, seed, o
 
 @triton.jit
 def finish_row(m1, m2, sum_exp, ent, bad, idx, noisy_best, noisy_idx, noisy_clean, zero_conf_ptr, n_zero_conf,
-               mask_id, out_at, x0_ptr, conf_ptr, pprob_ptr, CONF_KIND: tl.constexpr,
-               SAMPLING: tl.constexpr):
-    """From a row's statistics to x0, conf, pprob (invalid row: x0 = mask_id, conf = NaN)."""
+               mask_id, temperature, out_at, x0_ptr, conf_ptr, pprob_ptr, CONF_KIND: tl.constexpr,
+               SAMPLING: tl.constexpr, INVALID_KEEPS_X: tl.constexpr):
+    """From a row's statistics to x0, conf, pprob (invalid row: conf = NaN, x0 = mask_id, or left
+    as it is with INVALID_KEEPS_X)."""
     valid = (bad == 0) & (m1 != NEG_INF)
     if SAMPLING:
         # No noisy value above -inf (explicit uniforms outside (0, 1)): the index is the sentinel
         # V, never a token, so the row is invalid (as in the C++ op).
-        valid = valid & (noisy_best > NEG_INF)
-        x0 = noisy_idx
-        l_x0 = noisy_clean
+        noisy = temperature > 0
+        valid = valid & (~noisy | (noisy_best > NEG_INF))
+        x0 = tl.where(noisy, noisy_idx, idx)
+        l_x0 = tl.where(noisy, noisy_clean, m1)
     else:
         x0 = idx
         l_x0 = m1
@@ -145,7 +162,10 @@ def finish_row(m1, m2, sum_exp, ent, bad, idx, noisy_best, noisy_idx, noisy_clea
         conf = pprob
     for i in range(n_zero_conf):
         conf = tl.where(x0 == tl.load(zero_conf_ptr + i), 0.0, conf)
-    tl.store(x0_ptr + out_at, tl.where(valid, x0.to(tl.int64), mask_id))
+    if INVALID_KEEPS_X:
+        tl.store(x0_ptr + out_at, x0.to(tl.int64), mask=valid)
+    else:
+        tl.store(x0_ptr + out_at, tl.where(valid, x0.to(tl.int64), mask_id))
     tl.store(conf_ptr + out_at, tl.where(valid, conf, float("nan")))
     tl.store(pprob_ptr + out_at, tl.where(valid, pprob, 0.0))
 
@@ -154,14 +174,16 @@ def finish_row(m1, m2, sum_exp, ent, bad, idx, noisy_best, noisy_idx, noisy_clea
 def row_stats_kernel(logits_ptr, stride_b, stride_r, gumbel_ptr, x_ptr, state_ptr, row_start_ptr,
                      suppress_ptr, n_suppress, zero_conf_ptr, n_zero_conf, x0_ptr, conf_ptr, pprob_ptr,
                      L, R, V, mask_id, temperature, shift, eotp, block_length, adaptive_block,
-                     block_window_fraction, HAS_ROW_START: tl.constexpr, CONF_KIND: tl.constexpr,
-                     SAMPLING: tl.constexpr, EXPLICIT_NOISE: tl.constexpr, BLOCK_V: tl.constexpr):
+                     block_window_fraction, params_ptr, params_stride, HAS_ROW_START: tl.constexpr,
+                     CONF_KIND: tl.constexpr, SAMPLING: tl.constexpr, EXPLICIT_NOISE: tl.constexpr,
+                     BLOCK_V: tl.constexpr, READ_FROM: tl.constexpr, TEMP_COL: tl.constexpr):
     """One program per logits row (grid (R, B)): the whole vocabulary in tiles of BLOCK_V."""
     r = tl.program_id(0).to(tl.int64)
     b = tl.program_id(1).to(tl.int64)
-    read, p, seed, offset = row_read_info(b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift,
-                                          eotp, block_length, adaptive_block, block_window_fraction,
-                                          HAS_ROW_START)
+    read, p, seed, offset, temperature = row_read_info(
+        b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift, eotp, block_length,
+        adaptive_block, block_window_fraction, temperature, params_ptr, params_stride,
+        HAS_ROW_START, READ_FROM, TEMP_COL)
     if read:
         row_ptr = logits_ptr + b * stride_b + r * stride_r
         noise_ptr = gumbel_ptr + (b * R + r) * V
@@ -169,22 +191,25 @@ def row_stats_kernel(logits_ptr, stride_b, stride_r, gumbel_ptr, x_ptr, state_pt
             row_ptr, noise_ptr, 0, V, suppress_ptr, n_suppress, seed, offset, p, temperature,
             CONF_KIND, SAMPLING, EXPLICIT_NOISE, BLOCK_V)
         finish_row(m1, m2, sum_exp, ent, bad, idx, noisy_best, noisy_idx, noisy_clean, zero_conf_ptr, n_zero_conf,
-                   mask_id, b * L + p, x0_ptr, conf_ptr, pprob_ptr, CONF_KIND, SAMPLING)
+                   mask_id, temperature, b * L + p, x0_ptr, conf_ptr, pprob_ptr, CONF_KIND, SAMPLING,
+                   READ_FROM != READ_MASKED)
 
 
 @triton.jit
 def split_stats_kernel(logits_ptr, stride_b, stride_r, gumbel_ptr, x_ptr, state_ptr, row_start_ptr,
                        suppress_ptr, n_suppress, part_f_ptr, part_i_ptr, L, R, V, chunk, mask_id,
                        temperature, shift, eotp, block_length, adaptive_block, block_window_fraction,
-                       N_SPLITS: tl.constexpr, HAS_ROW_START: tl.constexpr, CONF_KIND: tl.constexpr,
-                       SAMPLING: tl.constexpr, EXPLICIT_NOISE: tl.constexpr, BLOCK_V: tl.constexpr):
+                       params_ptr, params_stride, N_SPLITS: tl.constexpr, HAS_ROW_START: tl.constexpr,
+                       CONF_KIND: tl.constexpr, SAMPLING: tl.constexpr, EXPLICIT_NOISE: tl.constexpr,
+                       BLOCK_V: tl.constexpr, READ_FROM: tl.constexpr, TEMP_COL: tl.constexpr):
     """Grid (N_SPLITS, R, B): partial statistics of vocab [split * chunk, (split + 1) * chunk)."""
     split = tl.program_id(0)
     r = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    read, p, seed, offset = row_read_info(b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift,
-                                          eotp, block_length, adaptive_block, block_window_fraction,
-                                          HAS_ROW_START)
+    read, p, seed, offset, temperature = row_read_info(
+        b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift, eotp, block_length,
+        adaptive_block, block_window_fraction, temperature, params_ptr, params_stride,
+        HAS_ROW_START, READ_FROM, TEMP_COL)
     if read:
         row_ptr = logits_ptr + b * stride_b + r * stride_r
         noise_ptr = gumbel_ptr + (b * R + r) * V
@@ -212,16 +237,18 @@ def split_stats_kernel(logits_ptr, stride_b, stride_r, gumbel_ptr, x_ptr, state_
 
 @triton.jit
 def merge_stats_kernel(part_f_ptr, part_i_ptr, x_ptr, state_ptr, row_start_ptr, zero_conf_ptr,
-                       n_zero_conf, x0_ptr, conf_ptr, pprob_ptr, L, R, V, mask_id, shift, eotp,
-                       block_length, adaptive_block, block_window_fraction, N_SPLITS: tl.constexpr,
-                       SPLITS_PAD: tl.constexpr, HAS_ROW_START: tl.constexpr,
-                       CONF_KIND: tl.constexpr, SAMPLING: tl.constexpr):
+                       n_zero_conf, x0_ptr, conf_ptr, pprob_ptr, L, R, V, mask_id, temperature, shift,
+                       eotp, block_length, adaptive_block, block_window_fraction, params_ptr,
+                       params_stride, N_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+                       HAS_ROW_START: tl.constexpr, CONF_KIND: tl.constexpr, SAMPLING: tl.constexpr,
+                       READ_FROM: tl.constexpr, TEMP_COL: tl.constexpr):
     """Grid (R, B): merges the N_SPLITS partials of a read row and writes x0, conf, pprob."""
     r = tl.program_id(0).to(tl.int64)
     b = tl.program_id(1).to(tl.int64)
-    read, p, seed, offset = row_read_info(b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift,
-                                          eotp, block_length, adaptive_block, block_window_fraction,
-                                          HAS_ROW_START)
+    read, p, seed, offset, temperature = row_read_info(
+        b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift, eotp, block_length,
+        adaptive_block, block_window_fraction, temperature, params_ptr, params_stride,
+        HAS_ROW_START, READ_FROM, TEMP_COL)
     if read:
         k = tl.arange(0, SPLITS_PAD)
         km = k < N_SPLITS
@@ -254,4 +281,5 @@ def merge_stats_kernel(part_f_ptr, part_i_ptr, x_ptr, state_ptr, row_start_ptr, 
         noisy_idx = tl.min(tl.where(nbest == noisy_max, nidxs, V), 0)
         noisy_clean = tl.max(tl.where((nbest == noisy_max) & (nidxs == noisy_idx), ncleans, NEG_INF), 0)
         finish_row(m1, m2, sum_exp, ent, bad, idx, noisy_max, noisy_idx, noisy_clean, zero_conf_ptr, n_zero_conf,
-                   mask_id, b * L + p, x0_ptr, conf_ptr, pprob_ptr, CONF_KIND, SAMPLING)
+                   mask_id, temperature, b * L + p, x0_ptr, conf_ptr, pprob_ptr, CONF_KIND, SAMPLING,
+                   READ_FROM != READ_MASKED)

@@ -1,0 +1,264 @@
+"""Triton implementation of `torch.ops.dllm.select`, the stateless selection step (docs/select.md).
+
+`select_triton` takes exactly the op's arguments (csrc/ops.cpp), checks them as the C++ op does
+(csrc/select_args.h) and runs in two or three launches with no host synchronisation, so it can be
+captured in a CUDA graph:
+
+1. statistics of the caller's candidate rows: fused_unmask's kernels (triton_kernels/unmask_stats.py)
+   with READ_FROM set to the caller's candidates and the per-sequence temperature read from the
+   parameter pack, one program per row or the split-vocabulary layout (triton_unmask.stats_layout);
+2. the rule per sequence (triton_kernels/select_policy.py), its numbers read from the pack.
+
+The pack's values (and bounds, token ids) are checked on CPU only, as the C++ op does: on a GPU a
+check would need a sync. On CPU tensors it runs only under the Triton interpreter (TRITON_INTERPRET=1).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from ._triton_pkg import triton_kernels_module
+from .select_params import SELECT_PARAM_COLUMNS, SELECT_PARAM_DEFAULTS
+from .triton_unmask import (LOGITS_DTYPES, MAX_FILTER_HIDDEN, MAX_FILTER_WIDTH, N_PART_F, N_PART_I,
+                            _interpreting, _next_pow2, merge_stats_kernel, row_stats_kernel,
+                            split_stats_kernel, stats_layout)
+
+_policy = triton_kernels_module("select_policy")
+select_kernel = _policy.select_kernel
+assert tuple(SELECT_PARAM_COLUMNS) == _policy.SELECT_PARAM_COLUMNS, (
+    "select_policy.py's pack columns differ from csrc/include/dllm/select_params.h")
+_COL = {name: i for i, name in enumerate(SELECT_PARAM_COLUMNS)}
+READ_FLAGS, READ_ALL = 1, 2  # unmask_common.py READ_FROM
+SEQ_COLS = 4                 # unmask_common.py: start, end, seed, offset
+# ATen's names of the dtypes, as the C++ op's messages print them.
+_DTYPE_NAMES = {torch.bool: "Bool", torch.int64: "Long", torch.float32: "Float", torch.float64: "Double",
+                torch.int32: "Int", torch.float16: "Half", torch.bfloat16: "BFloat16", torch.int8: "Char",
+                torch.uint8: "Byte", torch.int16: "Short"}
+
+
+class SelectArgumentError(ValueError, RuntimeError):
+    """A bad argument: a ValueError, and a RuntimeError like the C++ op's TORCH_CHECK failures."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise SelectArgumentError("select: " + msg)
+
+
+def _dtype_name(dtype) -> str:
+    return _DTYPE_NAMES.get(dtype, str(dtype))
+
+
+def _check_tensor(t, logits, name, dtype, shape):
+    _check(isinstance(t, torch.Tensor), f"{name} must be a tensor, got {type(t).__name__}")
+    _check(t.device == logits.device, f"{name} is on {t.device} but logits is on {logits.device}")
+    _check(t.dtype == dtype, f"{name} must be {_dtype_name(dtype)}, got {_dtype_name(t.dtype)}")
+    _check(tuple(t.shape) == tuple(shape), f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+    _check(t.is_contiguous(), f"{name} must be contiguous")
+
+
+def _check_ids(t, logits, name, V):
+    if t is None:
+        return
+    _check(t.device == logits.device, f"{name} is on {t.device} but logits is on {logits.device}")
+    _check(t.dtype == torch.int64, f"{name} must be int64, got {_dtype_name(t.dtype)}")
+    _check(t.dim() == 1, f"{name} must be 1-D, got {t.dim()}-D")
+    _check(t.is_contiguous(), f"{name} must be contiguous")
+    if t.device.type == "cpu" and t.numel() > 0:  # on a GPU this would sync: the kernels ignore such ids
+        lo, hi = int(t.min()), int(t.max())
+        _check(lo >= 0 and hi < V, f"{name} holds ids outside [0, {V}): {lo}..{hi}")
+
+
+def _whole(v: float) -> bool:
+    return math.isfinite(v) and v >= 0.0 and v == math.floor(v) and v < 9.0e15
+
+
+def _check_param_values(params: torch.Tensor) -> None:
+    """select_args.h check_select_params: the pack's values, on CPU only."""
+    if params.device.type != "cpu":
+        return
+    for b, row in enumerate(params.tolist()):
+        v = dict(zip(SELECT_PARAM_COLUMNS, row))
+        for name in ("k", "window"):
+            _check(_whole(v[name]), f"{name} must be a whole number >= 0, got {v[name]} for sequence {b}")
+        for name in ("factor", "temperature"):
+            _check(math.isfinite(v[name]) and v[name] >= 0.0,
+                   f"{name} must be finite and >= 0, got {v[name]} for sequence {b}")
+        for name in ("threshold", "anchor_threshold", "relaxed_threshold", "filter_threshold"):
+            _check(math.isfinite(v[name]) and 0.0 <= v[name] <= 1.0,
+                   f"{name} must be in [0, 1], got {v[name]} for sequence {b}")
+
+
+def _check_bounds(bounds: torch.Tensor, L: int) -> None:
+    if bounds.device.type != "cpu":
+        return
+    for b, (s, e) in enumerate(bounds.tolist()):
+        _check(0 <= s <= e <= L, f"bounds must satisfy 0 <= start <= end <= L = {L}, got [{s}, {e}) "
+                                 f"for sequence {b}")
+
+
+def _check_filter(logits, w1, b1, w2, b2, required):
+    parts = (w1, b1, w2, b2)
+    any_filter, all_filter = any(t is not None for t in parts), all(t is not None for t in parts)
+    _check(not any_filter or all_filter, "filter_w1, filter_b1, filter_w2, filter_b2 go together")
+    _check(not required or all_filter, "rule 4 (learned filter) needs filter_w1/b1/w2/b2")
+    if not all_filter:
+        return 0, 0
+    _check(w1.dim() == 2, "filter_w1 must be [hidden, width]")
+    fh, fw = w1.shape
+    _check(1 <= fw <= MAX_FILTER_WIDTH, f"filter width must be 1..{MAX_FILTER_WIDTH}, got {fw}")
+    _check(1 <= fh <= MAX_FILTER_HIDDEN, f"filter hidden size must be 1..{MAX_FILTER_HIDDEN}, got {fh}")
+    _check_tensor(w1, logits, "filter_w1", torch.float32, (fh, fw))
+    _check_tensor(b1, logits, "filter_b1", torch.float32, (fh,))
+    _check_tensor(w2, logits, "filter_w2", torch.float32, (fw, fh))
+    _check_tensor(b2, logits, "filter_b2", torch.float32, (fw,))
+    return fw, fh
+
+
+_DEFAULT_ROWS: dict = {}
+
+
+def _default_params(device: torch.device) -> torch.Tensor:
+    """The pack's defaults as one [1, P] row per device (read with row stride 0). Made on first use;
+    a CUDA graph that calls the op without `params` must be warmed up outside the capture."""
+    row = _DEFAULT_ROWS.get(device)
+    if row is None:
+        row = torch.tensor([SELECT_PARAM_DEFAULTS], dtype=torch.float64, device=device)
+        _DEFAULT_ROWS[device] = row
+    return row
+
+
+def _sequence_rows(B, L, bounds, seed, offset, device) -> torch.Tensor:
+    """[B, SEQ_COLS] int64: start, end, seed, offset per sequence (device copies only: no sync)."""
+    seq = torch.zeros((B, SEQ_COLS), dtype=torch.int64, device=device)
+    if bounds is not None:
+        seq[:, 0:2].copy_(bounds)
+    else:
+        seq[:, 1].fill_(L)
+    if seed is not None:
+        seq[:, 2].copy_(seed)
+    if offset is not None:
+        seq[:, 3].copy_(offset)
+    return seq
+
+
+def select_triton(logits, x, candidates=None, params=None, bounds=None, row_start=None, seed=None,
+                  offset=None, gumbel_u=None, rank_u=None, prev_conf=None, suppress_ids=None,
+                  zero_conf_ids=None, filter_w1=None, filter_b1=None, filter_w2=None, filter_b2=None,
+                  rule=1, conf_kind=0, shift=False, graded=False, random_remasking=False, commit=False, *,
+                  block_v: Optional[int] = None, vocab_splits: Optional[int] = None,
+                  policy_tile: Optional[int] = None):
+    """One select step in Triton: the op's arguments, names and order (csrc/ops.cpp), so it is
+    registered as the op's CUDA kernel as it stands. Returns (x0, conf, transfer); writes x at the
+    chosen positions only with `commit`. The keyword-only layout knobs (never passed by the op) let
+    tests force the split-vocabulary layout and the rule's tile."""
+    _check(isinstance(logits, torch.Tensor) and logits.dim() == 3,
+           f"logits must be 3-D [B, R, V], got {getattr(logits, 'dim', lambda: '?')()}-D")
+    _check(logits.dtype in LOGITS_DTYPES,
+           f"logits must be float32, float16 or bfloat16, got {_dtype_name(logits.dtype)}")
+    B, R, V = logits.shape
+    _check(B > 0, "empty batch (logits has B = 0)")
+    _check(V >= 2, f"logits must have a vocabulary of at least 2, got V = {V}")
+    _check(logits.stride(2) == 1,
+           f"logits must be contiguous along the vocab dimension (stride(2) == 1), got stride {logits.stride(2)}")
+    _check(isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[0] == B,
+           f"x must be [B, L] with B = {B}, got {list(getattr(x, 'shape', []))}")
+    L = x.shape[1]
+    _check(L > 0, "x must have at least one position")
+    _check_tensor(x, logits, "x", torch.int64, (B, L))
+    if candidates is not None:
+        _check_tensor(candidates, logits, "candidates", torch.bool, (B, L))
+    if params is not None:
+        _check_tensor(params, logits, "params", torch.float64, (B, len(SELECT_PARAM_COLUMNS)))
+        _check_param_values(params)
+    if bounds is not None:
+        _check_tensor(bounds, logits, "bounds", torch.int64, (B, 2))
+        _check_bounds(bounds, L)
+    for name, t in (("row_start", row_start), ("seed", seed), ("offset", offset)):
+        if t is not None:
+            _check_tensor(t, logits, name, torch.int64, (B,))
+    if gumbel_u is not None:
+        _check_tensor(gumbel_u, logits, "gumbel_u", torch.float32, (B, R, V))
+    if rank_u is not None:
+        _check_tensor(rank_u, logits, "rank_u", torch.float32, (B, L))
+    if prev_conf is not None:
+        _check_tensor(prev_conf, logits, "prev_conf", torch.float32, (B, L))
+    _check_ids(suppress_ids, logits, "suppress_ids", V)
+    _check_ids(zero_conf_ids, logits, "zero_conf_ids", V)
+    _check(0 <= rule <= 4, f"rule must be 0..4, got {rule}")
+    _check(0 <= conf_kind <= 2, f"conf_kind must be 0..2, got {conf_kind}")
+    fw, fh = _check_filter(logits, filter_w1, filter_b1, filter_w2, filter_b2, rule == 4)
+    _check(logits.device.type == "cuda" or _interpreting(),
+           f"the Triton path needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {logits.device}")
+
+    device = x.device
+    x0 = x.clone()
+    conf = prev_conf.clone() if prev_conf is not None else torch.full((B, L), float("nan"), device=device)
+    transfer = torch.zeros((B, L), dtype=torch.bool, device=device)
+    pprob = torch.empty((B, L), dtype=torch.float32, device=device)  # written by the shared pass, unused
+    seq = _sequence_rows(B, L, bounds, seed, offset, device)
+    pack = params if params is not None else _default_params(device)
+    pack_stride = pack.stride(0) if params is not None else 0
+    read_from = READ_FLAGS if candidates is not None else READ_ALL
+    flags = candidates.view(torch.int8) if candidates is not None else x
+
+    # Absent optional tensors: any tensor of the right element type stands in; constexpr flags or
+    # zero counts keep the kernels from reading it.
+    n_suppress = suppress_ids.numel() if suppress_ids is not None else 0
+    n_zero = zero_conf_ids.numel() if zero_conf_ids is not None else 0
+    suppress_t = suppress_ids if n_suppress else x
+    zero_t = zero_conf_ids if n_zero else x
+    row_start_t = row_start if row_start is not None else x
+    # Whether a sequence samples is in the pack, on the device: any pack may (the kernels take the
+    # clean argmax where its temperature is 0); the defaults never do.
+    sampling = params is not None
+    explicit_noise = sampling and gumbel_u is not None
+    gumbel_t = gumbel_u if explicit_noise else conf
+    # The caller's candidates through fused_unmask's read rule: flag == mask_id (1), no span test.
+    read_args = dict(mask_id=1, shift=int(bool(shift)), eotp=1, block_length=1, adaptive_block=0,
+                     block_window_fraction=0.0, temperature=0.0, params_ptr=pack, params_stride=pack_stride)
+    common = dict(HAS_ROW_START=row_start is not None, CONF_KIND=int(conf_kind), SAMPLING=sampling,
+                  READ_FROM=read_from, TEMP_COL=_COL["temperature"] if params is not None else -1)
+
+    if R > 0:
+        block_v, n_splits, chunk = stats_layout(B * R, V, logits.device, block_v, vocab_splits)
+        warps = 8 if block_v >= 2048 else 4
+        if n_splits == 1:
+            row_stats_kernel[(R, B)](
+                logits, logits.stride(0), logits.stride(1), gumbel_t, flags, seq, row_start_t, suppress_t,
+                n_suppress, zero_t, n_zero, x0, conf, pprob, L, R, V, **read_args, **common,
+                EXPLICIT_NOISE=explicit_noise, BLOCK_V=block_v, num_warps=warps)
+        else:
+            part_f = torch.empty((B, R, n_splits, N_PART_F), dtype=torch.float32, device=device)
+            part_i = torch.empty((B, R, n_splits, N_PART_I), dtype=torch.int32, device=device)
+            split_stats_kernel[(n_splits, R, B)](
+                logits, logits.stride(0), logits.stride(1), gumbel_t, flags, seq, row_start_t, suppress_t,
+                n_suppress, part_f, part_i, L, R, V, chunk, **read_args, N_SPLITS=n_splits, **common,
+                EXPLICIT_NOISE=explicit_noise, BLOCK_V=block_v, num_warps=warps)
+            merge_stats_kernel[(R, B)](
+                part_f, part_i, flags, seq, row_start_t, zero_t, n_zero, x0, conf, pprob, L, R, V,
+                **read_args, N_SPLITS=n_splits, SPLITS_PAD=_next_pow2(n_splits), **common, num_warps=1)
+
+    if policy_tile is None:
+        policy_tile = min(max(16, _next_pow2(L)), 64)  # the block may be the whole row
+    all_filter = fw > 0
+    select_kernel[(B,)](
+        flags, x, x0, conf, rank_u if rank_u is not None else conf, transfer, seq, pack, pack_stride,
+        row_start_t, filter_w1 if all_filter else conf, filter_b1 if all_filter else conf,
+        filter_w2 if all_filter else conf, filter_b2 if all_filter else conf, fw, fh, L, R,
+        shift=int(bool(shift)), graded=int(bool(graded)), commit=int(bool(commit)), RULE=int(rule),
+        RANDOM_RANK=bool(random_remasking) and rule in (0, 4), HAS_RANK_U=rank_u is not None,
+        HAS_ROW_START=row_start is not None, READ_FROM=read_from, TILE=policy_tile,
+        FW_PAD=max(16, _next_pow2(fw)), H_CHUNK=min(32, max(16, _next_pow2(fh))),
+        num_warps=8 if policy_tile >= 64 else 4)  # [64, 64] rank matrices: spread over 8 warps
+    return x0, conf, transfer
+
+
+def register_select_cuda_kernel() -> bool:
+    """Registers select_triton as dllm::select's CUDA kernel (there is no native CUDA select)."""
+    from . import _native  # noqa: F401  (defines the op)
+
+    torch.library.register_kernel("dllm::select", "cuda", select_triton)
+    return True
