@@ -15,9 +15,15 @@ except ImportError as exc:  # depends on the build machine
 
 
 def register_triton_fallbacks() -> bool:
-    """On a CUDA machine without the native CUDA kernels, serve fused_unmask on CUDA tensors with
-    the Triton kernels (block_attention registers its own Triton path)."""
-    if HAS_CUDA_KERNELS or not torch.cuda.is_available():
+    """On a CUDA machine, serve speculative_verify on CUDA tensors with its Triton kernel (it has no
+    native CUDA kernel) and, without the native CUDA kernels, fused_unmask too (block_attention
+    registers its own Triton path). Returns whether fused_unmask's Triton path was registered."""
+    if not torch.cuda.is_available():
+        return False
+    from .triton_speculative_verify import register_triton_cuda_kernel as register_verify
+
+    register_verify()
+    if HAS_CUDA_KERNELS:
         return False
     from .triton_unmask import register_triton_cuda_kernel
 
