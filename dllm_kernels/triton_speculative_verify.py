@@ -39,8 +39,10 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def check_arguments(target_logits, draft_tokens, draft_probs, draft_lens, seed, offset, temperature):
-    """The C++ op's checks; value checks (lengths, token ids) only where they need no device sync."""
+def check_arguments(target_logits, draft_tokens, draft_probs, draft_lens, seed, offset, temperature,
+                    check_values=None):
+    """The C++ op's checks; value checks (lengths, token ids) by default only where they need no device
+    sync (CPU tensors)."""
     _check(target_logits.dim() == 3, f"target_logits must be 3-D [B, K+1, V], got {target_logits.dim()}-D")
     B, K1, V = target_logits.shape
     K = K1 - 1
@@ -61,7 +63,9 @@ def check_arguments(target_logits, draft_tokens, draft_probs, draft_lens, seed, 
     _check_int(seed, target_logits, "seed", (B,))
     _check_int(offset, target_logits, "offset", (B,))
     _check(math.isfinite(temperature) and temperature >= 0.0, f"temperature must be finite and >= 0, got {temperature}")
-    if target_logits.device.type == "cpu":
+    if check_values is None:
+        check_values = target_logits.device.type == "cpu"
+    if check_values:
         for b, n in enumerate(draft_lens.tolist()):
             _check(0 <= n <= K, f"draft_lens[{b}] = {n} is outside [0, K = {K}]")
             for k, t in enumerate(draft_tokens[b, :n].tolist()):
@@ -70,10 +74,12 @@ def check_arguments(target_logits, draft_tokens, draft_probs, draft_lens, seed, 
 
 
 def speculative_verify_triton(target_logits, draft_tokens, draft_probs, draft_lens, seed, offset,
-                              temperature=0.0, draft_is_logits=False, *, block_v=None):
+                              temperature=0.0, draft_is_logits=False, *, block_v=None, check_values=None):
     """The op in Triton: its arguments, names and order, so it registers as the op's CUDA kernel.
-    `block_v` (keyword only, never passed by the op) lets tests force several tiles per row."""
-    B, K, V = check_arguments(target_logits, draft_tokens, draft_probs, draft_lens, seed, offset, temperature)
+    The keyword-only knobs (never passed by the op) let tests force several tiles per row (`block_v`)
+    and skip the value checks to exercise the kernel's own guards (`check_values=False`)."""
+    B, K, V = check_arguments(target_logits, draft_tokens, draft_probs, draft_lens, seed, offset, temperature,
+                              check_values)
     _check(target_logits.device.type == "cuda" or _interpreting(),
            f"the Triton path needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {target_logits.device}")
     tokens = draft_tokens.contiguous()

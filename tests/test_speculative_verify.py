@@ -213,3 +213,13 @@ def test_strided_target_rows():
     assert not wide.is_contiguous()
     assert all(torch.equal(a, b) for a, b in zip(OP(wide, tokens, draft, lens, seed, offset, 1.0, False),
                                                  OP(target, tokens, draft, lens, seed, offset, 1.0, False)))
+
+
+@pytest.mark.parametrize("which", [1, 2, 3, 4, 5])
+def test_device_mismatch_names_the_argument(which):
+    """Mixed devices (here one tensor on `meta`) fail naming the tensor, in the op and its fake."""
+    case, _ = bad_case()
+    case[which] = case[which].to("meta")
+    names = ["target_logits", "draft_tokens", "draft_probs", "draft_lens", "seed", "offset"]
+    with pytest.raises(RuntimeError, match=f"speculative_verify: {names[which]} is on meta but target_logits is on cpu"):
+        OP(*case, 1.0, False)

@@ -71,3 +71,32 @@ def test_bad_inputs_same_messages(name, mutate, message):
     with pytest.raises(VerifyArgumentError) as exc:
         speculative_verify_triton(*case, kw["temperature"], False)
     assert message in str(exc.value)
+
+
+@pytest.mark.parametrize("T", [0.0, 1.0])
+def test_kernel_guards_unchecked_values(T):
+    """What the kernel does on CUDA, where lengths and tokens are not checked on the host: lengths
+    clamp into [0, K], out-of-range tokens are rejected (no out-of-bounds read)."""
+    g = torch.Generator().manual_seed(3)
+    target, tokens, draft, lens, seed, offset = make_case(4, 3, 13, torch.float32, g, lens=[3, 3, 3, 3])
+    tokens[:] = target[:, :3].argmax(-1)
+    draft[:] = torch.nn.functional.one_hot(tokens, 13).float()
+    raw_lens = torch.tensor([9, -4, 3, 3])
+    tokens[2, 0] = 13
+    tokens[3, 1] = -7
+    dev = [t.to(DEVICE) for t in (target, tokens, draft, raw_lens, seed, offset)]
+    acc, out = (t.cpu() for t in speculative_verify_triton(*dev, T, False, check_values=False))
+    assert acc[1] == 0 and acc[2] == 0 and acc[3] <= 1 and acc[0] <= 3
+    assert (out >= -1).all() and (out < 13).all()
+    # the clamped lengths and a rejected token give what the C++ op gives for those inputs
+    fixed_lens = torch.tensor([3, 0, 0, 1])
+    want = CPU_OP(target, tokens.clamp(0, 12), draft, fixed_lens, seed, offset, T, False)
+    assert torch.equal(acc[:2], want[0][:2]) and torch.equal(out[:2], want[1][:2])
+
+
+def test_device_mismatch_named():
+    g = torch.Generator().manual_seed(4)
+    case = list(make_case(2, 2, 7, torch.float32, g))
+    case[1] = case[1].to("meta")
+    with pytest.raises(VerifyArgumentError, match="draft_tokens is on meta but target_logits is on cpu"):
+        speculative_verify_triton(*case, 1.0, False)
