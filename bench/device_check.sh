@@ -160,6 +160,7 @@ if [ -n "$SAN" ]; then
 fi
 run_bench bench_attention 70
 run_bench bench_decode 60
+run_bench bench_speculative 60
 
 # The Triton block_attention kernels under the sanitizer, after the benchmarks (lower value).
 if [ -n "$SAN" ]; then

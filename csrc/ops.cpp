@@ -45,6 +45,12 @@ TORCH_LIBRARY(dllm, m) {
   m.def(
       "block_attention(Tensor q, Tensor k_new, Tensor v_new, Tensor(a!) k_cache, Tensor(b!) v_cache, "
       "Tensor block_start, Tensor block_len, Tensor? kv_len, int mask_mode, float scale, int block_size) -> Tensor");
+  // Verification of draft tokens against target logits (speculative decoding); semantics in
+  // docs/speculative_verify.md.
+  m.def(
+      "speculative_verify(Tensor target_logits, Tensor draft_tokens, Tensor draft_probs, Tensor draft_lens, "
+      "Tensor seed, Tensor offset, float temperature=0., bool draft_is_logits=False) "
+      "-> (Tensor accepted, Tensor emitted)");
   // Which instruction-set build of the CPU kernel runs ("avx512", "avx2", "base"; the environment
   // variable DLLM_CPU_ISA caps it). No tensors, so one kernel serves every backend.
   m.def("cpu_kernel_isa() -> str", [] { return std::string(dllm::cpu::row_stats_isa()); });

@@ -2,6 +2,8 @@
 
 `fused_unmask` commits one denoising step's tokens for a batch under any `Policy`;
 `DecodeState` holds the per-sequence state those steps advance on the device.
+`speculative_verify` accepts or rejects draft tokens against a target's logits (speculative decoding;
+`dllm_kernels.speculative` holds the decoding loops).
 """
 from . import _native  # noqa: F401  (loads the native ops)
 from . import _fake  # noqa: F401  (meta implementations)
@@ -12,9 +14,9 @@ from .select import SelectResult, select
 from . import attention  # noqa: E402  (block_attention: registers its CPU/Triton/fake kernels)
 from .attention import block_attention
 from .generate import GenerateOutput, generate  # noqa: E402
+from .speculative_verify import VerifyResult, speculative_verify  # noqa: E402
 from . import models  # noqa: E402,F401
 
 __all__ = ["CONF_KINDS", "RULES", "DecodeState", "LearnedFilter", "Policy", "UnmaskResult", "fused_unmask", "SelectResult",
-           "select",
-           "block_attention", "generate", "GenerateOutput", "models"]
+           "select", "block_attention", "generate", "GenerateOutput", "models", "speculative_verify", "VerifyResult"]
 __version__ = "0.1.0"

@@ -43,3 +43,24 @@ def _select_fake(logits, x, *args, **kwargs):
     B, L = x.shape
     return (x.new_empty((B, L)), x.new_empty((B, L), dtype=torch.float32),
             x.new_empty((B, L), dtype=torch.bool))
+
+
+_VERIFY_TENSORS = ("target_logits", "draft_tokens", "draft_probs", "draft_lens", "seed", "offset")
+
+
+@torch.library.register_fake("dllm::speculative_verify")
+def _speculative_verify_fake(target_logits, draft_tokens, draft_probs, draft_lens, seed, offset, temperature=0.0,
+                             draft_is_logits=False):
+    tensors = (target_logits, draft_tokens, draft_probs, draft_lens, seed, offset)
+    for name, t in zip(_VERIFY_TENSORS[1:], tensors[1:]):
+        if t.device != target_logits.device:
+            raise RuntimeError(f"speculative_verify: {name} is on {t.device} but target_logits is on "
+                               f"{target_logits.device}")
+    if target_logits.dim() != 3 or target_logits.shape[1] < 1:
+        raise RuntimeError("speculative_verify: target_logits must be 3-D [B, K+1, V] with K+1 >= 1")
+    B, K1, V = target_logits.shape
+    for name, t, shape in (("draft_tokens", draft_tokens, (B, K1 - 1)), ("draft_probs", draft_probs, (B, K1 - 1, V)),
+                           ("draft_lens", draft_lens, (B,)), ("seed", seed, (B,)), ("offset", offset, (B,))):
+        if tuple(t.shape) != shape:
+            raise RuntimeError(f"speculative_verify: {name} must have shape {list(shape)}, got {list(t.shape)}")
+    return draft_tokens.new_empty((B,)), draft_tokens.new_empty((B, K1))
