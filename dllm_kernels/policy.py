@@ -1,6 +1,6 @@
 """Unmasking policies as plain dataclasses, and their translation into fused_unmask arguments.
 
-A `Policy` is everything POLICIES.md lets a decoder choose: the selection rule and its
+A `Policy` is everything docs/policies.md lets a decoder choose: the selection rule and its
 parameters, the confidence kind, sampling temperature, the block scheduler and the end-of-text
 handling. It is frozen and hashable, so converted device tensors can be cached per device.
 """
@@ -108,7 +108,7 @@ RULE_FIELDS = {
 
 @dataclass(frozen=True)
 class Policy:
-    """One unmasking policy (POLICIES.md §2-§4); defaults are the papers'.
+    """One unmasking policy (docs/policies.md §2-§4); defaults are the papers'.
 
     rule: "topk" (LLaDA low-confidence remasking, `steps` per block), "threshold" (Fast-dLLM),
     "factor" (Fast-dLLM dynamic), "localleap", or "filter" (Learn2PD; needs `learned_filter`).

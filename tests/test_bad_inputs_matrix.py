@@ -1,4 +1,4 @@
-"""The bad-input matrix across ops and entry points (issue 7), filling the gaps of the per-op tables.
+"""The bad-input matrix across ops and entry points, filling the gaps of the per-op tables.
 
 tests/test_fused_unmask_bad_inputs.py holds fused_unmask's table for the C++ op and
 tests/test_block_attention.py block_attention's for the wrapper and the op. Here:

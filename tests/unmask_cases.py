@@ -25,7 +25,7 @@ def cpu_op(*args, **kwargs):
     """torch.ops.dllm.fused_unmask (the C++ CPU op for CPU tensors) called in the reference's keyword form."""
     pos, kw = op_positional(*args, **kwargs)
     return torch.ops.dllm.fused_unmask(*pos, **kw)
-TOL = 1e-5  # decisions closer than this to a threshold or a tie are allowed to differ (POLICIES.md §1)
+TOL = 1e-5  # decisions closer than this to a threshold or a tie are allowed to differ (docs/policies.md §1)
 
 
 def peaked_logits(B, R, V, dtype, gen, spread=12.0):

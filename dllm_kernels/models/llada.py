@@ -1,4 +1,4 @@
-"""The LLaDA architecture on `block_attention`, with prefix / dual KV cache (shared/spec/LLADA_FORMAT.md).
+"""The LLaDA architecture on `block_attention`, with prefix / dual KV cache (docs/llada_checkpoint.md).
 
 `LLaDA` holds the weights of a LLaDA-format checkpoint (RMSNorm, RoPE, SwiGLU, bidirectional
 attention, MHA or GQA, no biases) and runs one forward over a *span* of query positions per
@@ -96,7 +96,7 @@ class LLaDAConfig:
 
 
 def llada_tensor_names(config: LLaDAConfig) -> dict:
-    """name -> shape of every tensor of a checkpoint (LLADA_FORMAT.md, "Tensor names")."""
+    """name -> shape of every tensor of a checkpoint (docs/llada_checkpoint.md, "Tensor names")."""
     c, p = config, "model.transformer."
     kv = c.n_kv_heads * c.head_dim
     names = {p + "wte.weight": (c.embedding_size, c.d_model), p + "ln_f.weight": (c.d_model,)}
@@ -115,7 +115,7 @@ def llada_tensor_names(config: LLaDAConfig) -> dict:
 
 def load_llada_state_dict(path: str, config: LLaDAConfig, *, dtype=None, device="cpu") -> dict:
     """Every tensor of the checkpoint directory `path` (all *.safetensors files), checked against
-    the names and shapes of LLADA_FORMAT.md; cast to `dtype` (default: as stored) on `device`."""
+    the names and shapes of docs/llada_checkpoint.md; cast to `dtype` (default: as stored) on `device`."""
     from safetensors import safe_open
 
     files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))

@@ -13,9 +13,9 @@ are compared as Python floats (float64). `conf` is stored into the float32 buffe
 the only one), and positions not read this step are seen through that buffer (learned-filter
 features of decoded positions). The native backends accumulate in float32, so decisions may differ
 where a confidence lies within ~1e-6 of a threshold or two confidences tie within that margin
-(POLICIES.md §1); `row_statistics(...).noisy_gap` lets tests find and exclude near-ties of the argmax.
+(docs/policies.md §1); `row_statistics(...).noisy_gap` lets tests find and exclude near-ties of the argmax.
 
-Where we deliberately differ from the public decoders (POLICIES.md):
+Where we deliberately differ from the public decoders (docs/policies.md):
 - factor rule (Fast-dLLM `get_transfer_index_dynamic`): we commit exactly the longest leading run
   of the descending confidences with c(r) >= 1 - f / (r + 1) (r >= 2, c(1) always taken). The public
   code, when the first failing element is the last one, commits everything (its `top_i == len - 1`
