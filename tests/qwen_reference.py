@@ -126,7 +126,8 @@ def logits_f64(cfg, sd, x, *, qkv_bias, qk_norm, block_size=None, dtype=torch.fl
 
 def plain_loop(model, prompts, gen_length, policy, *, mask_id, eos_id, gen_start=None, seed=0):
     """The decode written as the obvious loop: full logits of every position each step, one
-    fused_unmask (float64 reference) call; sequences decoded one at a time. Returns [B, gen]."""
+    fused_unmask call (the same backend generate uses, so near-ties fall the same way); sequences
+    decoded one at a time. Returns [B, gen]."""
     import dllm_kernels as dk
 
     out = []
@@ -138,7 +139,7 @@ def plain_loop(model, prompts, gen_length, policy, *, mask_id, eos_id, gen_start
         state = dk.DecodeState.new(1, P + gen_length, gen_start=start, seed=seed)
         steps = 0
         while not state.all_done() and steps < 4 * gen_length:
-            dk.fused_unmask(model(x).float(), x, state, policy, mask_id=mask_id, eos_id=eos_id, backend="reference")
+            dk.fused_unmask(model(x).float(), x, state, policy, mask_id=mask_id, eos_id=eos_id)
             steps += 1
         out.append(x[0, P:])
     return torch.stack(out)
