@@ -12,7 +12,7 @@ import os
 import re
 from typing import Dict, Iterable, Optional, Tuple
 
-__all__ = ["MISSING", "check_config_keys", "read_config", "read_tensors", "require_id"]
+__all__ = ["MISSING", "check_architecture", "check_config_keys", "read_config", "read_tensors", "require_id"]
 
 MISSING = object()  # "the key is absent" in flag tables
 

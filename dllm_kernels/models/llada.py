@@ -8,13 +8,12 @@ the logits, and a loader that ignored them would load such a checkpoint and comp
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
 
-from .checkpoint import MISSING, check_architecture, check_config_keys, read_config, read_tensors, require_id
+from .checkpoint import check_architecture, check_config_keys, read_config, read_tensors, require_id
 from .span_model import KVCache, SpanModel
 
 __all__ = ["LLaDAConfig", "LLaDA", "KVCache", "load_llada_state_dict", "llada_tensor_names", "random_state_dict"]
