@@ -219,25 +219,34 @@ def bench_qwen(name, args, dev, batches, prompts_len, gen, budget, repeats, dtyp
         dk.generate(model, warm, gen_length=block, policy=policy, cache=c)
     print(f"{'batch':>5} {'prompt':>6} {'cache':>10} | {'s':>8} {'NFE':>5} {'fwd/tok':>7} {'tok/s':>8} {'mem MB':>8} | "
           f"{'vs none':>7} {'same':>5}")
-    rows, last = [], {}
+    rows, last = [], None  # last: (seconds, positions) of the previous case, all modes and repeats
     for B in batches:
         for P in prompts_len:
             ps = [torch.randint(0, cfg.vocab_size - 1000, (P,), generator=g) for _ in range(B)]
+            left = budget - (time.perf_counter() - t_begin)
+            predicted = last[0] * B * (P + gen) / last[1] if last else 0.0
+            if left <= 0 or predicted > left:
+                print(f"# budget of {budget:.0f} s spent: skipping {name} batch {B}, prompt {P}")
+                continue
+            # Rounds of every mode in turn, the median per mode: a shared machine's load drifts, and
+            # a ratio of runs minutes apart would measure the drift.
+            t_case = time.perf_counter()
+            runs, mems = {c: [] for c in modes}, {}
+            for _ in range(max(1, repeats)):
+                for cache in modes:
+                    mode, graph = cache.split("+")[0], cache.endswith("+graph")
+                    out, mems[cache] = peak_memory(dev, lambda: dk.generate(
+                        model, ps, gen_length=gen, policy=policy, cache=mode, cuda_graph=graph))
+                    runs[cache].append(out)
+            last = (time.perf_counter() - t_case, B * (P + gen))
             base = None
             for cache in modes:
-                left = budget - (time.perf_counter() - t_begin)
-                predicted = repeats * last[cache][0] * B * (P + gen) / last[cache][1] if cache in last else 0.0
-                if left <= 0 or predicted > left:
-                    print(f"# budget of {budget:.0f} s spent: skipping {name} batch {B}, prompt {P}, cache {cache}")
-                    continue
-                mode, graph = cache.split("+")[0], cache.endswith("+graph")
-                out, mem = peak_memory(dev, lambda: median_run(lambda: dk.generate(
-                    model, ps, gen_length=gen, policy=policy, cache=mode, cuda_graph=graph), repeats))
-                last[cache] = (out.wall_time_s, B * (P + gen))
-                if mode == "none":
+                out = sorted(runs[cache], key=lambda r: r.wall_time_s)[len(runs[cache]) // 2]
+                mem = mems[cache]
+                if cache == "none":
                     base = out
-                ratio = base.wall_time_s / out.wall_time_s if base is not None else None
-                same = bool(torch.equal(base.tokens, out.tokens)) if base is not None else None
+                ratio = base.wall_time_s / out.wall_time_s
+                same = bool(torch.equal(base.tokens, out.tokens))
                 fpt = sum(out.nfe) / (B * gen)
                 rows.append(dict(bench="bench_decode", case=dict(model=name, architecture=arch, dtype=str(dtype),
                                                                   batch=B, prompt=P, gen=gen, block=block,
@@ -245,7 +254,7 @@ def bench_qwen(name, args, dev, batches, prompts_len, gen, budget, repeats, dtyp
                                  backend="dllm_kernels.generate", median_us=out.wall_time_s * 1e6,
                                  wall_s=out.wall_time_s, nfe=sum(out.nfe) / B, forwards_per_token=fpt,
                                  tokens_per_s=out.tokens_per_second, peak_mem_bytes=mem, graph_steps=out.graph_steps,
-                                 ratio_vs_no_cache=ratio, same_tokens_as_no_cache=same,
+                                 ratio_vs_no_cache=ratio, same_tokens_as_no_cache=same, repeats=repeats,
                                  load_avg=os.getloadavg()[0], **env))
                 mb = f"{mem / 2**20:8.0f}" if mem is not None else f"{'-':>8}"
                 print(f"{B:>5} {P:>6} {cache:>10} | {out.wall_time_s:8.3f} {sum(out.nfe) / B:5.0f} {fpt:7.2f} "

@@ -151,3 +151,19 @@ def test_bad_arguments(model):
                                                                delimiter_ids=(5,)))
     with pytest.raises(ValueError, match="shift"):
         dk.generate(model, ps, gen_length=8, policy=dk.Policy(shift=not model.shift))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_cuda_block_cache_equals_no_cache(tmp_path, family):
+    """On the GPU (Triton block_attention, block-causal mode): the block cache stays exact."""
+    _, _, cpu = load(tmp_path, family)
+    model = BlockDiffusion.from_pretrained(str(tmp_path), dtype=torch.float32, device="cuda")
+    bs = model.block_size
+    ps = prompts((bs + 1, 3))
+    policy = policy_for(model, "threshold")
+    none = dk.generate(model, ps, gen_length=3 * bs, policy=policy, cache="none")
+    block = dk.generate(model, ps, gen_length=3 * bs, policy=policy, cache="block")
+    assert none.finished and torch.equal(block.tokens, none.tokens)
+    x = torch.randint(0, V - 2, (2, 3 * bs), generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(model(x.cuda()).cpu(), cpu(x), atol=1e-4, rtol=1e-3)

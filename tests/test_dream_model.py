@@ -154,3 +154,19 @@ def test_shift_must_match_the_model(dream):
         dk.generate(dream, prompts(), gen_length=8, policy=dk.Policy(block_length=8))
     with pytest.raises(ValueError, match="block-diffusion"):
         dk.generate(dream, prompts(), gen_length=8, policy=dk.Policy(**SHIFT), cache="block")
+
+
+@pytest.mark.cuda
+def test_cuda_logits_and_graph_decode(dream):
+    """On the GPU: the same logits as the CPU model, and the dual-cache graph replay decodes what the
+    eager dual-cache steps decode."""
+    from dllm_kernels.models import random_qwen_state_dict
+
+    sd = random_qwen_state_dict(dream.config, seed=0, std=0.3)
+    model = Dream(dream.config, {k: v.cuda() for k, v in sd.items()})
+    x = torch.randint(0, V - 2, (2, 20), generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(model(x.cuda()).cpu(), dream(x), atol=1e-4, rtol=1e-3)
+    policy = dk.Policy(rule="threshold", threshold=0.3, **SHIFT)
+    eager = dk.generate(model, prompts(), gen_length=24, policy=policy, cache="dual")
+    graph = dk.generate(model, prompts(), gen_length=24, policy=policy, cache="dual", cuda_graph=True)
+    assert graph.graph_steps > 0 and torch.equal(graph.tokens, eager.tokens)
