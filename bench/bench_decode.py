@@ -205,6 +205,16 @@ def bench_qwen(name, args, dev, batches, prompts_len, gen, budget, repeats, dtyp
     cfg = QwenConfig(**(big if cuda else small), **fixed, architecture=arch)
     cls = Dream if name == "dream" else BlockDiffusion
     model = cls.random(cfg, seed=0, dtype=dtype, device=dev, std=0.02)
+    # Query rows each decode forwards (the work a cache saves), counted: unlike times, the count does
+    # not depend on the machine's load.
+    rows_seen = [0]
+    forward_span = model.forward_span
+
+    def counting_forward_span(*a, **kw):
+        rows_seen[0] += sum(kw["q_len"])
+        return forward_span(*a, **kw)
+
+    model.forward_span = counting_forward_span
     block = getattr(model, "block_size", None) or args.block
     steps = max(1, block * args.steps // args.block)  # the same tokens per step as the LLaDA runs
     policy = dk.Policy(rule="topk", steps=steps, block_length=block, shift=model.shift)
@@ -217,8 +227,8 @@ def bench_qwen(name, args, dev, batches, prompts_len, gen, budget, repeats, dtyp
     warm = [torch.randint(0, cfg.vocab_size - 1000, (16,), generator=g)]
     for c in modes[:2]:
         dk.generate(model, warm, gen_length=block, policy=policy, cache=c)
-    print(f"{'batch':>5} {'prompt':>6} {'cache':>10} | {'s':>8} {'NFE':>5} {'fwd/tok':>7} {'tok/s':>8} {'mem MB':>8} | "
-          f"{'vs none':>7} {'same':>5}")
+    print(f"{'batch':>5} {'prompt':>6} {'cache':>10} | {'s':>8} {'NFE':>5} {'fwd/tok':>7} {'rows/tok':>8} {'tok/s':>8} "
+          f"{'mem MB':>8} | {'vs none':>7} {'same':>5}")
     rows, last = [], None  # last: (seconds, positions) of the previous case, all modes and repeats
     for B in batches:
         for P in prompts_len:
@@ -231,13 +241,15 @@ def bench_qwen(name, args, dev, batches, prompts_len, gen, budget, repeats, dtyp
             # Rounds of every mode in turn, the median per mode: a shared machine's load drifts, and
             # a ratio of runs minutes apart would measure the drift.
             t_case = time.perf_counter()
-            runs, mems = {c: [] for c in modes}, {}
+            runs, mems, qrows = {c: [] for c in modes}, {}, {}
             for _ in range(max(1, repeats)):
                 for cache in modes:
                     mode, graph = cache.split("+")[0], cache.endswith("+graph")
+                    rows_seen[0] = 0
                     out, mems[cache] = peak_memory(dev, lambda: dk.generate(
                         model, ps, gen_length=gen, policy=policy, cache=mode, cuda_graph=graph))
                     runs[cache].append(out)
+                    qrows[cache] = rows_seen[0]  # eager steps only (a replayed graph step is not counted)
             last = (time.perf_counter() - t_case, B * (P + gen))
             base = None
             for cache in modes:
@@ -248,16 +260,17 @@ def bench_qwen(name, args, dev, batches, prompts_len, gen, budget, repeats, dtyp
                 ratio = base.wall_time_s / out.wall_time_s
                 same = bool(torch.equal(base.tokens, out.tokens))
                 fpt = sum(out.nfe) / (B * gen)
+                rpt = qrows[cache] / (B * gen)
                 rows.append(dict(bench="bench_decode", case=dict(model=name, architecture=arch, dtype=str(dtype),
                                                                   batch=B, prompt=P, gen=gen, block=block,
                                                                   policy=f"topk{steps}", cache=cache),
                                  backend="dllm_kernels.generate", median_us=out.wall_time_s * 1e6,
                                  wall_s=out.wall_time_s, nfe=sum(out.nfe) / B, forwards_per_token=fpt,
-                                 tokens_per_s=out.tokens_per_second, peak_mem_bytes=mem, graph_steps=out.graph_steps,
+                                 query_rows_per_token=rpt, tokens_per_s=out.tokens_per_second, peak_mem_bytes=mem, graph_steps=out.graph_steps,
                                  ratio_vs_no_cache=ratio, same_tokens_as_no_cache=same, repeats=repeats,
                                  load_avg=os.getloadavg()[0], **env))
                 mb = f"{mem / 2**20:8.0f}" if mem is not None else f"{'-':>8}"
-                print(f"{B:>5} {P:>6} {cache:>10} | {out.wall_time_s:8.3f} {sum(out.nfe) / B:5.0f} {fpt:7.2f} "
+                print(f"{B:>5} {P:>6} {cache:>10} | {out.wall_time_s:8.3f} {sum(out.nfe) / B:5.0f} {fpt:7.2f} {rpt:8.1f} "
                       f"{out.tokens_per_second:8.0f} {mb} | {ratio:6.2f}x {str(same):>5}")
     return rows
 
