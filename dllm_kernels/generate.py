@@ -14,8 +14,12 @@ block closes); adaptive rules once per step (docs/decoder.md says why). Nothing 
 host (no `.item()`, no per-layer or per-candidate read).
 
 Model adapters:
-* `dllm_kernels.models.LLaDA` (anything with `forward_span`): logits only for the rows the step
-  needs, caches "none" | "prefix" | "dual", optional CUDA-graph replay of dual-cache block steps.
+* `dllm_kernels.models.LLaDA` and `Dream` (anything with `forward_span`): logits only for the rows
+  the step needs, caches "none" | "prefix" | "dual", optional CUDA-graph replay of dual-cache block
+  steps; Dream's shifted logits (`model.shift`) with `Policy(shift=True)`.
+* `dllm_kernels.models.BlockDiffusion` (SDAR, Fast-dLLM v2; `attn_mode == "block_causal"`): blocks
+  of the model's own `block_size` aligned to position 0 (the prompt's last, partial block is the
+  first one decoded), caches "none" | "block" (exact: a finished block's K/V are written once).
 * any other callable `model(x)` returning logits `[B, L, V]` (or an object with `.logits`, or a
   tuple whose first item is the logits): a Hugging Face LLaDA or Dream model works unchanged;
   no cache; Dream's shifted logits with `Policy(shift=True)`.
@@ -40,7 +44,7 @@ from .unmask import fused_unmask
 
 __all__ = ["CACHE_MODES", "GenerateOutput", "generate", "prepare_prompts"]
 
-CACHE_MODES = ("none", "prefix", "dual")
+CACHE_MODES = ("none", "prefix", "dual", "block")
 
 
 @dataclass
@@ -133,29 +137,34 @@ def _topk_steps_left(step: int, masked: int, remaining: int, steps: int) -> int:
     return max(n, 1)
 
 
-def _plan_block(st: list, policy: Policy):
+def _plan_block(st: list, policy: Policy, first_masked: List[int]):
     """For a fixed schedule: how many steps after this one run without reading the state, and the
     state rows (as far as `_spans` reads them) those steps see. A sequence opening a block this step
-    gets the block the op will open: [BLOCK_END, +block_length) cut at END_POS, all of it masked
-    (generate lays out the whole generation region masked and a top-k step writes only its block)."""
+    gets the block the op will open: [BLOCK_END, +block_length) cut at END_POS, masked from
+    `first_masked[b]` on (generate lays out the generation region masked, a block-diffusion model's
+    first block may start with prompt tokens, and a top-k step writes only its block)."""
     ahead, rows = [], []
-    for row in st:
+    for b, row in enumerate(st):
         if row[DONE]:
             rows.append(row)
             continue
         if row[BLOCK_REMAINING] == 0:
             s, e = row[BLOCK_END], _opening_end(row, policy)  # no AdaBlock: the default block
-            ahead.append(_topk_steps_left(0, e - s, e - s, policy.block_steps))
+            masked = e - max(s, first_masked[b])
+            ahead.append(_topk_steps_left(0, masked, masked, policy.block_steps))
             row = list(row)
-            row[BLOCK_START], row[BLOCK_END], row[BLOCK_REMAINING] = s, e, e - s
+            row[BLOCK_START], row[BLOCK_END], row[BLOCK_REMAINING] = s, e, masked
         else:
             ahead.append(_topk_steps_left(row[STEP], row[BLOCK_MASKED], row[BLOCK_REMAINING], policy.block_steps))
         rows.append(row)
     return (min(ahead) - 1 if ahead else 0), rows
 
 
-def _spans(st: list, lens: List[int], policy: Policy, cache: str):
-    """Per sequence: query span (q_start, q_len), kv_len, logits rows (row_start, n) of this step."""
+def _spans(st: list, lens: List[int], policy: Policy, cache: str, shift: int = 0,
+           cached_end: Optional[List[int]] = None):
+    """Per sequence: query span (q_start, q_len), kv_len, logits rows (row_start, n) of this step.
+    With `shift` the rows start one position earlier (row p predicts position p + 1), and so do the
+    cached query spans; `cached_end[b]`: block cache, positions whose K/V are final."""
     q_start, q_len, kv_len, row_start, n_rows, opening = [], [], [], [], [], []
     for b, row in enumerate(st):
         if row[DONE]:
@@ -165,7 +174,12 @@ def _spans(st: list, lens: List[int], policy: Policy, cache: str):
         lb = lens[b]
         opens = row[BLOCK_REMAINING] == 0
         opening.append(opens)
-        if cache == "none" or opens:  # the whole sequence (no cache, or the block's cache refresh)
+        if cache == "block":  # block diffusion: the finished block (K/V written once) and the new one
+            s = row[BLOCK_END] if opens else row[BLOCK_START]
+            e = _opening_end(row, policy) if opens else row[BLOCK_END]
+            start = cached_end[b] if opens else s
+            q_start.append(start), q_len.append(e - start)
+        elif cache == "none" or opens:  # the whole sequence (no cache, or the block's cache refresh)
             s = row[BLOCK_END] if opens else row[BLOCK_START]
             e = _opening_end(row, policy) if opens else row[BLOCK_END]
             q_start.append(0), q_len.append(lb)
@@ -173,16 +187,17 @@ def _spans(st: list, lens: List[int], policy: Policy, cache: str):
                 e = row[END_POS]
         else:
             s, e = row[BLOCK_START], row[BLOCK_END]
-            q_start.append(s)
+            q_start.append(s - shift)  # a shifted model's block is predicted from the row before it
             if cache == "prefix":  # Fast-dLLM prefix cache: queries [block start, end of sequence)
-                q_len.append(lb - s)
+                q_len.append(lb - s + shift)
                 if policy.eotp:
                     e = row[END_POS]
             else:  # dual: the block only
-                q_len.append(e - s)
+                q_len.append(e - s + shift)
         kv_len.append(lb)
-        row_start.append(s)
-        n_rows.append(e - s)
+        r0 = max(s - shift, 0)  # position 0 predicts nothing; a shifted model's prompt is never empty
+        row_start.append(r0)
+        n_rows.append(e - shift - r0)
     return q_start, q_len, kv_len, row_start, n_rows, opening
 
 
@@ -265,8 +280,8 @@ class _DenseDualStep:
     CUDA graph captures. On CUDA the first call runs it eagerly (the real step; compiles kernels),
     then captures it; later calls replay. On CPU it always runs eagerly (the path tests check)."""
 
-    def __init__(self, model, x, state, cache, lens_t, policy, q_max, mask_id, eos_id):
-        self.model, self.x, self.state, self.cache = model, x, state, cache
+    def __init__(self, model, x, state, cache, lens_t, policy, q_max, mask_id, eos_id, shift=0):
+        self.model, self.x, self.state, self.cache, self.shift = model, x, state, cache, shift
         self.lens_t, self.policy, self.q_max = lens_t, policy, q_max
         self.mask_id, self.eos_id = mask_id, eos_id
         self.commits = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
@@ -275,7 +290,7 @@ class _DenseDualStep:
     def body(self):
         st = self.state.state
         done = st[:, DONE] != 0
-        s, e = st[:, BLOCK_START], st[:, BLOCK_END]
+        s, e = st[:, BLOCK_START] - self.shift, st[:, BLOCK_END]  # shifted: from the row before the block
         zero = torch.zeros_like(s)
         q_start = torch.where(done, zero, s)
         q_len = torch.where(done, zero, e - s)
@@ -309,13 +324,15 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
     """Decode `gen_length` tokens after each prompt with `policy` (docs/decoder.md).
 
     Args:
-        model: a `dllm_kernels.models.LLaDA` (or any object with its `forward_span` /
-            `new_cache` / `forward_dense`), or a callable `model(x) -> logits [B, L, V]`.
+        model: a `dllm_kernels.models.LLaDA`, `Dream` or `BlockDiffusion` (or any object with their
+            `forward_span` / `new_cache` / `forward_dense`), or a callable `model(x) -> logits [B, L, V]`.
         prompt_ids: list of token sequences, or a [B, P] tensor (with `attention_mask` for padding).
         gen_length: tokens to generate per sequence.
-        block_length, temperature: override the policy's fields when given.
+        block_length, temperature: override the policy's fields when given. A block-diffusion
+            model decodes blocks of its own `block_size` (block_length must be None or equal it).
         policy: `dllm_kernels.Policy` (default: `Policy()`, LLaDA's top-k with one token per step).
-        cache: "none", "prefix" or "dual" (the last two need the LLaDA adapter).
+        cache: "none", "prefix" or "dual" (the last two need LLaDA or Dream); "none" or "block" for
+            a block-diffusion model.
         seed: Philox seed, an int (every sequence the same seed: a sequence's noise never depends on
             its batch slot) or one per sequence.
         mask_id, eos_id: default to the model config's `mask_token_id` / `eos_token_id`.
@@ -348,10 +365,25 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
     if mask_id is None or eos_id is None:
         raise ValueError("generate: mask_id and eos_id are required for this model")
     if not native and cache != "none":
-        raise ValueError(f"generate: cache={cache!r} needs a model with a KV cache (dllm_kernels.models.LLaDA); "
+        raise ValueError(f"generate: cache={cache!r} needs a model with a KV cache (dllm_kernels.models); "
                          "a plain callable runs with cache='none'")
-    if native and policy.shift:
-        raise ValueError("generate: Policy(shift=True) is for shifted-logits models (Dream); LLaDA is not shifted")
+    shift = int(bool(getattr(model, "shift", False))) if native else int(policy.shift)
+    if native and bool(policy.shift) != bool(shift):
+        raise ValueError(f"generate: {type(model).__name__}'s logits are {'' if shift else 'not '}shifted "
+                         f"(row p predicts position p{' + 1' if shift else ''}): pass Policy(shift={bool(shift)})")
+    block_model = native and getattr(model, "attn_mode", "dual") == "block_causal"
+    if block_model:
+        bs = int(model.block_size)
+        if block_length is not None and block_length != bs:
+            raise ValueError(f"generate: block_length={block_length} differs from the model's block size {bs} "
+                             "(a block-diffusion model decodes its own blocks)")
+        if policy.adaptive_block:
+            raise ValueError("generate: adaptive_block moves block ends; a block-diffusion model's blocks are fixed")
+        if cache not in ("none", "block"):
+            raise ValueError(f"generate: a block-diffusion model runs with cache='none' or 'block', got {cache!r}")
+        policy = dataclasses.replace(policy, block_length=bs)
+    elif cache == "block":
+        raise ValueError("generate: cache='block' needs a block-diffusion model (dllm_kernels.models.BlockDiffusion)")
     pad_id = eos_id if pad_id is None else pad_id
 
     prompts = prepare_prompts(prompt_ids, attention_mask)
@@ -367,7 +399,11 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
         x[b, :P[b]] = p
         x[b, P[b]:lens[b]] = mask_id
     x = x.to(dev)
-    state = DecodeState.new(B, L, gen_start=P, gen_end=lens, seed=seed, device=dev)
+    # A block-diffusion model's blocks are aligned to position 0: its generation region starts at
+    # the block holding the prompt's end (the prompt tokens there are simply not masked).
+    gen_start = [p // bs * bs for p in P] if block_model else P
+    cached_end = [0] * B  # block cache: positions whose K/V are final
+    state = DecodeState.new(B, L, gen_start=gen_start, gen_end=lens, seed=seed, device=dev)
     kv = model.new_cache(B, L) if native and cache != "none" else None
     lens_t = torch.tensor(lens, dtype=torch.int64, device=dev)
     dense_step = None
@@ -375,7 +411,8 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
         q_max = policy.block_length
         if policy.adaptive_block:
             q_max = max(q_max, int(math.floor(np.float32(policy.block_window_fraction) * np.float32(gen_length))))
-        dense_step = _DenseDualStep(model, x, state, kv, lens_t, policy, min(q_max, gen_length), mask_id, eos_id)
+        dense_step = _DenseDualStep(model, x, state, kv, lens_t, policy, min(q_max, gen_length) + shift, mask_id,
+                                    eos_id, shift)
     attn_mask = None
     if not native and pass_attention_mask:
         attn_mask = (torch.arange(L)[None, :] < torch.tensor(lens)[:, None]).long().to(dev)
@@ -416,9 +453,9 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
                 st = state.state.tolist()  # the host read: once per step, or once per top-k block
                 reads += 1
                 if fixed:
-                    unread, planned = _plan_block(st, policy)
+                    unread, planned = _plan_block(st, policy, P)
             todo = [b for b in range(B) if not st[b][DONE]]
-            bar.update(sum(gen_length if row[DONE] else row[BLOCK_START] - row[GEN_START] for row in st))
+            bar.update(sum(gen_length if row[DONE] else max(row[BLOCK_START] - P[b], 0) for b, row in enumerate(st)))
             if not todo:
                 finished = True
                 break
@@ -429,7 +466,7 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
             for b in todo:
                 nfe[b] += 1
             active_log.append(todo)
-            q_start, q_len, kv_len, row_start, n_rows, opening = _spans(st, lens, policy, cache)
+            q_start, q_len, kv_len, row_start, n_rows, opening = _spans(st, lens, policy, cache, shift, cached_end)
             if dense_step is not None and not any(opening):
                 if timing and cuda:
                     ev[1].record()
@@ -451,6 +488,10 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
             if native:
                 logits = model.forward_span(x, q_start=q_start, q_len=q_len, kv_len=kv_len,
                                             row_start=row_start, n_rows=max(n_rows), cache=kv)
+                if cache == "block":  # the blocks closed before this step are now cached for good
+                    for b in todo:
+                        if opening[b]:
+                            cached_end[b] = st[b][BLOCK_END]
                 rs = torch.tensor(row_start, dtype=torch.int64).to(dev, non_blocking=True)
                 if policy.eotp:  # EoTP reads every masked row it is given: rows past a sequence's
                     r_max = logits.shape[1]  # own need (another sequence set R) must read as invalid

@@ -125,3 +125,7 @@ if __name__ == "__main__":
     import demo_models  # noqa: E402
 
     demo_models.main()
+    # Part 3: one prompt through each model class (LLaDA trained here; Dream, SDAR, Fast-dLLM v2 random).
+    import demo_model_classes  # noqa: E402
+
+    demo_model_classes.main()

@@ -1,36 +1,40 @@
-"""The LLaDA architecture on `block_attention`, with prefix / dual KV cache (docs/llada_checkpoint.md).
+"""The LLaDA architecture: config, strict checkpoint loading, model (docs/models.md).
 
 `LLaDA` holds the weights of a LLaDA-format checkpoint (RMSNorm, RoPE, SwiGLU, bidirectional
-attention, MHA or GQA, no biases) and runs one forward over a *span* of query positions per
-sequence (`forward_span`):
-
-* every sequence `b` of the batch has its own query span `[q_start[b], q_start[b] + q_len[b])`
-  (`q_len[b] == 0`: the sequence is idle) and its own valid length `kv_len[b]`;
-* the span's keys/values (keys after RoPE) are written into the cache slots of their positions and
-  each query attends over the cache `[0, kv_len[b])` (block_attention's dual mode); with
-  `q_start = 0, q_len = kv_len` that is the plain full forward (no cache, or a cache refresh);
-* logits are computed only for the rows asked for (`row_start[b] + r`, `r < n_rows`), never for the
-  whole sequence.
-
-Linear layers run on the *packed* query rows (no padding rows are computed); only attention sees
-the padded `[B, Qmax]` layout. `forward_dense` is the fixed-shape variant for the CUDA-graph path:
-spans are device tensors, every sequence gets `Qmax` rows, no host read.
+attention, MHA or GQA, no biases); its forward over query spans, with prefix / dual KV cache, is
+`SpanModel`'s (span_model.py). The loader refuses what it does not implement: the public LLaDA
+model code has flags (q/k/v biases, logit scaling, an embedding norm, q/k norms, ...) that change
+the logits, and a loader that ignored them would load such a checkpoint and compute wrong logits.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass
-from typing import List, Optional, Sequence
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from ..attention import block_attention
+from .checkpoint import (check_architecture, check_config_keys, check_load_dtype, check_stored_dtype, read_config,
+                         read_tensors, require_id)
+from .span_model import KVCache, SpanModel
 
 __all__ = ["LLaDAConfig", "LLaDA", "KVCache", "load_llada_state_dict", "llada_tensor_names", "random_state_dict"]
 
+WHO = "LLaDA"
+ARCHITECTURES = ("LLaDAModelLM",)
 _SUPPORTED = {"block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms"}
+# Flags of the public LLaDA (OLMo-derived) config that change the computation and that this class
+# does not implement: each must hold the default given here (or be absent).
+UNIMPLEMENTED = {
+    **_SUPPORTED, "rope": True, "include_bias": False, "include_qkv_bias": False, "scale_logits": False,
+    "input_emb_norm": False, "attention_layer_norm": False, "alibi": False, "clip_qkv": None,
+    "multi_query_attention": None, "bias_for_layer_norm": None, "layer_norm_with_affine": True,
+    "block_group_size": 1, "rope_full_precision": True,
+}
+# Fields that do not change inference (dropouts, initialisation, kernels) or only matter with a
+# flag above set.
+IGNORED = ("alibi_bias_max", "attention_layer_norm_with_affine", "flash_attention", "attention_dropout",
+           "residual_dropout", "embedding_dropout", "init_device", "init_fn", "init_std", "init_cutoff_factor",
+           "precision", "mlp_ratio")
 
 
 @dataclass(frozen=True)
@@ -69,25 +73,22 @@ class LLaDAConfig:
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "LLaDAConfig":
-        for key, want in _SUPPORTED.items():
-            got = cfg.get(key, want)
-            got = getattr(got, "value", got)
-            if str(got).lower() != want:
-                raise ValueError(f"LLaDAConfig: {key} must be {want!r}, got {got!r}")
-        if not cfg.get("rope", True):
-            raise ValueError("LLaDAConfig: only rope=true checkpoints are supported")
-        if cfg.get("include_bias", False):
-            raise ValueError("LLaDAConfig: include_bias=true is not supported (LLaDA has no biases)")
+        """Strict: refuses unimplemented flags, unknown fields and architectures, and a config
+        without mask / eos id (docs/models.md lists what is honoured)."""
         names = cls.__dataclass_fields__.keys()
+        check_config_keys(cfg, who="LLaDAConfig", honoured=names, ignored=IGNORED, unimplemented=UNIMPLEMENTED)
+        # The repository's own training script writes no architectures field: absent is allowed.
+        check_architecture(cfg, ARCHITECTURES, "LLaDAConfig", required=False)
         kw = {k: cfg[k] for k in names if k in cfg and cfg[k] is not None}
+        for key in ("mask_token_id", "eos_token_id"):
+            kw[key] = require_id(cfg, key, "LLaDAConfig")
         if "mlp_hidden_size" not in kw and "mlp_ratio" in cfg:
             kw["mlp_hidden_size"] = int(cfg["mlp_ratio"]) * int(cfg["d_model"])
         return cls(**kw)
 
     @classmethod
     def from_json(cls, path: str) -> "LLaDAConfig":
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(_read_json(path))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -95,8 +96,15 @@ class LLaDAConfig:
         return d
 
 
+def _read_json(path: str) -> dict:
+    import json
+
+    with open(path) as f:
+        return json.load(f)
+
+
 def llada_tensor_names(config: LLaDAConfig) -> dict:
-    """name -> shape of every tensor of a checkpoint (docs/llada_checkpoint.md, "Tensor names")."""
+    """name -> shape of every tensor of a checkpoint (docs/models.md, "LLaDA")."""
     c, p = config, "model.transformer."
     kv = c.n_kv_heads * c.head_dim
     names = {p + "wte.weight": (c.embedding_size, c.d_model), p + "ln_f.weight": (c.d_model,)}
@@ -114,30 +122,10 @@ def llada_tensor_names(config: LLaDAConfig) -> dict:
 
 
 def load_llada_state_dict(path: str, config: LLaDAConfig, *, dtype=None, device="cpu") -> dict:
-    """Every tensor of the checkpoint directory `path` (all *.safetensors files), checked against
-    the names and shapes of docs/llada_checkpoint.md; cast to `dtype` (default: as stored) on `device`."""
-    from safetensors import safe_open
-
-    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
-    if not files:
-        raise FileNotFoundError(f"load_llada_state_dict: no *.safetensors file in {path}")
-    expected = llada_tensor_names(config)
-    out = {}
-    for fname in files:
-        with safe_open(os.path.join(path, fname), framework="pt", device="cpu") as f:
-            for name in f.keys():
-                if name not in expected:
-                    continue  # e.g. rotary buffers some exporters add
-                t = f.get_tensor(name)
-                if tuple(t.shape) != expected[name]:
-                    raise ValueError(f"load_llada_state_dict: {name} has shape {tuple(t.shape)}, "
-                                     f"config says {expected[name]}")
-                out[name] = t.to(device=device, dtype=dtype or t.dtype)
-    missing = sorted(set(expected) - set(out))
-    if missing:
-        raise ValueError(f"load_llada_state_dict: {len(missing)} tensors missing from {path}, "
-                         f"e.g. {missing[:3]}")
-    return out
+    """Every tensor of the checkpoint directory `path` (its safetensors shards), which must be
+    exactly the names and shapes `llada_tensor_names` gives (a stray tensor is an error: dropping it
+    would hide an unimplemented feature); cast to `dtype` (default: as stored) on `device`."""
+    return read_tensors(path, llada_tensor_names(config), "load_llada_state_dict", dtype=dtype, device=device)
 
 
 def random_state_dict(config: LLaDAConfig, *, seed: int = 0, dtype=torch.float32, device="cpu",
@@ -154,37 +142,7 @@ def random_state_dict(config: LLaDAConfig, *, seed: int = 0, dtype=torch.float32
     return sd
 
 
-class KVCache:
-    """Per-layer key / value caches [B, Lmax, Hkv, D], one slot per position, keys after RoPE."""
-
-    def __init__(self, n_layers: int, batch: int, length: int, n_kv_heads: int, head_dim: int,
-                 dtype, device):
-        shape = (batch, length, n_kv_heads, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-
-    def layer(self, i: int):
-        return self.k[i], self.v[i]
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
-
-
-def _rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """t [N, H, D] rotated by cos/sin [N, 1, D] (float32), "rotate half" layout."""
-    tf = t.float()
-    half = tf.shape[-1] // 2
-    rot = torch.cat((-tf[..., half:], tf[..., :half]), dim=-1)
-    return (tf * cos + rot * sin).to(t.dtype)
-
-
-class LLaDA(torch.nn.Module):
+class LLaDA(SpanModel):
     """LLaDA on dllm_kernels' block attention. Weights are stored fused (q|k|v, ff_proj|up_proj).
 
     Calling the model on a token tensor `x` [B, L] returns the logits of every position (the
@@ -207,39 +165,26 @@ class LLaDA(torch.nn.Module):
         self.wte = torch.nn.Parameter(get("wte.weight"), requires_grad=False)
         self.ln_f = torch.nn.Parameter(get("ln_f.weight"), requires_grad=False)
         self.lm_head = self.wte if c.weight_tying else torch.nn.Parameter(get("ff_out.weight"), requires_grad=False)
-        self.attn_norm, self.ff_norm = torch.nn.ParameterList(), torch.nn.ParameterList()
-        self.w_qkv, self.w_o = torch.nn.ParameterList(), torch.nn.ParameterList()
-        self.w_gate_up, self.w_down = torch.nn.ParameterList(), torch.nn.ParameterList()
+        layers = []
         for i in range(c.n_layers):
             b = f"blocks.{i}."
-            par = lambda t: torch.nn.Parameter(t, requires_grad=False)  # noqa: E731
-            self.attn_norm.append(par(get(b + "attn_norm.weight")))
-            self.ff_norm.append(par(get(b + "ff_norm.weight")))
-            self.w_qkv.append(par(torch.cat([get(b + "q_proj.weight"), get(b + "k_proj.weight"),
-                                              get(b + "v_proj.weight")])))
-            self.w_o.append(par(get(b + "attn_out.weight")))
-            self.w_gate_up.append(par(torch.cat([get(b + "ff_proj.weight"), get(b + "up_proj.weight")])))
-            self.w_down.append(par(get(b + "ff_out.weight")))
-        inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.float32) / c.head_dim))
-        self._inv_freq = inv_freq.to(device)
-        self._rope_cache = None
-
-    # ---- construction ------------------------------------------------------------------------------
+            layers.append(dict(
+                attn_norm=get(b + "attn_norm.weight"), ff_norm=get(b + "ff_norm.weight"),
+                w_qkv=torch.cat([get(b + "q_proj.weight"), get(b + "k_proj.weight"), get(b + "v_proj.weight")]),
+                w_o=get(b + "attn_out.weight"),
+                w_gate_up=torch.cat([get(b + "ff_proj.weight"), get(b + "up_proj.weight")]),
+                w_down=get(b + "ff_out.weight")))
+        self._init_layers(layers, theta=c.rope_theta, device=device)
 
     @classmethod
     def from_pretrained(cls, path: str, *, dtype=None, device="cpu") -> "LLaDA":
         """Loads `path`/config.json and the safetensors shards of a LLaDA checkpoint directory, in
         the stored dtype unless `dtype` is given (float32, float16 or bfloat16: what
         block_attention computes in; a float64 checkpoint needs e.g. dtype=torch.float32)."""
-        supported = (torch.float32, torch.float16, torch.bfloat16)
-        if dtype is not None and dtype not in supported:
-            raise ValueError(f"LLaDA.from_pretrained: dtype must be float32, float16 or bfloat16, got {dtype}")
-        config = LLaDAConfig.from_json(os.path.join(path, "config.json"))
+        check_load_dtype(dtype, WHO)
+        config = LLaDAConfig.from_dict(read_config(path, WHO))
         state_dict = load_llada_state_dict(path, config, dtype=dtype, device=device)
-        stored = state_dict["model.transformer.wte.weight"].dtype
-        if stored not in supported:
-            raise ValueError(f"LLaDA.from_pretrained: the checkpoint is stored as {stored}; the model computes "
-                             "in float32, float16 or bfloat16: pass dtype=torch.float32 (or another) to cast it")
+        check_stored_dtype(state_dict, WHO)
         return cls(config, state_dict, dtype=dtype, device=device)
 
     @classmethod
@@ -248,145 +193,3 @@ class LLaDA(torch.nn.Module):
         """Random weights (normal(0, std) matrices, norms near 1), generated on `device`."""
         sd = random_state_dict(config, seed=seed, dtype=dtype, device=device, std=std)
         return cls(config, sd, dtype=dtype, device=device)
-
-    # ---- helpers -----------------------------------------------------------------------------------
-
-    @property
-    def device(self) -> torch.device:
-        return self.wte.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.wte.dtype
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.embedding_size
-
-    def new_cache(self, batch: int, length: int) -> KVCache:
-        c = self.config
-        return KVCache(c.n_layers, batch, length, c.n_kv_heads, c.head_dim, self.dtype, self.device)
-
-    def _cos_sin(self, length: int):
-        if self._rope_cache is None or self._rope_cache[0].shape[0] < length:
-            n = max(length, 256)
-            ang = torch.arange(n, dtype=torch.float32, device=self.device)[:, None] * self._inv_freq[None, :]
-            emb = torch.cat((ang, ang), dim=-1)
-            self._rope_cache = (emb.cos(), emb.sin())
-        return self._rope_cache
-
-    def _logits(self, h_rows: torch.Tensor) -> torch.Tensor:
-        return F.linear(_rms_norm(h_rows, self.ln_f, self.config.rms_norm_eps), self.lm_head)
-
-    def _layers(self, h, pos, to_padded, from_padded, cache, scratch, q_start, q_len, kv_len, B, q_max):
-        """The transformer blocks on packed rows h [N, d] at positions pos [N]."""
-        c = self.config
-        hq, hkv, hd = c.n_heads, c.n_kv_heads, c.head_dim
-        cos_t, sin_t = self._rope_cache
-        cos, sin = cos_t[pos][:, None, :], sin_t[pos][:, None, :]
-        for i in range(c.n_layers):
-            n1 = _rms_norm(h, self.attn_norm[i], c.rms_norm_eps)
-            qkv = F.linear(n1, self.w_qkv[i])
-            q = _rope(qkv[:, :hq * hd].view(-1, hq, hd), cos, sin)
-            k = _rope(qkv[:, hq * hd:(hq + hkv) * hd].view(-1, hkv, hd), cos, sin)
-            v = qkv[:, (hq + hkv) * hd:].view(-1, hkv, hd)
-            kc, vc = cache.layer(i) if cache is not None else scratch
-            o = block_attention(to_padded(q, B, q_max), to_padded(k, B, q_max), to_padded(v, B, q_max),
-                                kc, vc, q_start, q_len, kv_len, mode="dual")
-            h = h + F.linear(from_padded(o).reshape(-1, hq * hd), self.w_o[i])
-            n2 = _rms_norm(h, self.ff_norm[i], c.rms_norm_eps)
-            gate, up = F.linear(n2, self.w_gate_up[i]).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, self.w_down[i])
-        return h
-
-    # ---- forwards ----------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor, lengths: Optional[Sequence[int]] = None) -> torch.Tensor:
-        """Logits [B, L, V] of every position; sequence b is `x[b, :lengths[b]]` (default: all L)."""
-        B, L = x.shape
-        lengths = [L] * B if lengths is None else list(lengths)
-        return self.forward_span(x, q_start=[0] * B, q_len=lengths, kv_len=lengths,
-                                 row_start=[0] * B, n_rows=L)
-
-    @torch.no_grad()
-    def forward_span(self, x: torch.Tensor, *, q_start: List[int], q_len: List[int], kv_len: List[int],
-                     row_start: List[int], n_rows: int, cache: Optional[KVCache] = None) -> torch.Tensor:
-        """Logits [B, n_rows, V] of positions `row_start[b] + r` after a forward of each sequence's span.
-
-        Host lists (the decoder knows the spans). With `cache=None` every active span must be the
-        whole sequence (`q_start = 0`, `q_len = kv_len`): a scratch K/V buffer serves all layers.
-        Rows outside a sequence's span hold arbitrary values (the decoder never reads them).
-        """
-        B, L = x.shape
-        dev = x.device
-        q_max = max(max(q_len), 1)
-        active = [b for b in range(B) if q_len[b] > 0]
-        for b in range(B):
-            if not (0 <= q_start[b] and q_start[b] + q_len[b] <= kv_len[b] <= L):
-                raise ValueError(f"forward_span: sequence {b}: need 0 <= q_start + q_len <= kv_len <= L, "
-                                 f"got {q_start[b]}, {q_len[b]}, {kv_len[b]}, L={L}")
-            if cache is None and q_len[b] and (q_start[b] != 0 or q_len[b] != kv_len[b]):
-                raise ValueError("forward_span: without a cache each span must be the whole sequence")
-        dense = len(active) == B and all(n == q_max for n in q_len)
-        # Packed rows: (b, q_start[b] + i) for i < q_len[b]; slot b * q_max + i in the padded layout.
-        bi = torch.cat([torch.full((q_len[b],), b, dtype=torch.int64) for b in active]) if active else \
-            torch.zeros(0, dtype=torch.int64)
-        ii = torch.cat([torch.arange(q_len[b], dtype=torch.int64) for b in active]) if active else bi
-        pos_cpu = bi.new_tensor([q_start[b] for b in range(B)])[bi] + ii
-        pos = pos_cpu.to(dev, non_blocking=True)
-        flat = (bi * L + pos_cpu).to(dev, non_blocking=True)
-        slot = (bi * q_max + ii).to(dev, non_blocking=True)
-        # Row r of sequence b -> packed index of position row_start[b] + r (clamped into its span).
-        packed_of = torch.zeros(B, max(L, 1), dtype=torch.int64)
-        offsets = [0] * B
-        acc = 0
-        for b in active:
-            offsets[b] = acc
-            packed_of[b, :] = acc + torch.clamp(torch.arange(L) - q_start[b], 0, q_len[b] - 1)
-            acc += q_len[b]
-        rpos = torch.clamp(torch.tensor(row_start)[:, None] + torch.arange(n_rows)[None, :], 0, L - 1)
-        row_idx = packed_of.gather(1, rpos).reshape(-1).to(dev, non_blocking=True)
-
-        c = self.config
-        if dense:
-            to_padded = lambda t, B_, Q_: t.view(B_, Q_, *t.shape[1:])  # noqa: E731
-            from_padded = lambda o: o.reshape(-1, *o.shape[2:])  # noqa: E731
-        else:
-            def to_padded(t, B_, Q_):
-                buf = t.new_zeros(B_ * Q_, *t.shape[1:])
-                buf.index_copy_(0, slot, t)
-                return buf.view(B_, Q_, *t.shape[1:])
-
-            def from_padded(o):
-                return o.reshape(-1, *o.shape[2:]).index_select(0, slot)
-        scratch = None
-        if cache is None:
-            shape = (B, L, c.n_kv_heads, c.head_dim)
-            scratch = (torch.empty(shape, dtype=self.dtype, device=dev), torch.empty(shape, dtype=self.dtype, device=dev))
-        idx = lambda v: torch.tensor(v, dtype=torch.int64).to(dev, non_blocking=True)  # noqa: E731
-        self._cos_sin(L)
-        h = F.embedding(x.reshape(-1).index_select(0, flat), self.wte)
-        h = self._layers(h, pos, to_padded, from_padded, cache, scratch, idx(q_start), idx(q_len),
-                         idx(kv_len), B, q_max)
-        if not active:
-            return torch.zeros(B, n_rows, self.vocab_size, dtype=self.dtype, device=dev)
-        return self._logits(h.index_select(0, row_idx)).view(B, n_rows, -1)
-
-    @torch.no_grad()
-    def forward_dense(self, x: torch.Tensor, q_start: torch.Tensor, q_len: torch.Tensor,
-                      kv_len: torch.Tensor, q_max: int, cache: KVCache) -> torch.Tensor:
-        """Fixed-shape forward for CUDA graphs: device tensors [B] for the spans, `q_max` rows per
-        sequence (positions q_start[b] + i clamped into [0, L); rows i >= q_len[b] are computed but
-        neither written to the cache nor attended to). Returns logits [B, q_max, V] for the rows
-        `q_start[b] + i`. No host read."""
-        B, L = x.shape
-        i = torch.arange(q_max, device=x.device)
-        pos = torch.clamp(q_start[:, None] + i[None, :], max=L - 1).reshape(-1)
-        tokens = x.gather(1, pos.view(B, q_max)).reshape(-1)
-        h = F.embedding(tokens, self.wte)
-        to_padded = lambda t, B_, Q_: t.view(B_, Q_, *t.shape[1:])  # noqa: E731
-        from_padded = lambda o: o.reshape(-1, *o.shape[2:])  # noqa: E731
-        self._cos_sin(L)
-        h = self._layers(h, pos, to_padded, from_padded, cache, None, q_start, q_len, kv_len, B, q_max)
-        return self._logits(h).view(B, q_max, -1)
