@@ -51,28 +51,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_unmask_cpu(DLLM_FUSED_UNMAS
   const int64_t* row_start_p = row_start ? row_start->data_ptr<int64_t>() : nullptr;
   const std::vector<cpu::ReadRow> rows = rows_to_read(a, x_p, state_p, row_start_p);
 
-  cpu::RowPass pass;
-  pass.logits = static_cast<const char*>(logits.data_ptr());
-  pass.elem = logits.element_size();
-  pass.stride_b = a.logits_stride_b;
-  pass.stride_r = a.logits_stride_r;
-  pass.R = a.R;
-  pass.L = a.L;
-  pass.gumbel_u = gumbel_u ? gumbel_u->data_ptr<float>() : nullptr;
-  pass.seed = state_p + kSeed;
+  cpu::RowPass pass = cpu::row_pass_for(logits, a.L, gumbel_u, suppress_ids, zero_conf_ids, a.policy.conf_kind);
+  pass.seed = state_p + kSeed;  // noise keyed by each sequence's state
   pass.offset = state_p + kOffset;
   pass.key_stride = kStateCols;
-  pass.temperature = nullptr;
-  pass.temperature_stride = 0;
-  pass.invalid_x0 = a.policy.mask_id;
-  pass.prm.type = cpu::logits_type(logits.scalar_type());
-  pass.prm.V = a.V;
-  pass.prm.conf_kind = a.policy.conf_kind;
   pass.prm.temperature = static_cast<float>(temperature);
-  pass.prm.suppress_ids = ids_ptr(suppress_ids);
-  pass.prm.n_suppress = ids_len(suppress_ids);
-  pass.prm.zero_conf_ids = ids_ptr(zero_conf_ids);
-  pass.prm.n_zero_conf = ids_len(zero_conf_ids);
+  pass.invalid_x0 = a.policy.mask_id;
   cpu::row_stats_pass(rows, pass, x0_p, conf_p, pprob_p);
 
   // Policy: per sequence, the shared host/device logic.

@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "../op_checks.h"
 #include "cpu_threads.h"
 #include "row_stats.h"
 
@@ -36,6 +37,30 @@ inline LogitsType logits_type(at::ScalarType t) {
   if (t == at::kHalf) return LogitsType::kFloat16;
   if (t == at::kBFloat16) return LogitsType::kBFloat16;
   return LogitsType::kFloat32;
+}
+
+// The pass over `logits` for x of L positions, with the vocabulary lists; the caller sets the
+// noise keys, the per-sequence temperature and `invalid_x0`.
+inline RowPass row_pass_for(const at::Tensor& logits, int64_t L, const std::optional<at::Tensor>& gumbel_u,
+                            const std::optional<at::Tensor>& suppress_ids,
+                            const std::optional<at::Tensor>& zero_conf_ids, int conf_kind) {
+  RowPass pass{};
+  pass.logits = static_cast<const char*>(logits.data_ptr());
+  pass.elem = logits.element_size();
+  pass.stride_b = logits.stride(0);
+  pass.stride_r = logits.stride(1);
+  pass.R = logits.size(1);
+  pass.L = L;
+  pass.gumbel_u = gumbel_u ? gumbel_u->data_ptr<float>() : nullptr;
+  pass.prm.type = logits_type(logits.scalar_type());
+  pass.prm.V = logits.size(2);
+  pass.prm.conf_kind = conf_kind;
+  pass.prm.temperature = 0.f;
+  pass.prm.suppress_ids = ids_ptr(suppress_ids);
+  pass.prm.n_suppress = ids_len(suppress_ids);
+  pass.prm.zero_conf_ids = ids_ptr(zero_conf_ids);
+  pass.prm.n_zero_conf = ids_len(zero_conf_ids);
+  return pass;
 }
 
 inline void row_stats_pass(const std::vector<ReadRow>& rows, const RowPass& a, int64_t* x0,

@@ -59,28 +59,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_cpu(DLLM_SELECT_PARAMS_DEC
     }
   }
 
-  cpu::RowPass pass;
-  pass.logits = static_cast<const char*>(logits.data_ptr());
-  pass.elem = logits.element_size();
-  pass.stride_b = a.logits_stride_b;
-  pass.stride_r = a.logits_stride_r;
-  pass.R = a.R;
-  pass.L = a.L;
-  pass.gumbel_u = gumbel_u ? gumbel_u->data_ptr<float>() : nullptr;
+  cpu::RowPass pass = cpu::row_pass_for(logits, a.L, gumbel_u, suppress_ids, zero_conf_ids, a.policy.conf_kind);
   pass.seed = seed ? seed->data_ptr<int64_t>() : nullptr;
   pass.offset = offset ? offset->data_ptr<int64_t>() : nullptr;
   pass.key_stride = 1;
-  pass.temperature = pack_p + kSel_temperature;
+  pass.temperature = pack_p + kSel_temperature;  // each sequence's own column of the pack
   pass.temperature_stride = kSelectParams;
   pass.invalid_x0 = -1;  // x0 keeps the current token where the row is invalid
-  pass.prm.type = cpu::logits_type(logits.scalar_type());
-  pass.prm.V = a.V;
-  pass.prm.conf_kind = a.policy.conf_kind;
-  pass.prm.temperature = 0.f;
-  pass.prm.suppress_ids = ids_ptr(suppress_ids);
-  pass.prm.n_suppress = ids_len(suppress_ids);
-  pass.prm.zero_conf_ids = ids_ptr(zero_conf_ids);
-  pass.prm.n_zero_conf = ids_len(zero_conf_ids);
   // Rows read this step: the pass writes conf there; a valid conf marks a candidate below.
   std::vector<char> read(static_cast<size_t>(a.B * a.L), 0);
   for (const cpu::ReadRow& rr : rows) read[rr.b * a.L + rr.p] = 1;
