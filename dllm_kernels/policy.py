@@ -171,8 +171,7 @@ class Policy:
             raise ValueError("Policy: adaptive_block needs delimiter_ids (LLaDA: (198,))")
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         unused = [name for name, rules in RULE_FIELDS.items()
-                  if self.rule not in rules and getattr(self, name) is not defaults[name]
-                  and getattr(self, name) != defaults[name]]
+                  if self.rule not in rules and getattr(self, name) != defaults[name]]
         if unused:
             warnings.warn("Policy: " + "; ".join(f"{name} is unused by rule {self.rule!r} (read by rule "
                                                  f"{'/'.join(RULE_FIELDS[name])})" for name in unused),
