@@ -21,7 +21,8 @@ import torch
 
 from ._triton_pkg import triton_kernels_module
 from .select_params import SELECT_PARAM_COLUMNS, SELECT_PARAM_DEFAULTS
-from .triton_unmask import (LOGITS_DTYPES, MAX_FILTER_HIDDEN, MAX_FILTER_WIDTH, N_PART_F, N_PART_I,
+from .triton_checks import ArgChecks
+from .triton_unmask import (LOGITS_DTYPES, N_PART_F, N_PART_I,
                             _interpreting, _next_pow2, merge_stats_kernel, row_stats_kernel,
                             split_stats_kernel, stats_layout)
 
@@ -42,33 +43,12 @@ class SelectArgumentError(ValueError, RuntimeError):
     """A bad argument: a ValueError, and a RuntimeError like the C++ op's TORCH_CHECK failures."""
 
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise SelectArgumentError("select: " + msg)
-
-
 def _dtype_name(dtype) -> str:
     return _DTYPE_NAMES.get(dtype, str(dtype))
 
 
-def _check_tensor(t, logits, name, dtype, shape):
-    _check(isinstance(t, torch.Tensor), f"{name} must be a tensor, got {type(t).__name__}")
-    _check(t.device == logits.device, f"{name} is on {t.device} but logits is on {logits.device}")
-    _check(t.dtype == dtype, f"{name} must be {_dtype_name(dtype)}, got {_dtype_name(t.dtype)}")
-    _check(tuple(t.shape) == tuple(shape), f"{name} must have shape {list(shape)}, got {list(t.shape)}")
-    _check(t.is_contiguous(), f"{name} must be contiguous")
-
-
-def _check_ids(t, logits, name, V):
-    if t is None:
-        return
-    _check(t.device == logits.device, f"{name} is on {t.device} but logits is on {logits.device}")
-    _check(t.dtype == torch.int64, f"{name} must be int64, got {_dtype_name(t.dtype)}")
-    _check(t.dim() == 1, f"{name} must be 1-D, got {t.dim()}-D")
-    _check(t.is_contiguous(), f"{name} must be contiguous")
-    if t.device.type == "cpu" and t.numel() > 0:  # on a GPU this would sync: the kernels ignore such ids
-        lo, hi = int(t.min()), int(t.max())
-        _check(lo >= 0 and hi < V, f"{name} holds ids outside [0, {V}): {lo}..{hi}")
+_CHECKS = ArgChecks("select", SelectArgumentError, _dtype_name)
+_check, _check_tensor, _check_ids = _CHECKS.check, _CHECKS.tensor, _CHECKS.ids
 
 
 def _whole(v: float) -> bool:
@@ -97,24 +77,6 @@ def _check_bounds(bounds: torch.Tensor, L: int) -> None:
     for b, (s, e) in enumerate(bounds.tolist()):
         _check(0 <= s <= e <= L, f"bounds must satisfy 0 <= start <= end <= L = {L}, got [{s}, {e}) "
                                  f"for sequence {b}")
-
-
-def _check_filter(logits, w1, b1, w2, b2, required):
-    parts = (w1, b1, w2, b2)
-    any_filter, all_filter = any(t is not None for t in parts), all(t is not None for t in parts)
-    _check(not any_filter or all_filter, "filter_w1, filter_b1, filter_w2, filter_b2 go together")
-    _check(not required or all_filter, "rule 4 (learned filter) needs filter_w1/b1/w2/b2")
-    if not all_filter:
-        return 0, 0
-    _check(w1.dim() == 2, "filter_w1 must be [hidden, width]")
-    fh, fw = w1.shape
-    _check(1 <= fw <= MAX_FILTER_WIDTH, f"filter width must be 1..{MAX_FILTER_WIDTH}, got {fw}")
-    _check(1 <= fh <= MAX_FILTER_HIDDEN, f"filter hidden size must be 1..{MAX_FILTER_HIDDEN}, got {fh}")
-    _check_tensor(w1, logits, "filter_w1", torch.float32, (fh, fw))
-    _check_tensor(b1, logits, "filter_b1", torch.float32, (fh,))
-    _check_tensor(w2, logits, "filter_w2", torch.float32, (fw, fh))
-    _check_tensor(b2, logits, "filter_b2", torch.float32, (fw,))
-    return fw, fh
 
 
 _DEFAULT_ROWS: dict = {}
@@ -189,7 +151,7 @@ def select_triton(logits, x, candidates=None, params=None, bounds=None, row_star
     _check_ids(zero_conf_ids, logits, "zero_conf_ids", V)
     _check(0 <= rule <= 4, f"rule must be 0..4, got {rule}")
     _check(0 <= conf_kind <= 2, f"conf_kind must be 0..2, got {conf_kind}")
-    fw, fh = _check_filter(logits, filter_w1, filter_b1, filter_w2, filter_b2, rule == 4)
+    fw, fh = _CHECKS.learned_filter(logits, filter_w1, filter_b1, filter_w2, filter_b2, rule == 4)
     _check(logits.device.type == "cuda" or _interpreting(),
            f"the Triton path needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {logits.device}")
 

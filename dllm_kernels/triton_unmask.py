@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 
 from ._triton_pkg import triton_kernels_module
+from .triton_checks import ArgChecks
 
 policy_kernel = triton_kernels_module("unmask_policy").policy_kernel
 _stats = triton_kernels_module("unmask_stats")
@@ -29,8 +30,6 @@ row_stats_kernel, split_stats_kernel, merge_stats_kernel = (
 N_PART_F, N_PART_I = _stats.N_PART_F, _stats.N_PART_I
 
 STATE_COLUMNS = 11
-MAX_FILTER_WIDTH = 128   # policy.h kMaxFilterWidth
-MAX_FILTER_HIDDEN = 256  # policy.h kMaxFilterHidden
 LOGITS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -38,29 +37,8 @@ class FusedUnmaskArgumentError(ValueError, RuntimeError):
     """A bad argument: a ValueError, and a RuntimeError like the C++ op's TORCH_CHECK failures."""
 
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise FusedUnmaskArgumentError("fused_unmask: " + msg)
-
-
-def _check_tensor(t, logits, name, dtype, shape):
-    _check(isinstance(t, torch.Tensor), f"{name} must be a tensor, got {type(t).__name__}")
-    _check(t.device == logits.device, f"{name} is on {t.device} but logits is on {logits.device}")
-    _check(t.dtype == dtype, f"{name} must be {dtype}, got {t.dtype}")
-    _check(tuple(t.shape) == tuple(shape), f"{name} must have shape {list(shape)}, got {list(t.shape)}")
-    _check(t.is_contiguous(), f"{name} must be contiguous")
-
-
-def _check_ids(t, logits, name, V):
-    if t is None:
-        return
-    _check(t.device == logits.device, f"{name} is on {t.device} but logits is on {logits.device}")
-    _check(t.dtype == torch.int64, f"{name} must be int64, got {t.dtype}")
-    _check(t.dim() == 1, f"{name} must be 1-D, got {t.dim()}-D")
-    _check(t.is_contiguous(), f"{name} must be contiguous")
-    if t.device.type == "cpu" and t.numel() > 0:  # on a GPU this would sync: the kernels ignore such ids
-        lo, hi = int(t.min()), int(t.max())
-        _check(lo >= 0 and hi < V, f"{name} holds ids outside [0, {V}): {lo}..{hi}")
+_CHECKS = ArgChecks("fused_unmask", FusedUnmaskArgumentError)
+_check, _check_tensor, _check_ids = _CHECKS.check, _CHECKS.tensor, _CHECKS.ids
 
 
 def _check_unit(v, name):
@@ -157,21 +135,8 @@ def fused_unmask_triton(logits, x, conf, state, row_start, gumbel_u, rank_u, sup
                     ("block_delta", block_delta), ("block_window_fraction", block_window_fraction)):
         _check_unit(v, name)
     _check(math.isfinite(factor) and factor >= 0.0, f"factor must be finite and >= 0, got {factor}")
-    parts = (filter_w1, filter_b1, filter_w2, filter_b2)
-    any_filter = any(t is not None for t in parts)
-    all_filter = all(t is not None for t in parts)
-    _check(not any_filter or all_filter, "filter_w1, filter_b1, filter_w2, filter_b2 go together")
-    _check(rule != 4 or all_filter, "rule 4 (learned filter) needs filter_w1/b1/w2/b2")
-    fw = fh = 0
-    if all_filter:
-        _check(filter_w1.dim() == 2, "filter_w1 must be [hidden, width]")
-        fh, fw = filter_w1.shape
-        _check(1 <= fw <= MAX_FILTER_WIDTH, f"filter width must be 1..{MAX_FILTER_WIDTH}, got {fw}")
-        _check(1 <= fh <= MAX_FILTER_HIDDEN, f"filter hidden size must be 1..{MAX_FILTER_HIDDEN}, got {fh}")
-        _check_tensor(filter_w1, logits, "filter_w1", torch.float32, (fh, fw))
-        _check_tensor(filter_b1, logits, "filter_b1", torch.float32, (fh,))
-        _check_tensor(filter_w2, logits, "filter_w2", torch.float32, (fw, fh))
-        _check_tensor(filter_b2, logits, "filter_b2", torch.float32, (fw,))
+    fw, fh = _CHECKS.learned_filter(logits, filter_w1, filter_b1, filter_w2, filter_b2, rule == 4)
+    all_filter = fw > 0
     _check(logits.device.type == "cuda" or _interpreting(),
            f"the Triton path needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {logits.device}")
 
