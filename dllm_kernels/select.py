@@ -15,6 +15,7 @@ import torch
 from .policy import CONF_KINDS, RULES, LearnedFilter
 from .policy import RULE_FIELDS as POLICY_RULE_FIELDS
 from .select_params import SELECT_PARAM_COLUMNS, Value, pack_select_params
+from .state import per_sequence_int64
 
 # "native": the op (C++ on CPU, Triton on CUDA); "triton": the Triton kernels directly (CUDA, or
 # CPU tensors under TRITON_INTERPRET=1); "reference": the float64 reference.
@@ -50,14 +51,7 @@ def _ids(name: str, ids, device) -> Optional[torch.Tensor]:
 
 
 def _per_sequence_ids(name: str, value, batch: int, device) -> Optional[torch.Tensor]:
-    if value is None:
-        return None
-    t = torch.as_tensor(value, dtype=torch.int64, device=device).reshape(-1)
-    if t.numel() == 1:
-        t = t.expand(batch)
-    if t.numel() != batch:
-        raise ValueError(f"select: {name} must be an int or have {batch} entries, got {t.numel()}")
-    return t.contiguous()
+    return None if value is None else per_sequence_int64(value, batch, name, op="select", device=device)
 
 
 def _bounds(bounds, batch: int, device) -> Optional[torch.Tensor]:

@@ -17,17 +17,20 @@ INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 _PROGRESS_COLUMNS = [BLOCK_START, BLOCK_REMAINING, END_POS, DONE]
 
 
-def _per_sequence(value: IntOrSeq, batch: int, name: str) -> torch.Tensor:
+def per_sequence_int64(value: IntOrSeq, batch: int, name: str, *, op: str = "DecodeState",
+                       device=None) -> torch.Tensor:
+    """One int64 per sequence, [batch] on `device`, from an int (the same for every sequence) or
+    `batch` values; an error names `op` and `name` otherwise."""
     try:
         t = torch.as_tensor(value, dtype=torch.int64).reshape(-1)
     except (OverflowError, RuntimeError, ValueError):
-        raise ValueError(f"DecodeState: {name} must be int64, in [{INT64_MIN}, {INT64_MAX}], "
+        raise ValueError(f"{op}: {name} must be int64, in [{INT64_MIN}, {INT64_MAX}], "
                          f"got {value!r}") from None
     if t.numel() == 1:
         t = t.expand(batch)
     if t.numel() != batch:
-        raise ValueError(f"DecodeState: {name} must be an int or have {batch} entries, got {t.numel()}")
-    return t.clone()
+        raise ValueError(f"{op}: {name} must be an int or have {batch} entries, got {t.numel()}")
+    return t.to(device).clone()
 
 
 class DecodeState:
@@ -52,8 +55,8 @@ class DecodeState:
         sequence's noise never depends on its batch slot)."""
         if batch < 1 or length < 1:
             raise ValueError(f"DecodeState: batch and length must be >= 1, got {batch}, {length}")
-        start = _per_sequence(gen_start, batch, "gen_start")
-        end = _per_sequence(length if gen_end is None else gen_end, batch, "gen_end")
+        start = per_sequence_int64(gen_start, batch, "gen_start")
+        end = per_sequence_int64(length if gen_end is None else gen_end, batch, "gen_end")
         if bool(((start < 0) | (end < start) | (end > length)).any()):
             raise ValueError(f"DecodeState: need 0 <= gen_start <= gen_end <= {length}, "
                              f"got gen_start={start.tolist()}, gen_end={end.tolist()}")
@@ -63,7 +66,7 @@ class DecodeState:
         state[:, BLOCK_START] = start
         state[:, BLOCK_END] = start
         state[:, END_POS] = end
-        state[:, SEED] = _per_sequence(seed, batch, "seed")
+        state[:, SEED] = per_sequence_int64(seed, batch, "seed")
         conf = torch.full((batch, length), float("nan"), dtype=torch.float32)
         return cls(state.to(device), conf.to(device))
 
