@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cpu/row_stats.h"
+#include "include/dllm/row_partial.h"
 #include "include/dllm/select_params.h"
 
 TORCH_LIBRARY(dllm, m) {
@@ -30,8 +31,24 @@ TORCH_LIBRARY(dllm, m) {
       "Tensor? gumbel_u=None, Tensor? rank_u=None, Tensor? prev_conf=None, Tensor? suppress_ids=None, "
       "Tensor? zero_conf_ids=None, Tensor? filter_w1=None, Tensor? filter_b1=None, "
       "Tensor? filter_w2=None, Tensor? filter_b2=None, int rule=1, int conf_kind=0, bool shift=False, "
-      "bool graded=False, bool random_remasking=False, bool commit=False) "
+      "bool graded=False, bool random_remasking=False, bool commit=False, Tensor? row_stats=None, "
+      "int vocab_size=0) "
       "-> (Tensor x0, Tensor conf, Tensor transfer)");
+  // Mergeable partial statistics of logits rows (a vocabulary shard or chunk), for `row_stats=`
+  // of select and fused_unmask; semantics and layout in docs/row_stats.md.
+  m.def(
+      "row_stats(Tensor logits, Tensor positions, Tensor? seed=None, Tensor? offset=None, "
+      "Tensor? temperature=None, Tensor? gumbel_u=None, Tensor? suppress_ids=None, int conf_kind=0, "
+      "int vocab_start=0) -> Tensor");
+  // row_stats' layout: its column names in order, and the most partials one row merges
+  // (include/dllm/row_partial.h).
+  m.def("row_stats_layout() -> (str[], int)", [] {
+    std::vector<std::string> names;
+#define DLLM_X(name) names.push_back(#name);
+    DLLM_ROW_PARTIAL_COLS(DLLM_X)
+#undef DLLM_X
+    return std::make_tuple(names, dllm::cpu::kMaxMergedPartials);
+  });
   // Names and defaults of the parameter pack's columns, in order (include/dllm/select_params.h).
   m.def("select_param_columns() -> (str[], float[])", [] {
     std::vector<std::string> names;

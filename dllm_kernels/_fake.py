@@ -45,6 +45,23 @@ def _select_fake(logits, x, *args, **kwargs):
             x.new_empty((B, L), dtype=torch.bool))
 
 
+# Columns of a partial row statistic, as the native library defines them (include/dllm/row_partial.h).
+ROW_PARTIAL_COLS = len(torch.ops.dllm.row_stats_layout()[0])
+
+
+@torch.library.register_fake("dllm::row_stats")
+def _row_stats_fake(logits, positions, seed=None, offset=None, temperature=None, gumbel_u=None, suppress_ids=None,
+                    conf_kind=0, vocab_start=0):
+    for name, t in (("positions", positions), ("seed", seed), ("offset", offset), ("temperature", temperature),
+                    ("gumbel_u", gumbel_u), ("suppress_ids", suppress_ids)):
+        if t is not None and t.device != logits.device:
+            raise RuntimeError(f"row_stats: {name} is on {t.device} but logits is on {logits.device}")
+    if logits.dim() != 3 or tuple(positions.shape) != tuple(logits.shape[:2]):
+        raise RuntimeError(f"row_stats: positions must have shape {list(logits.shape[:2])}, got {list(positions.shape)}")
+    B, R, _ = logits.shape
+    return logits.new_empty((B, R, ROW_PARTIAL_COLS), dtype=torch.float64)
+
+
 _VERIFY_TENSORS = ("target_logits", "draft_tokens", "draft_probs", "draft_lens", "seed", "offset")
 
 
