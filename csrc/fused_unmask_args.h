@@ -35,10 +35,12 @@ constexpr const char* kFusedUnmask = "fused_unmask";
   X(filter_w1)                                \
   X(filter_b1)                                \
   X(filter_w2)                                \
-  X(filter_b2)
+  X(filter_b2)                                \
+  X(row_stats)
 
 // Mode switches that change the kernel: X(C++ type, schema type, name, default). Every numeric
 // parameter is a column of the pack `params` (include/dllm/fused_unmask_params.h) instead.
+// vocab_size goes with row_stats (docs/row_stats.md): the whole vocabulary when logits do not hold it.
 #define DLLM_FUSED_UNMASK_FLAGS(X)       \
   X(int64_t, int, rule, 0)               \
   X(int64_t, int, conf_kind, 0)          \
@@ -47,7 +49,8 @@ constexpr const char* kFusedUnmask = "fused_unmask";
   X(bool, bool, random_remasking, False) \
   X(bool, bool, adaptive_block, False)   \
   X(bool, bool, eotp, False)             \
-  X(bool, bool, early_stop, False)
+  X(bool, bool, early_stop, False)       \
+  X(int64_t, int, vocab_size, 0)
 
 #define DLLM_FU_DECL_TENSOR(name) , const std::optional<at::Tensor>& name
 #define DLLM_FU_DECL_FLAG(ctype, stype, name, dflt) , ctype name
@@ -117,11 +120,10 @@ inline at::Tensor unmask_params_or_defaults(const std::optional<at::Tensor>& par
 }
 
 inline FusedUnmaskArgs check_fused_unmask_args(DLLM_FUSED_UNMASK_PARAMS) {
-  check_logits(kFusedUnmask, logits);
   FusedUnmaskArgs a;
+  a.V = check_logits_or_row_stats(kFusedUnmask, logits, row_stats, vocab_size, gumbel_u);
   a.B = logits.size(0);
   a.R = logits.size(1);
-  a.V = logits.size(2);
   TORCH_CHECK(x.dim() == 2 && x.size(0) == a.B,
               "fused_unmask: x must be [B, L] with B = ", a.B, ", got ", x.sizes());
   a.L = x.size(1);

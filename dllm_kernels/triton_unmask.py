@@ -34,7 +34,6 @@ assert tuple(UNMASK_PARAM_COLUMNS) == triton_kernels_module("unmask_common").UNM
 _COL = {name: i for i, name in enumerate(UNMASK_PARAM_COLUMNS)}
 
 STATE_COLUMNS = 11
-LOGITS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class FusedUnmaskArgumentError(ValueError, RuntimeError):
@@ -116,22 +115,15 @@ def _default_params(device: torch.device) -> torch.Tensor:
 
 def fused_unmask_triton(logits, x, conf, state, mask_id, eos_id, params=None, row_start=None, gumbel_u=None,
                         rank_u=None, suppress_ids=None, zero_conf_ids=None, delimiter_ids=None, filter_w1=None,
-                        filter_b1=None, filter_w2=None, filter_b2=None, rule=0, conf_kind=0, shift=False,
-                        graded=False, random_remasking=False, adaptive_block=False, eotp=False,
-                        early_stop=False, *, block_v: Optional[int] = None, vocab_splits: Optional[int] = None,
+                        filter_b1=None, filter_w2=None, filter_b2=None, row_stats=None, rule=0, conf_kind=0,
+                        shift=False, graded=False, random_remasking=False, adaptive_block=False, eotp=False,
+                        early_stop=False, vocab_size=0, *, block_v: Optional[int] = None, vocab_splits: Optional[int] = None,
                         policy_tile: Optional[int] = None):
     """One fused_unmask step in Triton: the op's arguments, names and order (csrc/fused_unmask_args.h),
     so it is registered as the op's CUDA kernel as it stands. Updates x, conf and state in place;
     returns (x0, transfer, window_stats). The keyword-only layout knobs (never passed by the op) let
     tests force the split-vocabulary layout and the policy tile."""
-    _check(isinstance(logits, torch.Tensor) and logits.dim() == 3,
-           f"logits must be 3-D [B, R, V], got {getattr(logits, 'dim', lambda: '?')()}-D")
-    _check(logits.dtype in LOGITS_DTYPES, f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
-    B, R, V = logits.shape
-    _check(B > 0, "empty batch (logits has B = 0)")
-    _check(V >= 2, f"logits must have a vocabulary of at least 2, got V = {V}")
-    _check(logits.stride(2) == 1,
-           f"logits must be contiguous along the vocab dimension (stride(2) == 1), got stride {logits.stride(2)}")
+    B, R, V = _CHECKS.logits_or_row_stats(logits, row_stats, vocab_size, gumbel_u)
     _check(isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[0] == B,
            f"x must be [B, L] with B = {B}, got {list(getattr(x, 'shape', []))}")
     L = x.shape[1]
@@ -188,12 +180,21 @@ def fused_unmask_triton(logits, x, conf, state, mask_id, eos_id, params=None, ro
     read_args = dict(mask_id=mask_id, shift=int(bool(shift)), eotp=int(bool(eotp)),
                      adaptive_block=int(bool(adaptive_block)), params_ptr=pack, params_stride=pack_stride)
 
-    if R > 0:
+    # READ_FROM=0: rows chosen by the state; each sequence's temperature from its row of the pack.
+    common = dict(HAS_ROW_START=row_start is not None, CONF_KIND=int(conf_kind), READ_FROM=0,
+                  TEMP_COL=_COL["temperature"])
+    if R > 0 and row_stats is not None:  # W exchanged partials per row, merged in order
+        from .triton_row_stats import row_partials_for_merge
+
+        W = row_stats.shape[0]
+        part_f, part_i = row_partials_for_merge(row_stats)
+        merge_stats_kernel[(R, B)](
+            part_f, part_i, x, state, row_start_t, zero_t, n_zero, x0, conf, pprob, L, R, V,
+            temperature=0.0, **read_args, N_SPLITS=W, SPLITS_PAD=_next_pow2(W), **common,
+            SAMPLING=sampling, num_warps=1)
+    elif R > 0:
         block_v, n_splits, chunk = stats_layout(B * R, V, logits.device, block_v, vocab_splits)
         warps = 8 if block_v >= 2048 else 4
-        # READ_FROM=0: rows chosen by the state; each sequence's temperature from its row of the pack.
-        common = dict(HAS_ROW_START=row_start is not None, CONF_KIND=int(conf_kind), READ_FROM=0,
-                      TEMP_COL=_COL["temperature"])
         if n_splits == 1:
             row_stats_kernel[(R, B)](
                 logits, logits.stride(0), logits.stride(1), gumbel_t, x, state, row_start_t, suppress_t,

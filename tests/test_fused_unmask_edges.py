@@ -195,7 +195,7 @@ def op_args(B=2, L=8, V=40, dtype=torch.float32):
     st = dk.DecodeState.new(B, L, gen_start=1)
     params = unmask_pack(B, steps=2, block_length=4)
     return (logits, x, st.conf, st.state, V - 1, V - 2, params, None, None, None, torch.tensor([3]), None,
-            torch.tensor([5]), None, None, None, None, 1, 0, False, False, False, True, True, False)
+            torch.tensor([5]), None, None, None, None, None, 1, 0, False, False, False, True, True, False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

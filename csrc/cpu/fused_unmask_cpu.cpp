@@ -60,7 +60,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_unmask_cpu(DLLM_FUSED_UNMAS
   pass.temperature = pack_p + kUnm_temperature;  // each sequence's own column of the pack
   pass.temperature_stride = kUnmaskParams;
   pass.invalid_x0 = a.policy.mask_id;
-  cpu::row_stats_pass(rows, pass, x0_p, conf_p, pprob_p);
+  if (row_stats) cpu::row_stats_merge_pass(rows, pass, *row_stats, x0_p, conf_p, pprob_p);
+  else cpu::row_stats_pass(rows, pass, x0_p, conf_p, pprob_p);
 
   // Policy: per sequence, the shared host/device logic.
   const float* rank_p = rank_u ? rank_u->data_ptr<float>() : nullptr;

@@ -47,6 +47,8 @@ const at::Tensor& default_params_row(const at::Tensor& like) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_unmask_cuda(DLLM_FUSED_UNMASK_PARAMS) {
   const FusedUnmaskArgs a = check_fused_unmask_args(DLLM_FUSED_UNMASK_ARGS);
   TORCH_CHECK(logits.is_cuda(), "fused_unmask (CUDA): logits must be a CUDA tensor");
+  TORCH_CHECK(!row_stats, "fused_unmask (CUDA): row_stats is served by the Triton kernels "
+              "(dllm_kernels.fused_unmask routes it there; call fused_unmask_triton directly otherwise)");
   const c10::DeviceGuard guard(logits.device());
 
   at::Tensor x0 = at::empty({a.B, a.L}, x.options());
