@@ -3,8 +3,8 @@ and the Dream and block-diffusion (SDAR, Fast-dLLM v2) classes against their own
 
 For each case (batch, prompt length) and cache mode ("none", "prefix", "dual"; "dual+graph" on a
 GPU) it runs our decoder (LLaDA on block_attention, logits only for the needed rows, fused_unmask)
-and the eager decoder (`dllm_kernels.eager_decoder`: cat + SDPA model, full logits, policy engine
-`--eager-engine`), and reports side by side: wall time, NFE, tokens/s, the share of each step spent
+and the eager decoder (`dllm_kernels.eager_decoder`: the same model, full logits, a state read per
+step, a forward per sequence when cached, policy engine `--eager-engine`), and reports side by side: wall time, NFE, tokens/s, the share of each step spent
 outside the model's forward (ours), peak memory above the weights (GPU), and whether the tokens are
 identical. The other model classes have no eager decoder here: each cache mode is measured beside
 the no-cache decode of the same model in the same run (ratio, forwards per token, whether the
@@ -21,7 +21,7 @@ Random weights give near-uniform predictions, so the policy is LLaDA's top-k sch
 8 steps per block: 4 tokens per step; a block-diffusion model keeps the tokens per step with its own
 block size), which fixes the NFE independently of the weights. On the
 GPU the eager decoder's engine defaults to the native op ("fused": the float64 reference takes
-seconds per step at V = 126,464), so eager vs ours there measures model and decoder plumbing.
+seconds per step at V = 126,464), so eager vs ours there measures the decoder plumbing.
 Cases run in order of value until `--budget-s` is spent (device_check.sh gives the stage 60 s),
 shared by the model classes (LLaDA, which also runs the eager decoder, gets two shares).
 """
