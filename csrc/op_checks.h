@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "include/dllm/policy.h"
+#include "include/dllm/row_partial.h"
 
 namespace dllm {
 
@@ -53,16 +54,60 @@ inline const int64_t* ids_ptr(const std::optional<at::Tensor>& t) {
 inline int64_t ids_len(const std::optional<at::Tensor>& t) { return t ? t->numel() : 0; }
 
 // Logits [B, R, V] in a supported dtype, contiguous along V.
-inline void check_logits(const char* op, const at::Tensor& logits) {
+// A vocabulary slice (row_stats) may hold a single id: min_vocab 1.
+inline void check_logits(const char* op, const at::Tensor& logits, int64_t min_vocab = 2) {
   TORCH_CHECK(logits.dim() == 3, op, ": logits must be 3-D [B, R, V], got ", logits.dim(), "-D");
   const auto dt = logits.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
               ": logits must be float32, float16 or bfloat16, got ", dt);
   TORCH_CHECK(logits.size(0) > 0, op, ": empty batch (logits has B = 0)");
-  TORCH_CHECK(logits.size(2) >= 2, op, ": logits must have a vocabulary of at least 2, got V = ",
-              logits.size(2));
+  TORCH_CHECK(logits.size(2) >= min_vocab, op, ": logits must have a vocabulary of at least ", min_vocab,
+              ", got V = ", logits.size(2));
   TORCH_CHECK(logits.stride(2) == 1, op, ": logits must be contiguous along the vocab dimension "
               "(stride(2) == 1), got stride ", logits.stride(2));
+}
+
+// Partial row statistics [W, B, R, kPartialCols] (docs/row_stats.md) given in place of the logits:
+// `logits` then only carries B and R (its values are not read), and the vocabulary is
+// `vocab_size`. Returns V: vocab_size with row_stats, else logits' V (vocab_size 0 or equal).
+// On CPU the ids are range-checked, so a bad exchange is an error, not a wild read.
+inline int64_t check_logits_or_row_stats(const char* op, const at::Tensor& logits,
+                                         const std::optional<at::Tensor>& row_stats, int64_t vocab_size,
+                                         const std::optional<at::Tensor>& gumbel_u) {
+  constexpr int64_t n_cols = cpu::kPartialCols;
+  if (!row_stats) {
+    check_logits(op, logits);
+    TORCH_CHECK(vocab_size == 0 || vocab_size == logits.size(2), op, ": vocab_size (", vocab_size,
+                ") must be 0 or logits' V = ", logits.size(2), " when row_stats is not given");
+    return logits.size(2);
+  }
+  TORCH_CHECK(logits.dim() == 3, op, ": logits must be 3-D [B, R, *] (with row_stats it gives B and R), got ",
+              logits.dim(), "-D");
+  TORCH_CHECK(logits.size(0) > 0, op, ": empty batch (logits has B = 0)");
+  TORCH_CHECK(vocab_size >= 2, op, ": row_stats needs vocab_size >= 2 (the whole vocabulary), got ", vocab_size);
+  TORCH_CHECK(!gumbel_u, op, ": gumbel_u does not go with row_stats (the noise is drawn when the "
+              "statistics are computed)");
+  const at::Tensor& rs = *row_stats;
+  check_same_device(op, rs, logits, "row_stats");
+  TORCH_CHECK(rs.scalar_type() == at::kDouble, op, ": row_stats must be float64, got ", rs.scalar_type());
+  TORCH_CHECK(rs.dim() == 4 && rs.size(0) >= 1 && rs.size(1) == logits.size(0) && rs.size(2) == logits.size(1) &&
+                  rs.size(3) == n_cols,
+              op, ": row_stats must be [W >= 1, B = ", logits.size(0), ", R = ", logits.size(1), ", ", n_cols,
+              "], got ", rs.sizes());
+  TORCH_CHECK(rs.is_contiguous(), op, ": row_stats must be contiguous");
+  TORCH_CHECK(rs.size(0) <= cpu::kMaxMergedPartials, op, ": row_stats merges at most ", cpu::kMaxMergedPartials,
+              " partials per row, got W = ", rs.size(0));
+  if (rs.device().is_cpu()) {
+    const double* v = rs.data_ptr<double>();
+    const int64_t n = rs.numel() / n_cols;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c : {int64_t(cpu::kPart_idx), int64_t(cpu::kPart_noisy_idx)}) {
+        const double id = v[i * n_cols + c];
+        TORCH_CHECK(id == std::floor(id) && id >= -1.0 && id < static_cast<double>(vocab_size), op,
+                    ": row_stats holds an id outside [-1, vocab_size = ", vocab_size, "): ", id);
+      }
+  }
+  return vocab_size;
 }
 
 // The learned filter's four tensors (all or none); fills the policy's filter fields.

@@ -29,12 +29,13 @@ struct SelectArgs {
       const std::optional<at::Tensor>&zero_conf_ids, const std::optional<at::Tensor>&filter_w1,  \
       const std::optional<at::Tensor>&filter_b1, const std::optional<at::Tensor>&filter_w2,      \
       const std::optional<at::Tensor>&filter_b2, int64_t rule, int64_t conf_kind, bool shift,    \
-      bool graded, bool random_remasking, bool commit
+      bool graded, bool random_remasking, bool commit, const std::optional<at::Tensor>&row_stats, \
+      int64_t vocab_size
 
 #define DLLM_SELECT_ARGS                                                                       \
   logits, x, candidates, params, bounds, row_start, seed, offset, gumbel_u, rank_u, prev_conf, \
       suppress_ids, zero_conf_ids, filter_w1, filter_b1, filter_w2, filter_b2, rule, conf_kind, \
-      shift, graded, random_remasking, commit
+      shift, graded, random_remasking, commit, row_stats, vocab_size
 
 // Values of the parameter pack, checked where they can be read without a device sync (CPU).
 inline void check_select_params(const at::Tensor& params) {
@@ -72,11 +73,10 @@ inline void check_select_bounds(const at::Tensor& bounds, int64_t L) {
 }
 
 inline SelectArgs check_select_args(DLLM_SELECT_PARAMS_DECL) {
-  check_logits(kSelect, logits);
   SelectArgs a;
+  a.V = check_logits_or_row_stats(kSelect, logits, row_stats, vocab_size, gumbel_u);
   a.B = logits.size(0);
   a.R = logits.size(1);
-  a.V = logits.size(2);
   TORCH_CHECK(x.dim() == 2 && x.size(0) == a.B, "select: x must be [B, L] with B = ", a.B, ", got ",
               x.sizes());
   a.L = x.size(1);

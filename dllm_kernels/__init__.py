@@ -1,7 +1,8 @@
 """dllm-kernels: fused kernels for diffusion-LLM decoding.
 
 `fused_unmask` commits one denoising step's tokens for a batch under any `Policy`;
-`DecodeState` holds the per-sequence state those steps advance on the device.
+`DecodeState` holds the per-sequence state those steps advance on the device; `select` is the
+stateless step, and `row_stats` the mergeable statistics for rows split over a vocabulary.
 `speculative_verify` accepts or rejects draft tokens against a target's logits (speculative decoding;
 `dllm_kernels.speculative` holds the decoding loops).
 """
@@ -11,6 +12,7 @@ from .policy import CONF_KINDS, RULES, LearnedFilter, Policy
 from .state import DecodeState
 from .unmask import UnmaskResult, fused_unmask
 from .select import SelectResult, select
+from .row_stats import row_stats  # noqa: E402
 from . import attention  # noqa: E402  (block_attention: registers its CPU/Triton/fake kernels)
 from .attention import block_attention
 from .generate import GenerateOutput, generate  # noqa: E402
@@ -18,5 +20,5 @@ from .speculative_verify import VerifyResult, speculative_verify  # noqa: E402
 from . import models  # noqa: E402,F401
 
 __all__ = ["CONF_KINDS", "RULES", "DecodeState", "LearnedFilter", "Policy", "UnmaskResult", "fused_unmask", "SelectResult",
-           "select", "block_attention", "generate", "GenerateOutput", "models", "speculative_verify", "VerifyResult"]
+           "select", "row_stats", "block_attention", "generate", "GenerateOutput", "models", "speculative_verify", "VerifyResult"]
 __version__ = "0.1.0"

@@ -76,7 +76,8 @@ def select(logits: torch.Tensor, x: torch.Tensor, candidates: Optional[torch.Ten
            zero_conf_ids: Union[Sequence[int], torch.Tensor, None] = None, shift: bool = False,
            row_start: Optional[torch.Tensor] = None, bounds=None, generator: Optional[torch.Generator] = None,
            seed=None, offset=None, gumbel_u: Optional[torch.Tensor] = None, rank_u: Optional[torch.Tensor] = None,
-           prev_conf: Optional[torch.Tensor] = None, commit: bool = False, backend: str = "auto") -> SelectResult:
+           prev_conf: Optional[torch.Tensor] = None, commit: bool = False, backend: str = "auto",
+           row_stats: Optional[torch.Tensor] = None, vocab_size: Optional[int] = None) -> SelectResult:
     """Choose which candidate positions to commit this step (docs/select.md).
 
     logits: [B, R, V]; row r holds position `row_start[b] + r` (+1 with `shift`). x: [B, L] int64.
@@ -87,6 +88,9 @@ def select(logits: torch.Tensor, x: torch.Tensor, candidates: Optional[torch.Ten
     rule does not read is an error. Randomness (temperature > 0, random_remasking): Philox keyed by
     `seed`/`offset` ([B] tensors or ints; capturable in a CUDA graph), else seeds drawn from
     `generator` (default: torch's), or explicit `gumbel_u` / `rank_u` uniforms.
+    row_stats: [W, B, R, C] partial statistics of W vocabulary slices in order (dllm_kernels.row_stats,
+    docs/row_stats.md) in place of the logits, which may then be None; `vocab_size` is the whole
+    vocabulary. Sampling noise was drawn when the partials were computed (with their seeds).
     """
     if backend not in BACKENDS:
         raise ValueError(f"select: backend must be one of {BACKENDS}, got {backend!r}")
@@ -94,6 +98,17 @@ def select(logits: torch.Tensor, x: torch.Tensor, candidates: Optional[torch.Ten
         raise ValueError(f"select: rule must be one of {sorted(RULES)}, got {rule!r}")
     if conf not in CONF_KINDS:
         raise ValueError(f"select: conf must be one of {sorted(CONF_KINDS)}, got {conf!r}")
+    if row_stats is not None:
+        if not isinstance(row_stats, torch.Tensor) or row_stats.dim() != 4:
+            raise ValueError("select: row_stats must be a 4-D tensor [W, B, R, C] (dllm_kernels.row_stats)")
+        if vocab_size is None:
+            raise ValueError("select: row_stats needs vocab_size (the whole vocabulary)")
+        if backend == "reference":
+            raise ValueError("select: the reference backend reads logits; row_stats needs 'auto' or 'triton'")
+        if logits is None:  # only B and R are read from it
+            logits = row_stats.new_empty((row_stats.shape[1], row_stats.shape[2], 0), dtype=torch.float32)
+    elif vocab_size is not None:
+        raise ValueError("select: vocab_size goes with row_stats")
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         raise ValueError("select: logits must be a 3-D tensor [B, R, V]")
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
@@ -127,6 +142,8 @@ def select(logits: torch.Tensor, x: torch.Tensor, candidates: Optional[torch.Ten
             _ids("zero_conf_ids", zero_conf_ids, device)) + tuple(filt)
     flags = dict(rule=RULES[rule], conf_kind=CONF_KINDS[conf], shift=bool(shift), graded=bool(graded),
                  random_remasking=bool(random_remasking), commit=bool(commit))
+    if row_stats is not None:
+        flags.update(row_stats=row_stats, vocab_size=int(vocab_size))
     if backend == "reference":
         from .reference.select import select_reference
 

@@ -22,9 +22,9 @@ import torch
 from ._triton_pkg import triton_kernels_module
 from .select_params import SELECT_PARAM_COLUMNS, SELECT_PARAM_DEFAULTS
 from .triton_checks import ArgChecks
-from .triton_unmask import (LOGITS_DTYPES, N_PART_F, N_PART_I,
-                            _interpreting, _next_pow2, merge_stats_kernel, row_stats_kernel,
-                            split_stats_kernel, stats_layout)
+from .triton_row_stats import row_partials_for_merge
+from .triton_unmask import (N_PART_F, N_PART_I, _interpreting, _next_pow2, merge_stats_kernel,
+                            row_stats_kernel, split_stats_kernel, stats_layout)
 
 _policy = triton_kernels_module("select_policy")
 select_kernel = _policy.select_kernel
@@ -109,22 +109,15 @@ def _sequence_rows(B, L, bounds, seed, offset, device) -> torch.Tensor:
 def select_triton(logits, x, candidates=None, params=None, bounds=None, row_start=None, seed=None,
                   offset=None, gumbel_u=None, rank_u=None, prev_conf=None, suppress_ids=None,
                   zero_conf_ids=None, filter_w1=None, filter_b1=None, filter_w2=None, filter_b2=None,
-                  rule=1, conf_kind=0, shift=False, graded=False, random_remasking=False, commit=False, *,
+                  rule=1, conf_kind=0, shift=False, graded=False, random_remasking=False, commit=False,
+                  row_stats=None, vocab_size=0, *,
                   block_v: Optional[int] = None, vocab_splits: Optional[int] = None,
                   policy_tile: Optional[int] = None):
     """One select step in Triton: the op's arguments, names and order (csrc/ops.cpp), so it is
     registered as the op's CUDA kernel as it stands. Returns (x0, conf, transfer); writes x at the
     chosen positions only with `commit`. The keyword-only layout knobs (never passed by the op) let
     tests force the split-vocabulary layout and the rule's tile."""
-    _check(isinstance(logits, torch.Tensor) and logits.dim() == 3,
-           f"logits must be 3-D [B, R, V], got {getattr(logits, 'dim', lambda: '?')()}-D")
-    _check(logits.dtype in LOGITS_DTYPES,
-           f"logits must be float32, float16 or bfloat16, got {_dtype_name(logits.dtype)}")
-    B, R, V = logits.shape
-    _check(B > 0, "empty batch (logits has B = 0)")
-    _check(V >= 2, f"logits must have a vocabulary of at least 2, got V = {V}")
-    _check(logits.stride(2) == 1,
-           f"logits must be contiguous along the vocab dimension (stride(2) == 1), got stride {logits.stride(2)}")
+    B, R, V = _CHECKS.logits_or_row_stats(logits, row_stats, vocab_size, gumbel_u)
     _check(isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[0] == B,
            f"x must be [B, L] with B = {B}, got {list(getattr(x, 'shape', []))}")
     L = x.shape[1]
@@ -179,12 +172,18 @@ def select_triton(logits, x, candidates=None, params=None, bounds=None, row_star
     explicit_noise = sampling and gumbel_u is not None
     gumbel_t = gumbel_u if explicit_noise else conf
     # The caller's candidates through fused_unmask's read rule: flag == mask_id (1), no span test.
-    read_args = dict(mask_id=1, shift=int(bool(shift)), eotp=1, block_length=1, adaptive_block=0,
-                     block_window_fraction=0.0, temperature=0.0, params_ptr=pack, params_stride=pack_stride)
+    read_args = dict(mask_id=1, shift=int(bool(shift)), eotp=1, adaptive_block=0, temperature=0.0,
+                     params_ptr=pack, params_stride=pack_stride)
     common = dict(HAS_ROW_START=row_start is not None, CONF_KIND=int(conf_kind), SAMPLING=sampling,
                   READ_FROM=read_from, TEMP_COL=_COL["temperature"] if params is not None else -1)
 
-    if R > 0:
+    if R > 0 and row_stats is not None:  # W partials per row, merged in order by the split-row merge
+        W = row_stats.shape[0]
+        part_f, part_i = row_partials_for_merge(row_stats)
+        merge_stats_kernel[(R, B)](
+            part_f, part_i, flags, seq, row_start_t, zero_t, n_zero, x0, conf, pprob, L, R, V,
+            **read_args, N_SPLITS=W, SPLITS_PAD=_next_pow2(W), **common, num_warps=1)
+    elif R > 0:
         block_v, n_splits, chunk = stats_layout(B * R, V, logits.device, block_v, vocab_splits)
         warps = 8 if block_v >= 2048 else 4
         if n_splits == 1:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 
 from .policy import MAX_FILTER_HIDDEN, MAX_FILTER_WIDTH
+from .row_stats import MAX_MERGED_PARTIALS, ROW_STATS_COLUMNS
+
+LOGITS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class ArgChecks:
@@ -36,6 +39,52 @@ class ArgChecks:
         if t.device.type == "cpu" and t.numel() > 0:  # on a GPU this would sync: the kernels ignore such ids
             lo, hi = int(t.min()), int(t.max())
             check(lo >= 0 and hi < V, f"{name} holds ids outside [0, {V}): {lo}..{hi}")
+
+    def logits(self, logits, min_vocab: int = 2) -> tuple:
+        """Logits [B, R, V] in a supported dtype, contiguous along V -> (B, R, V); a vocabulary
+        slice (row_stats) may hold one id (min_vocab 1)."""
+        check = self.check
+        check(isinstance(logits, torch.Tensor) and logits.dim() == 3,
+              f"logits must be 3-D [B, R, V], got {getattr(logits, 'dim', lambda: '?')()}-D")
+        check(logits.dtype in LOGITS_DTYPES,
+              f"logits must be float32, float16 or bfloat16, got {self.dtype_name(logits.dtype)}")
+        B, R, V = logits.shape
+        check(B > 0, "empty batch (logits has B = 0)")
+        check(V >= min_vocab, f"logits must have a vocabulary of at least {min_vocab}, got V = {V}")
+        check(logits.stride(2) == 1,
+              f"logits must be contiguous along the vocab dimension (stride(2) == 1), got stride {logits.stride(2)}")
+        return B, R, V
+
+    def logits_or_row_stats(self, logits, row_stats, vocab_size, gumbel_u) -> tuple:
+        """op_checks.h check_logits_or_row_stats -> (B, R, V): with row_stats [W, B, R, C] the logits
+        only give B and R and V is vocab_size."""
+        check = self.check
+        if row_stats is None:
+            B, R, V = self.logits(logits)
+            check(vocab_size in (0, V), f"vocab_size ({vocab_size}) must be 0 or logits' V = {V} "
+                                        "when row_stats is not given")
+            return B, R, V
+        check(isinstance(logits, torch.Tensor) and logits.dim() == 3,
+              "logits must be 3-D [B, R, *] (with row_stats it gives B and R)")
+        B, R = logits.shape[:2]
+        check(B > 0, "empty batch (logits has B = 0)")
+        check(vocab_size >= 2, f"row_stats needs vocab_size >= 2 (the whole vocabulary), got {vocab_size}")
+        check(gumbel_u is None, "gumbel_u does not go with row_stats (the noise is drawn when the statistics "
+                                "are computed)")
+        check(row_stats.device == logits.device, f"row_stats is on {row_stats.device} but logits is on {logits.device}")
+        check(row_stats.dtype == torch.float64, f"row_stats must be float64, got {self.dtype_name(row_stats.dtype)}")
+        n_cols = len(ROW_STATS_COLUMNS)
+        check(row_stats.dim() == 4 and row_stats.shape[0] >= 1 and tuple(row_stats.shape[1:]) == (B, R, n_cols),
+              f"row_stats must be [W >= 1, B = {B}, R = {R}, {n_cols}], got {list(row_stats.shape)}")
+        check(row_stats.is_contiguous(), "row_stats must be contiguous")
+        check(row_stats.shape[0] <= MAX_MERGED_PARTIALS,
+              f"row_stats merges at most {MAX_MERGED_PARTIALS} partials per row, got W = {row_stats.shape[0]}")
+        if row_stats.device.type == "cpu":
+            ids = row_stats[..., [ROW_STATS_COLUMNS.index("idx"), ROW_STATS_COLUMNS.index("noisy_idx")]]
+            bad = (ids != ids.floor()) | (ids < -1) | (ids >= vocab_size)
+            if bool(bad.any()):
+                check(False, f"row_stats holds an id outside [-1, vocab_size = {vocab_size}): {ids[bad][0].item()}")
+        return B, R, vocab_size
 
     def learned_filter(self, logits, w1, b1, w2, b2, required: bool):
         """The filter's four tensors (all or none) -> (width, hidden), (0, 0) without a filter."""

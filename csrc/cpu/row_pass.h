@@ -87,5 +87,37 @@ inline void row_stats_pass(const std::vector<ReadRow>& rows, const RowPass& a, i
   });
 }
 
+// The pass for rows whose statistics arrive as partials (`row_stats` [W, B, R, kPartialCols],
+// docs/row_stats.md): each read row merges its W partials in order, then finishes as a row read
+// from logits does. Writes the same outputs as row_stats_pass.
+inline void row_stats_merge_pass(const std::vector<ReadRow>& rows, const RowPass& a, const at::Tensor& row_stats,
+                                 int64_t* x0, float* conf, float* pprob) {
+  const int64_t W = row_stats.size(0), B = row_stats.size(1);
+  const double* rs = row_stats.data_ptr<double>();
+  const int64_t shard_stride = B * a.R * kPartialCols;
+  const bool top2 = a.prm.conf_kind == kMargin, entropy = a.prm.conf_kind == kNegEntropy;
+  const int64_t n_rows = static_cast<int64_t>(rows.size());
+  for_each_item(n_rows, n_rows * W * 4, [&](int64_t i) {
+    const ReadRow& rr = rows[i];
+    RowStatsParams prm = a.prm;
+    if (a.temperature) prm.temperature = static_cast<float>(a.temperature[rr.b * a.temperature_stride]);
+    RowPartial parts[kMaxMergedPartials];
+    RowPartial merged;
+    const double* at_row = rs + (rr.b * a.R + rr.r) * kPartialCols;
+    if (W == 1) {
+      merged = unpack_partial(at_row);
+    } else {
+      for (int64_t w = 0; w < W; ++w) parts[w] = unpack_partial(at_row + w * shard_stride);
+      merged = merge_row_partials(parts, W, top2, entropy);
+    }
+    const RowStats s = finish_row(merged, prm);
+    const int64_t at_bp = rr.b * a.L + rr.p;
+    if (s.valid) x0[at_bp] = s.x0;
+    else if (a.invalid_x0 >= 0) x0[at_bp] = a.invalid_x0;
+    conf[at_bp] = s.valid ? s.conf : std::numeric_limits<float>::quiet_NaN();
+    if (pprob) pprob[at_bp] = s.pprob;
+  });
+}
+
 }  // namespace cpu
 }  // namespace dllm

@@ -1,9 +1,13 @@
 // One pass over one logits row: max, first-index argmax of the (optionally noisy) logits,
 // log-sum-exp, chosen-token probability, margin and entropy accumulators (docs/fused_unmask.md §3).
+// The pass yields mergeable partial statistics (RowPartial, docs/row_stats.md), so a row split
+// over vocabulary shards or LM-head chunks merges to the statistics of the whole row.
 // Raw pointers only; the vectorised body is compiled once per instruction set (row_stats_impl.h)
 // and picked at run time.
 #pragma once
 #include <cstdint>
+
+#include "../include/dllm/row_partial.h"
 
 namespace dllm {
 namespace cpu {
@@ -19,6 +23,7 @@ struct RowStatsParams {
   int64_t n_suppress;
   const int64_t* zero_conf_ids;  // conf forced to 0 when x0 is one of these
   int64_t n_zero_conf;
+  int64_t vocab_start;  // global id of the row's first value (a vocabulary shard); 0 for a whole row
 };
 
 struct RowNoise {
@@ -34,15 +39,25 @@ struct RowStats {
   float conf;    // by kind, NaN when invalid
 };
 
+RowPartial row_partial(const void* row, const RowStatsParams& params, const RowNoise& noise);
+
+// Merge of the partials of one row's consecutive slices, in slice order (first index wins ties).
+// `top2` / `entropy`: whether m2 / ent are meaningful (margin / entropy confidence).
+RowPartial merge_row_partials(const RowPartial* parts, int64_t n, bool top2, bool entropy);
+
+// A row's statistics from its (merged) partial: x0, its clean probability and the confidence.
+RowStats finish_row(const RowPartial& part, const RowStatsParams& params);
+
+// The whole row in one pass: finish_row(row_partial(row)).
 RowStats row_stats(const void* row, const RowStatsParams& params, const RowNoise& noise);
 
-// Name of the build row_stats runs: "avx512", "avx2" or "base".
+// Name of the build row_partial runs: "avx512", "avx2" or "base".
 const char* row_stats_isa();
 
 // Per instruction set entry points (row_stats_<isa>.cpp; the AVX ones exist on x86-64 only).
-RowStats row_stats_avx512(const void* row, const RowStatsParams& params, const RowNoise& noise);
-RowStats row_stats_avx2(const void* row, const RowStatsParams& params, const RowNoise& noise);
-RowStats row_stats_base(const void* row, const RowStatsParams& params, const RowNoise& noise);
+RowPartial row_partial_avx512(const void* row, const RowStatsParams& params, const RowNoise& noise);
+RowPartial row_partial_avx2(const void* row, const RowStatsParams& params, const RowNoise& noise);
+RowPartial row_partial_base(const void* row, const RowStatsParams& params, const RowNoise& noise);
 
 }  // namespace cpu
 }  // namespace dllm

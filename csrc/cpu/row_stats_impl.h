@@ -1,5 +1,5 @@
 // Vectorised body of row_stats, written with GCC vector extensions so one source serves every
-// instruction set. Include from a file that defines DLLM_VEC_BYTES and DLLM_ROW_STATS_NAME and,
+// instruction set. Include from a file that defines DLLM_VEC_BYTES and DLLM_ROW_PARTIAL_NAME and,
 // for a wider ISA, sets `#pragma GCC target` first. Everything but the entry point has internal
 // linkage, so copies built for different ISAs can never be merged by the linker.
 #include <math.h>
@@ -205,7 +205,10 @@ inline vf load_lanes_tail(const T* src, int64_t count) {
 }
 
 // Uniforms of the kLanes vocab entries from `first` on: Philox, or the explicit tensor (0.5 past V).
-inline vf lane_uniforms(const RowNoise& noise, int64_t first, int64_t V) {
+// Uniforms of the lanes at local vocab indices first..first + kLanes: explicit ones are indexed
+// locally (the caller's slice), Philox ones by the global token id vocab_start + index, so a shard
+// of the vocabulary draws exactly the noise the whole row would.
+inline vf lane_uniforms(const RowNoise& noise, int64_t first, int64_t V, int64_t vocab_start) {
   if (noise.uniforms) {
     float tmp[kLanes];
     for (int l = 0; l < kLanes; ++l) tmp[l] = first + l < V ? noise.uniforms[first + l] : 0.5f;
@@ -214,7 +217,7 @@ inline vf lane_uniforms(const RowNoise& noise, int64_t first, int64_t V) {
     return u;
   }
   vu idx;
-  for (int l = 0; l < kLanes; ++l) idx[l] = static_cast<uint32_t>(first + l);
+  for (int l = 0; l < kLanes; ++l) idx[l] = static_cast<uint32_t>(vocab_start + first + l);
   return philox_uniforms(idx, noise.position, noise.seed, noise.offset);
 }
 
@@ -248,11 +251,11 @@ float seed_noisy_bound(const T* row, const RowStatsParams& prm, const RowNoise& 
   const int64_t j = raw_argmax(row, prm.V);
   if (j < 0) return -__builtin_inff();
   for (int64_t s = 0; s < prm.n_suppress; ++s)
-    if (prm.suppress_ids[s] == j) return -__builtin_inff();
+    if (prm.suppress_ids[s] - prm.vocab_start == j) return -__builtin_inff();
   T tmp[kLanes];
   memset(tmp, 0, sizeof tmp);
   tmp[0] = row[j];
-  const float noisy = gumbel_noisy(load_lanes<T>(tmp), lane_uniforms(noise, j, prm.V), prm.temperature)[0];
+  const float noisy = gumbel_noisy(load_lanes<T>(tmp), lane_uniforms(noise, j, prm.V, prm.vocab_start), prm.temperature)[0];
   if (!(noisy > -__builtin_inff() && noisy < __builtin_inff())) return -__builtin_inff();
   return noisy - 1e-5f * (fabsf(noisy) + 1.f);
 }
@@ -266,7 +269,7 @@ struct Lanes {
 };
 
 template <typename T, bool kTop2, bool kEntropy>
-RowStats row_stats_typed(const T* row, const RowStatsParams& prm, const RowNoise& noise) {
+RowPartial row_partial_typed(const T* row, const RowStatsParams& prm, const RowNoise& noise) {
   const int64_t V = prm.V;
   const float neg_inf = -__builtin_inff();
   alignas(64) float buf[kChunk + kLanes];
@@ -305,7 +308,7 @@ RowStats row_stats_typed(const T* row, const RowStatsParams& prm, const RowNoise
     }
     const int64_t n_pad = (n + kLanes - 1) / kLanes * kLanes;
     for (int64_t s = 0; s < prm.n_suppress; ++s) {
-      const int64_t id = prm.suppress_ids[s] - c0;
+      const int64_t id = prm.suppress_ids[s] - prm.vocab_start - c0;
       if (id >= 0 && id < n) buf[id] = neg_inf;
     }
 
@@ -334,7 +337,7 @@ RowStats row_stats_typed(const T* row, const RowStatsParams& prm, const RowNoise
         memcpy(&v, buf + i, sizeof v);
         const vi live = v + slack >= splat(best_noisy);
         if (!any_lane(live)) continue;
-        const vf noisy = gumbel_noisy(v, lane_uniforms(noise, c0 + i, V), temp);
+        const vf noisy = gumbel_noisy(v, lane_uniforms(noise, c0 + i, V, prm.vocab_start), temp);
         const vi better = (noisy > nz.best) & live;
         nz.best = better ? noisy : nz.best;
         nz.clean = better ? v : nz.clean;
@@ -391,9 +394,8 @@ RowStats row_stats_typed(const T* row, const RowStatsParams& prm, const RowNoise
 
   // Noisy argmax across lanes: largest value, lowest index among equals (a sequential first-index scan).
   int64_t best_noisy_idx = -1;
-  float best_clean = neg_inf;
+  float best_clean = neg_inf, b = neg_inf;
   if (sampling) {
-    float b = neg_inf;
     for (int l = 0; l < kLanes; ++l) {
       if (!(nz.best[l] > neg_inf)) continue;
       if (nz.best[l] > b || (nz.best[l] == b && nz.idx[l] < best_noisy_idx)) {
@@ -404,45 +406,37 @@ RowStats row_stats_typed(const T* row, const RowStatsParams& prm, const RowNoise
     }
   }
 
-  RowStats out;
-  out.valid = !bad && m1 != neg_inf && (!sampling || best_noisy_idx >= 0);
-  out.x0 = -1;
-  out.pprob = 0.f;
-  out.conf = __builtin_nanf("");
-  if (!out.valid) return out;
-  out.x0 = sampling ? best_noisy_idx : idx;
-  const float lx0 = sampling ? best_clean : m1;
-  // run_max == m1 here: every chunk's max was folded in.
-  out.pprob = expf(lx0 - m1) / sum;
-  if (prm.conf_kind == 1) {
-    out.conf = (1.f - expf(m2 - m1)) / sum;
-  } else if (prm.conf_kind == 2) {
-    out.conf = ent / sum - logf(sum);
-  } else {
-    out.conf = out.pprob;
-  }
-  for (int64_t z = 0; z < prm.n_zero_conf; ++z)
-    if (prm.zero_conf_ids[z] == out.x0) out.conf = 0.f;
+  // Ids leave as global ids; -1 where the slice holds no finite (noisy) maximum.
+  RowPartial out;
+  out.m1 = m1;
+  out.m2 = m2;
+  out.sum = sum;
+  out.ent = ent;
+  out.idx = m1 != neg_inf ? prm.vocab_start + idx : -1;
+  out.noisy_best = best_noisy_idx >= 0 ? b : neg_inf;
+  out.noisy_clean = best_clean;
+  out.noisy_idx = best_noisy_idx >= 0 ? prm.vocab_start + best_noisy_idx : -1;
+  out.bad = bad;
   return out;
 }
 
 template <typename T>
-RowStats row_stats_kind(const T* row, const RowStatsParams& prm, const RowNoise& noise) {
-  if (prm.conf_kind == 1) return row_stats_typed<T, true, false>(row, prm, noise);
-  if (prm.conf_kind == 2) return row_stats_typed<T, false, true>(row, prm, noise);
-  return row_stats_typed<T, false, false>(row, prm, noise);
+RowPartial row_partial_kind(const T* row, const RowStatsParams& prm, const RowNoise& noise) {
+  if (prm.conf_kind == 1) return row_partial_typed<T, true, false>(row, prm, noise);
+  if (prm.conf_kind == 2) return row_partial_typed<T, false, true>(row, prm, noise);
+  return row_partial_typed<T, false, false>(row, prm, noise);
 }
 
 }  // namespace
 
-RowStats DLLM_ROW_STATS_NAME(const void* row, const RowStatsParams& prm, const RowNoise& noise) {
+RowPartial DLLM_ROW_PARTIAL_NAME(const void* row, const RowStatsParams& prm, const RowNoise& noise) {
   switch (prm.type) {
     case LogitsType::kFloat16:
-      return row_stats_kind(static_cast<const Half*>(row), prm, noise);
+      return row_partial_kind(static_cast<const Half*>(row), prm, noise);
     case LogitsType::kBFloat16:
-      return row_stats_kind(static_cast<const uint16_t*>(row), prm, noise);
+      return row_partial_kind(static_cast<const uint16_t*>(row), prm, noise);
     default:
-      return row_stats_kind(static_cast<const float*>(row), prm, noise);
+      return row_partial_kind(static_cast<const float*>(row), prm, noise);
   }
 }
 

@@ -69,7 +69,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_cpu(DLLM_SELECT_PARAMS_DEC
   // Rows read this step: the pass writes conf there; a valid conf marks a candidate below.
   std::vector<char> read(static_cast<size_t>(a.B * a.L), 0);
   for (const cpu::ReadRow& rr : rows) read[rr.b * a.L + rr.p] = 1;
-  cpu::row_stats_pass(rows, pass, x0_p, conf_p, nullptr);
+  if (row_stats) cpu::row_stats_merge_pass(rows, pass, *row_stats, x0_p, conf_p, nullptr);
+  else cpu::row_stats_pass(rows, pass, x0_p, conf_p, nullptr);
 
   const float* rank_p = rank_u ? rank_u->data_ptr<float>() : nullptr;
   bool* transfer_p = transfer.data_ptr<bool>();

@@ -1,0 +1,61 @@
+"""`row_stats`: mergeable partial statistics of logits rows, for rows split across processes
+(a vocabulary-parallel LM head) or computed chunk by chunk (an LM head fused with the pass).
+
+Each slice of a row's vocabulary yields a small partial (max and its global argmax, sum of exp
+relative to that max, margin and entropy terms, the Gumbel-max winner with noise keyed by the
+global token id); `select(..., row_stats=...)` and `fused_unmask(..., row_stats=...)` merge the
+partials of W slices in order and run the same policy stage as from whole logits. Layout and
+merge rule: docs/row_stats.md.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .policy import CONF_KINDS
+
+# Column names of a partial, in order, and the most partials one row merges, as the native library
+# defines them (include/dllm/row_partial.h).
+_names, MAX_MERGED_PARTIALS = torch.ops.dllm.row_stats_layout()
+ROW_STATS_COLUMNS = tuple(_names)
+
+
+def row_positions(batch: int, rows: int, *, row_start: Optional[torch.Tensor] = None, shift: bool = False,
+                  device=None) -> torch.Tensor:
+    """[B, R] int64: the sequence position each logits row predicts (row_start[b] + r, + 1 with
+    `shift`), the key of its sampling noise. Device ops only (no sync)."""
+    pos = torch.arange(rows, dtype=torch.int64, device=device).expand(batch, rows)
+    if row_start is not None:
+        pos = pos + row_start.to(device=device, dtype=torch.int64).view(-1, 1)
+    return (pos + int(bool(shift))).contiguous()
+
+
+def row_stats(logits: torch.Tensor, positions: torch.Tensor, *, seed: Optional[torch.Tensor] = None,
+              offset: Optional[torch.Tensor] = None, temperature: Union[float, torch.Tensor, None] = None,
+              gumbel_u: Optional[torch.Tensor] = None,
+              suppress_ids: Union[Sequence[int], torch.Tensor, None] = None, conf: str = "prob",
+              vocab_start: int = 0) -> torch.Tensor:
+    """Partial statistics [B, R, len(ROW_STATS_COLUMNS)] float64 of logits [B, R, V_slice], the
+    slice of the vocabulary starting at global id `vocab_start`.
+
+    positions: [B, R] int64, each row's sequence position (noise key; < 0: row not read, its
+    partial is empty). seed/offset: [B] int64 Philox keys; temperature: a number or [B] (> 0
+    samples Gumbel-max with noise keyed by the global token id, so slices draw what the whole row
+    would). suppress_ids are global ids (those outside the slice are ignored). `conf` picks which
+    terms are accumulated ("margin" needs the second maximum, "neg_entropy" the entropy sum).
+    """
+    if conf not in CONF_KINDS:
+        raise ValueError(f"row_stats: conf must be one of {sorted(CONF_KINDS)}, got {conf!r}")
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+        raise ValueError("row_stats: logits must be a 3-D tensor [B, R, V]")
+    B, device = logits.shape[0], logits.device
+    if temperature is not None and not isinstance(temperature, torch.Tensor):
+        temperature = torch.full((B,), float(temperature), dtype=torch.float64, device=device)
+    elif temperature is not None:
+        temperature = temperature.to(device=device, dtype=torch.float64).reshape(B).contiguous()
+    if suppress_ids is not None and not isinstance(suppress_ids, torch.Tensor):
+        ids = [suppress_ids] if isinstance(suppress_ids, int) else [int(i) for i in suppress_ids]
+        suppress_ids = torch.tensor(ids, dtype=torch.int64, device=device) if ids else None
+    return torch.ops.dllm.row_stats(logits, positions, seed, offset, temperature, gumbel_u, suppress_ids,
+                                    CONF_KINDS[conf], int(vocab_start))
