@@ -166,7 +166,7 @@ def time_gpu(fn):
 
 
 def time_cpu(fn, repeats):
-    r = common.time_cpu(lambda _: fn(), lambda: None, repeats=repeats, warmup=1)
+    r = common.time_cpu(lambda _: fn(), lambda: None, repeats=repeats)
     r["timing"] = "cpu_wall"
     return r
 

@@ -3,13 +3,14 @@ and the Dream and block-diffusion (SDAR, Fast-dLLM v2) classes against their own
 
 For each case (batch, prompt length) and cache mode ("none", "prefix", "dual"; "dual+graph" on a
 GPU) it runs our decoder (LLaDA on block_attention, logits only for the needed rows, fused_unmask)
-and the eager decoder (`dllm_kernels.eager_decoder`: cat + SDPA model, full logits, policy engine
-`--eager-engine`), and reports side by side: wall time, NFE, tokens/s, the share of each step spent
-outside the model's forward (ours), peak memory above the weights (GPU), and whether the tokens are
-identical. The other model classes have no eager decoder here: each cache mode is measured beside
-the no-cache decode of the same model in the same run (ratio, forwards per token, whether the
-tokens equal the no-cache decode's: always for the exact block cache at T = 0). Results: a table on
-stdout and JSON lines in bench/results/bench_decode.jsonl.
+and the eager decoder (`dllm_kernels.eager_decoder`: the same model, full logits, a state read per
+step, a forward per sequence when cached, policy engine `--eager-engine`), and reports side by side:
+wall time, NFE, tokens/s, the share of each step spent outside the model's forward (ours), peak
+memory above the weights (GPU), and whether the tokens are identical. The other model classes
+have no eager decoder here: each cache mode is measured beside the no-cache decode of the same
+model in the same run (ratio, forwards per token, whether the tokens equal the no-cache decode's:
+always for the exact block cache at T = 0). Results: a table on stdout and JSON lines in
+bench/results/bench_decode.jsonl.
 
     python bench/bench_decode.py                      # CPU: a small random LLaDA, float32
     python bench/bench_decode.py --device cuda        # GPU: LLaDA-8B shapes, random bf16 weights
@@ -21,7 +22,7 @@ Random weights give near-uniform predictions, so the policy is LLaDA's top-k sch
 8 steps per block: 4 tokens per step; a block-diffusion model keeps the tokens per step with its own
 block size), which fixes the NFE independently of the weights. On the
 GPU the eager decoder's engine defaults to the native op ("fused": the float64 reference takes
-seconds per step at V = 126,464), so eager vs ours there measures model and decoder plumbing.
+seconds per step at V = 126,464), so eager vs ours there measures the decoder plumbing.
 Cases run in order of value until `--budget-s` is spent (device_check.sh gives the stage 60 s),
 shared by the model classes (LLaDA, which also runs the eager decoder, gets two shares).
 """
@@ -36,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dllm_kernels as dk  # noqa: E402
 from common import append_results, environment  # noqa: E402
-from dllm_kernels.eager_decoder import EagerLLaDA, eager_generate  # noqa: E402
+from dllm_kernels.eager_decoder import eager_generate  # noqa: E402
 from dllm_kernels.models import BlockDiffusion, Dream, LLaDA, LLaDAConfig, QwenConfig, random_state_dict  # noqa: E402
 
 SHAPES = {
@@ -131,8 +132,8 @@ def bench_llada(args, dev, shape, batches, prompts_len, gen, caches, engine, bud
     t_begin = time.perf_counter()
     cfg = LLaDAConfig(**SHAPES[shape])
     sd = random_state_dict(cfg, seed=0, dtype=dtype, device=dev, std=0.02)
-    model = LLaDA(cfg, sd, dtype=dtype, device=dev)
-    eager = EagerLLaDA(cfg, sd)
+    model = LLaDA(cfg, sd, dtype=dtype, device=dev)  # both decoders run this one model
+    del sd
     policy = dk.Policy(rule="topk", steps=args.steps, block_length=args.block)
     print(f"# bench_decode LLaDA on {env['device']} ({shape}, {dtype}, threads={env['threads']}), gen {gen}, "
           f"block {args.block}, top-k {args.steps} steps/block, eager engine: {engine}, median of {repeats} runs, "
@@ -180,7 +181,7 @@ def bench_llada(args, dev, shape, batches, prompts_len, gen, caches, engine, bud
                 skip_eager = args.no_eager or graph or (time.perf_counter() - t_begin > budget)
                 if not skip_eager:
                     ref, e_mem = peak_memory(dev, lambda: median_run(lambda: eager_generate(
-                        eager, ps, gen_length=gen, policy=policy, cache=mode, mask_id=cfg.mask_token_id,
+                        model, ps, gen_length=gen, policy=policy, cache=mode, mask_id=cfg.mask_token_id,
                         eos_id=cfg.eos_token_id, engine=engine), repeats))
                     e_s, e_nfe = ref.wall_time_s, sum(ref.nfe) / B
                     same = bool(torch.equal(ref.sequences, ours.sequences))

@@ -5,9 +5,9 @@ import os
 import platform
 import statistics
 import subprocess
-import time
 
 import torch
+from torch.utils import benchmark
 
 RESULTS_DIR = os.environ.get("DLLM_RESULTS_DIR", os.path.join(os.path.dirname(__file__), "results"))
 
@@ -45,17 +45,15 @@ def environment(device: str = "cpu") -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def time_cpu(fn, setup, repeats: int, warmup: int = 2) -> dict:
-    """Median and p20/p80 wall time (µs) of fn(setup()) with the setup outside the timed region."""
-    for _ in range(warmup):
-        fn(setup())
-    times = []
-    for _ in range(repeats):
-        arg = setup()
-        t0 = time.perf_counter()
-        fn(arg)
-        times.append((time.perf_counter() - t0) * 1e6)
-    q = statistics.quantiles(times, n=5)
+def time_cpu(fn, setup, repeats: int) -> dict:
+    """Median and p20/p80 wall time (µs) of fn(setup()), by torch.utils.benchmark.Timer at the
+    current thread count. The ops under test mutate their inputs (tokens commit, the state
+    advances), so each of the `repeats` measurements is one call on fresh inputs: the Timer's
+    `setup` (outside the timed region) builds them, after its own two warm-up calls."""
+    timer = benchmark.Timer(stmt="fn(arg)", setup="arg = setup()", globals={"fn": fn, "setup": setup},
+                            num_threads=torch.get_num_threads())
+    times = [timer.timeit(number=1).median * 1e6 for _ in range(repeats)]
+    q = statistics.quantiles(times, n=5) if len(times) > 1 else times * 4
     return {"median_us": statistics.median(times), "p20_us": q[0], "p80_us": q[3]}
 
 

@@ -1,8 +1,11 @@
 """Import of the repo's triton_kernels/ as `dllm_kernels.triton_kernels`.
 
-setup.py installs that folder under this name; in a source checkout (installed editable or not)
-the checkout's own folder is mapped here the same way, never as a top-level `triton_kernels` (which would shadow OpenAI's
-package of that name).
+setup.py's `package_dir` installs that folder under this name (wheel and editable install). It
+cannot serve a source checkout used in place (tests run from a clone or worktree): there is no
+`dllm_kernels/triton_kernels/` directory, and an editable install of another checkout would map the
+name to that checkout's kernels. So a checkout maps its own folder here, never as a top-level
+`triton_kernels` (which would shadow OpenAI's package of that name). Moving the folder to
+`dllm_kernels/triton_kernels/` would make this module and the `package_dir` entry unnecessary.
 """
 import importlib
 import importlib.util

@@ -18,6 +18,7 @@ from typing import Union
 import torch
 import torch.nn.functional as F
 
+from ._native import has_native_kernel
 from ._triton_pkg import triton_kernels_module
 
 __all__ = ["MODES", "block_attention", "check_block_attention_args", "triton_kernel_module"]
@@ -219,14 +220,11 @@ def _block_attention_fake(q, k_new, v_new, k_cache, v_cache, block_start, block_
     return torch.empty(q.shape, dtype=q.dtype, device=q.device)
 
 
-def _has_native_kernel(key: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key("dllm::block_attention", key)
-
-
 def _register() -> None:
-    if not _has_native_kernel("CPU"):
+    """csrc defines the op's schema only; these are its kernels unless a native one is registered."""
+    if not has_native_kernel("block_attention", "CPU"):
         torch.library.register_kernel("dllm::block_attention", "cpu", _block_attention_cpu)
-    if not _has_native_kernel("CUDA"):
+    if not has_native_kernel("block_attention", "CUDA"):
         try:
             import triton  # noqa: F401
         except ImportError:  # pragma: no cover - triton ships with CUDA torch

@@ -1,25 +1,24 @@
-"""A plain eager dLLM decoder written from docs/policies.md, the way the public decoders are.
+"""The public decoders' way of decoding, as the baseline `dllm_kernels.generate` is tested and
+benchmarked against (`bench/bench_decode.py`).
 
-This is the reference `dllm_kernels.generate` is tested against, and the baseline of
-`bench/bench_decode.py`. Nothing here is shared with `generate.py` or `models/llada.py`:
+The model is `dllm_kernels.models.LLaDA` (the one LLaDA computation); what is eager here is how the
+public LLaDA / Fast-dLLM loops select, written from docs/policies.md and sharing nothing with
+`generate.py`:
 
-* `EagerLLaDA`: the LLaDA equations (docs/llada_checkpoint.md) straight from the checkpoint's tensor names,
-  separate q/k/v projections, attention by `torch.cat` of the cached K/V + SDPA, as LLaDA /
-  Fast-dLLM's modelling code does. It returns the logits of every query position.
-* `eager_generate`: the LLaDA / Fast-dLLM decode loop. No cache: a full forward per step. Prefix
-  cache (Fast-dLLM `generate_with_prefix_cache`): at a block's first step a full forward whose K/V
-  of the prefix `[0, block_start)` are kept; the block's other steps run `x[:, block_start:]`
-  against that prefix. Dual cache (Fast-dLLM `generate_with_dual_cache`): at a block's first step a
-  full forward whose K/V of every position are kept; the other steps run the block only,
-  replacing its slots (`replace_position`). The block's first step commits tokens with the logits of
-  the refreshing forward. The policy engine (which positions to commit) is the float64 reference
-  op `fused_unmask_reference` (the executable form of docs/policies.md) by default, called with exactly
-  the logits the forward produced (`row_start` = first query position).
+* every forward returns the logits of every query position (no row selection), and the policy
+  engine is the float64 reference op `fused_unmask_reference` (the executable form of
+  docs/policies.md) by default, called with exactly those logits (`row_start` = first query position);
+* the host reads the state every step, and with a cache each sequence runs its own forwards (a
+  sequence's cache refresh depends on its own blocks only);
+* no cache: a full forward per step (the batch as one forward, each sequence over its own length).
+  Prefix cache (Fast-dLLM `generate_with_prefix_cache`): at a block's first step a full forward
+  fills the cache; the block's other steps query `[block_start, end of sequence)` against the
+  cached prefix. Dual cache (Fast-dLLM `generate_with_dual_cache`): the same refresh, then the block
+  only, its slots replaced (`replace_position`). The block's first step commits tokens with the
+  logits of the refreshing forward.
 
 Batches: prompts of different lengths are laid out as in `generate` (sequence b occupies
-`[0, P_b + gen_length)`, padding after it). Without cache the batch runs as one forward with a key
-padding mask; with a cache each sequence runs its own forwards (a sequence's cache refresh depends
-on its own blocks only).
+`[0, P_b + gen_length)`, padding after it).
 """
 from __future__ import annotations
 
@@ -28,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
+from .models.llada import LLaDA
 from .policy import Policy
 from .state import BLOCK_END, BLOCK_REMAINING, BLOCK_START, DONE, DecodeState
 
@@ -37,86 +36,27 @@ __all__ = ["EagerLLaDA", "EagerResult", "eager_generate"]
 
 
 class EagerLLaDA:
-    """LLaDA forward in plain PyTorch from a LLaDA-format state dict (raw tensor names)."""
+    """`LLaDA` behind the public modelling code's interface: a plain callable (no spans, no row
+    selection, no cache) whose `model(x, key_padding=m)` gives the logits of every position,
+    sequence b attending to the keys where m[b] is True (a prefix). `eager_generate` runs the
+    wrapped `model` for its cached forwards."""
 
     def __init__(self, config, state_dict: dict):
+        self.model = LLaDA(config, state_dict)
         self.config = config
-        self.sd = state_dict
-        self.p = "model.transformer."
-        c = config
-        self.head_dim = c.d_model // c.n_heads
-
-    def _w(self, name):
-        return self.sd[self.p + name]
 
     @property
-    def vocab_size(self):
-        return self._w("wte.weight").shape[0]
+    def vocab_size(self) -> int:
+        return self.model.vocab_size
 
-    def _norm(self, x, w):
-        og = x.dtype
-        x = x.to(torch.float32)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps)
-        return w * x.to(og)
-
-    def _rope(self, t, positions):
-        """t [B, H, n, D] at absolute positions [n]."""
-        d = t.shape[-1]
-        inv_freq = 1.0 / (self.config.rope_theta ** (torch.arange(0, d, 2, device=t.device, dtype=torch.float) / d))
-        freqs = torch.einsum("i,j->ij", positions.to(torch.float), inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos()[None, None], emb.sin()[None, None]
-        tf = t.float()
-        x1, x2 = tf.chunk(2, dim=-1)
-        rotated = torch.cat((-x2, x1), dim=-1)
-        return (tf * cos + rotated * sin).type_as(t)
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, *, start: int = 0, past=None, replace: Optional[tuple] = None,
-                 key_padding: Optional[torch.Tensor] = None, use_cache: bool = False):
-        """Logits [B, n, V] of the tokens x [B, n] at positions [start, start + n).
-
-        past: per layer (K, V) [B, Hkv, Lp, D] (keys after RoPE). Without `replace` the new K/V
-        are appended (`cat(past, new)`: prefix cache); with `replace=(s, e)` they replace slots
-        [s, e) (`cat(past[:s], new, past[e:])`: dual cache). key_padding [B, Lk] bool: True for keys
-        that exist. Returns (logits, new K/V per layer over the whole key range) when use_cache.
-        """
-        c = self.config
-        B, n = x.shape
-        hq, hkv, hd = c.n_heads, c.n_kv_heads, self.head_dim
-        positions = torch.arange(start, start + n, device=x.device)
-        h = F.embedding(x, self._w("wte.weight"))
-        presents = []
-        for i in range(c.n_layers):
-            b = f"blocks.{i}."
-            a = self._norm(h, self._w(b + "attn_norm.weight"))
-            q = F.linear(a, self._w(b + "q_proj.weight")).view(B, n, hq, hd).transpose(1, 2)
-            k = F.linear(a, self._w(b + "k_proj.weight")).view(B, n, hkv, hd).transpose(1, 2)
-            v = F.linear(a, self._w(b + "v_proj.weight")).view(B, n, hkv, hd).transpose(1, 2)
-            q, k = self._rope(q, positions), self._rope(k, positions)
-            if past is not None:
-                pk, pv = past[i]
-                if replace is None:
-                    k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
-                else:
-                    s, e = replace
-                    k = torch.cat([pk[:, :, :s], k, pk[:, :, e:]], dim=2)
-                    v = torch.cat([pv[:, :, :s], v, pv[:, :, e:]], dim=2)
-            if use_cache:
-                presents.append((k, v))
-            if hkv != hq:
-                k = k.repeat_interleave(hq // hkv, dim=1)
-                v = v.repeat_interleave(hq // hkv, dim=1)
-            mask = None if key_padding is None else key_padding[:, None, None, :]
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            h = h + F.linear(o.transpose(1, 2).reshape(B, n, hq * hd), self._w(b + "attn_out.weight"))
-            f = self._norm(h, self._w(b + "ff_norm.weight"))
-            f = F.silu(F.linear(f, self._w(b + "ff_proj.weight"))) * F.linear(f, self._w(b + "up_proj.weight"))
-            h = h + F.linear(f, self._w(b + "ff_out.weight"))
-        h = self._norm(h, self._w("ln_f.weight"))
-        head = self._w("wte.weight") if c.weight_tying else self._w("ff_out.weight")
-        logits = F.linear(h, head)
-        return (logits, presents) if use_cache else logits
+    def __call__(self, x: torch.Tensor, *, key_padding: Optional[torch.Tensor] = None) -> torch.Tensor:
+        lengths = None
+        if key_padding is not None:
+            n = key_padding.sum(1)
+            if not torch.equal(key_padding.bool(), torch.arange(x.shape[1], device=n.device)[None, :] < n[:, None]):
+                raise ValueError("EagerLLaDA: key_padding must mark a prefix of each sequence")
+            lengths = n.tolist()
+        return self.model(x, lengths)
 
 
 @dataclass
@@ -144,10 +84,11 @@ def _layout(prompts, gen_length, mask_id, pad_id, device):
     return x.to(device), lens
 
 
-def eager_generate(model: EagerLLaDA, prompts: Sequence, *, gen_length: int, policy: Policy,
+def eager_generate(model, prompts: Sequence, *, gen_length: int, policy: Policy,
                    cache: str = "none", mask_id: int, eos_id: int, pad_id: Optional[int] = None,
                    seed: int = 0, engine: str = "reference", max_steps: Optional[int] = None) -> EagerResult:
-    """Decode `prompts` (a list of token sequences) with `policy`; see the module docstring.
+    """Decode `prompts` (a list of token sequences) with `policy` on `model` (an `EagerLLaDA` or a
+    `LLaDA`); see the module docstring.
 
     engine: "reference" (float64 `fused_unmask_reference`) or "fused" (the native op), the same
     decisions (docs/policies.md §1 excepts near-ties only).
@@ -156,17 +97,19 @@ def eager_generate(model: EagerLLaDA, prompts: Sequence, *, gen_length: int, pol
 
     if cache not in ("none", "prefix", "dual"):
         raise ValueError(f"eager_generate: cache must be 'none', 'prefix' or 'dual', got {cache!r}")
+    model = model.model if isinstance(model, EagerLLaDA) else model
+    if model.shift or model.attn_mode != "dual":
+        raise ValueError("eager_generate: needs an unshifted bidirectional model (LLaDA)")
     backend = {"reference": "reference", "fused": "auto"}[engine]
-    dev = model.sd[model.p + "wte.weight"].device
+    dev = model.device
     pad_id = eos_id if pad_id is None else pad_id
     x, P = _layout(prompts, gen_length, mask_id, pad_id, dev)
     B, L = x.shape
     lens = [p + gen_length for p in P]
     state = DecodeState.new(B, L, gen_start=P, gen_end=lens, seed=seed, device=dev)
     nfe, calls, steps, fwd_time = [0] * B, 0, 0, 0.0
-    pasts = [None] * B
+    caches = [model.new_cache(1, L) for _ in range(B)] if cache != "none" else None
     max_steps = max_steps or 2 * gen_length + 8
-    key_padding = torch.arange(L, device=dev)[None, :] < torch.tensor(lens, device=dev)[:, None]
     if dev.type == "cuda":
         torch.cuda.synchronize()
     t_start = time.perf_counter()
@@ -180,7 +123,7 @@ def eager_generate(model: EagerLLaDA, prompts: Sequence, *, gen_length: int, pol
         steps += 1
         if cache == "none":
             t0 = time.perf_counter()
-            logits = model(x, key_padding=None if min(lens) == L else key_padding)
+            logits = model(x, lengths=lens)
             fwd_time += time.perf_counter() - t0
             calls += 1
             for b in todo:
@@ -191,29 +134,18 @@ def eager_generate(model: EagerLLaDA, prompts: Sequence, *, gen_length: int, pol
             Lb = lens[b]
             xb = x[b:b + 1]
             sb = DecodeState(state.state[b:b + 1], state.conf[b:b + 1])
-            t0 = time.perf_counter()
             if st[b][BLOCK_REMAINING] == 0:  # a block opens: refresh the cache, commit with these logits
-                logits, present = model(xb[:, :Lb], use_cache=True)
-                s_next = st[b][BLOCK_END]
-                if cache == "prefix":  # Fast-dLLM keeps the prefix before the new block
-                    present = [(k[:, :, :s_next], v[:, :, :s_next]) for k, v in present]
-                pasts[b] = (s_next, present)
-                row_start = 0
-            else:
-                s = st[b][BLOCK_START]
-                e = st[b][BLOCK_END]
-                kept_start, past = pasts[b]
-                assert kept_start == s
-                if cache == "prefix":
-                    logits = model(xb[:, s:Lb], start=s, past=past)
-                else:
-                    logits = model(xb[:, s:e], start=s, past=past, replace=(s, e))
-                row_start = s
+                start, end = 0, Lb
+            else:  # prefix: queries [block start, end of sequence); dual: the block only
+                start, end = st[b][BLOCK_START], Lb if cache == "prefix" else st[b][BLOCK_END]
+            t0 = time.perf_counter()
+            logits = model.forward_span(xb, q_start=[start], q_len=[end - start], kv_len=[Lb],
+                                        row_start=[start], n_rows=end - start, cache=caches[b])
             fwd_time += time.perf_counter() - t0
             calls += 1
             nfe[b] += 1
             fused_unmask(logits, xb, sb, policy, mask_id=mask_id, eos_id=eos_id, backend=backend,
-                         row_start=torch.tensor([row_start], device=dev))
+                         row_start=torch.tensor([start], device=dev))
     if dev.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t_start

@@ -23,28 +23,31 @@ Model adapters:
 * any other callable `model(x)` returning logits `[B, L, V]` (or an object with `.logits`, or a
   tuple whose first item is the logits): a Hugging Face LLaDA or Dream model works unchanged;
   no cache; Dream's shifted logits with `Policy(shift=True)`.
+
+The pieces (state reads, cache modes, forwards, the CUDA-graph step, timing) are in
+`dllm_kernels/decoding/`.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
-import numpy as np
 import torch
 
+from .decoding.caches import MODES, cache_mode, step_spans
+from .decoding.forwards import CallableForward, SpanForward
+from .decoding.graph import DenseDualStep, dense_rows
+from .decoding.plan import StateReader
+from .decoding.timing import Progress, StepTimer
 from .policy import Policy
-from .reference.unmask import topk_count
-from .state import (BLOCK_END, BLOCK_MASKED, BLOCK_REMAINING, BLOCK_START, DONE, END_POS, GEN_END,
-                    GEN_START, STEP, DecodeState)
+from .state import BLOCK_START, DONE, DecodeState
 from .unmask import fused_unmask
 
 __all__ = ["CACHE_MODES", "GenerateOutput", "generate", "prepare_prompts"]
 
-CACHE_MODES = ("none", "prefix", "dual", "block")
+CACHE_MODES = tuple(MODES)
 
 
 @dataclass
@@ -108,211 +111,52 @@ def prepare_prompts(prompt_ids, attention_mask=None) -> List[torch.Tensor]:
     return out
 
 
-def _opening_end(st: list, policy: Policy) -> int:
-    """End (exclusive) of the rows the block opening at st[BLOCK_END] may read (docs/fused_unmask.md
-    steps 1-2): the default block, or the AdaBlock look-ahead window when longer."""
-    s, end_pos = st[BLOCK_END], st[END_POS]
-    remaining = end_pos - s
-    n = min(policy.block_length, remaining)
-    if policy.adaptive_block:
-        w = int(math.floor(np.float32(policy.block_window_fraction) * np.float32(st[GEN_END] - st[GEN_START])))
-        n = max(n, min(w, remaining))
-    return s + n
+def _checked_policy(model, policy, cache, gen_length, block_length, temperature, native):
+    """(policy generate runs: overrides applied, a block-diffusion model's own block size; the
+    model's shift; whether it is a block-diffusion model). Every argument error is raised here."""
+    if cache not in CACHE_MODES:
+        raise ValueError(f"generate: cache must be one of {CACHE_MODES}, got {cache!r}")
+    if not (isinstance(gen_length, int) and gen_length >= 1):
+        raise ValueError(f"generate: gen_length must be an int >= 1, got {gen_length!r}")
+    policy = policy or Policy()
+    if not isinstance(policy, Policy):
+        raise TypeError(f"generate: policy must be a dllm_kernels.Policy, got {type(policy).__name__}")
+    overrides = {k: v for k, v in (("block_length", block_length), ("temperature", temperature)) if v is not None}
+    if overrides:
+        policy = dataclasses.replace(policy, **overrides)
+    if not native and cache != "none":
+        raise ValueError(f"generate: cache={cache!r} needs a model with a KV cache (dllm_kernels.models); "
+                         "a plain callable runs with cache='none'")
+    shift = int(bool(getattr(model, "shift", False))) if native else int(policy.shift)
+    if native and bool(policy.shift) != bool(shift):
+        raise ValueError(f"generate: {type(model).__name__}'s logits are {'' if shift else 'not '}shifted "
+                         f"(row p predicts position p{' + 1' if shift else ''}): pass Policy(shift={bool(shift)})")
+    block_model = native and getattr(model, "attn_mode", "dual") == "block_causal"
+    if block_model:
+        bs = int(model.block_size)
+        if block_length is not None and block_length != bs:
+            raise ValueError(f"generate: block_length={block_length} differs from the model's block size {bs} "
+                             "(a block-diffusion model decodes its own blocks)")
+        if policy.adaptive_block:
+            raise ValueError("generate: adaptive_block moves block ends; a block-diffusion model's blocks are fixed")
+        if cache not in ("none", "block"):
+            raise ValueError(f"generate: a block-diffusion model runs with cache='none' or 'block', got {cache!r}")
+        policy = dataclasses.replace(policy, block_length=bs)
+    elif cache == "block":
+        raise ValueError("generate: cache='block' needs a block-diffusion model (dllm_kernels.models.BlockDiffusion)")
+    return policy, shift, block_model
 
 
-def _fixed_schedule(policy: Policy) -> bool:
-    """Top-k schedule with fixed block ends: every block takes a number of steps the host can
-    count in advance (EoTP and early stop end sequences, AdaBlock moves block ends: data-dependent)."""
-    return policy.rule == "topk" and not (policy.adaptive_block or policy.eotp or policy.early_stop)
-
-
-def _topk_steps_left(step: int, masked: int, remaining: int, steps: int) -> int:
-    """Steps (this one included) until a top-k block with `remaining` masked positions closes, if
-    every step commits its k_i (docs/fused_unmask.md step 5). Steps commit no more than k_i, so the
-    block never closes sooner; an invalid row can make it close later, which the next read sees."""
-    n = 0
-    while remaining > 0:
-        remaining -= topk_count(step, masked, steps, remaining)
-        step, n = step + 1, n + 1
-    return max(n, 1)
-
-
-def _plan_block(st: list, policy: Policy, first_masked: List[int]):
-    """For a fixed schedule: how many steps after this one run without reading the state, and the
-    state rows (as far as `_spans` reads them) those steps see. A sequence opening a block this step
-    gets the block the op will open: [BLOCK_END, +block_length) cut at END_POS, masked from
-    `first_masked[b]` on (generate lays out the generation region masked, a block-diffusion model's
-    first block may start with prompt tokens, and a top-k step writes only its block)."""
-    ahead, rows = [], []
-    for b, row in enumerate(st):
-        if row[DONE]:
-            rows.append(row)
-            continue
-        if row[BLOCK_REMAINING] == 0:
-            s, e = row[BLOCK_END], _opening_end(row, policy)  # no AdaBlock: the default block
-            masked = e - max(s, first_masked[b])
-            ahead.append(_topk_steps_left(0, masked, masked, policy.block_steps))
-            row = list(row)
-            row[BLOCK_START], row[BLOCK_END], row[BLOCK_REMAINING] = s, e, masked
-        else:
-            ahead.append(_topk_steps_left(row[STEP], row[BLOCK_MASKED], row[BLOCK_REMAINING], policy.block_steps))
-        rows.append(row)
-    return (min(ahead) - 1 if ahead else 0), rows
-
-
-def _spans(st: list, lens: List[int], policy: Policy, cache: str, shift: int = 0,
-           cached_end: Optional[List[int]] = None):
-    """Per sequence: query span (q_start, q_len), kv_len, logits rows (row_start, n) of this step.
-    With `shift` the rows start one position earlier (row p predicts position p + 1), and so do the
-    cached query spans; `cached_end[b]`: block cache, positions whose K/V are final."""
-    q_start, q_len, kv_len, row_start, n_rows, opening = [], [], [], [], [], []
-    for b, row in enumerate(st):
-        if row[DONE]:
-            q_start.append(0), q_len.append(0), kv_len.append(0), row_start.append(0), n_rows.append(0)
-            opening.append(False)
-            continue
-        lb = lens[b]
-        opens = row[BLOCK_REMAINING] == 0
-        opening.append(opens)
-        if cache == "block":  # block diffusion: the finished block (K/V written once) and the new one
-            s = row[BLOCK_END] if opens else row[BLOCK_START]
-            e = _opening_end(row, policy) if opens else row[BLOCK_END]
-            start = cached_end[b] if opens else s
-            q_start.append(start), q_len.append(e - start)
-        elif cache == "none" or opens:  # the whole sequence (no cache, or the block's cache refresh)
-            s = row[BLOCK_END] if opens else row[BLOCK_START]
-            e = _opening_end(row, policy) if opens else row[BLOCK_END]
-            q_start.append(0), q_len.append(lb)
-            if policy.eotp:  # end-of-text candidates anywhere in the rest of the region
-                e = row[END_POS]
-        else:
-            s, e = row[BLOCK_START], row[BLOCK_END]
-            q_start.append(s - shift)  # a shifted model's block is predicted from the row before it
-            if cache == "prefix":  # Fast-dLLM prefix cache: queries [block start, end of sequence)
-                q_len.append(lb - s + shift)
-                if policy.eotp:
-                    e = row[END_POS]
-            else:  # dual: the block only
-                q_len.append(e - s + shift)
-        kv_len.append(lb)
-        r0 = max(s - shift, 0)  # position 0 predicts nothing; a shifted model's prompt is never empty
-        row_start.append(r0)
-        n_rows.append(e - shift - r0)
-    return q_start, q_len, kv_len, row_start, n_rows, opening
-
-
-def _logits_of(out):
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    raise TypeError(f"generate: the model returned {type(out).__name__}, expected logits")
-
-
-def _callable_logits(model, x, attn_mask, groups):
-    """Logits [B, L, V] of a plain callable: one forward of the batch, or, for a ragged batch
-    decoded by length group, one unpadded forward per group (rows past a sequence's end are NaN:
-    never read, and invalid if they were)."""
-    if groups is None:
-        return _logits_of(model(x, attention_mask=attn_mask) if attn_mask is not None else model(x))
-    logits = None
-    for rows, n in groups:
-        part = _logits_of(model(x[rows, :n]))
-        if logits is None:
-            logits = part.new_full((x.shape[0], x.shape[1], part.shape[-1]), float("nan"))
-        logits[rows, :n] = part
-    return logits
-
-
-def _check_mask_honoured(model, x, logits, b: int, n: int) -> None:
-    """Once per decode (one host read): sequence b, padded in the batch, must get the logits it
-    gets alone. A model that ignores `attention_mask` attends to the padding and would commit
-    wrong tokens without any error."""
-    ones = torch.ones(1, n, dtype=torch.long, device=x.device)
-    solo = _logits_of(model(x[b:b + 1, :n], attention_mask=ones))[0].float()
-    batched = logits[b, :n].float()
-    diff = (batched - solo).abs().masked_fill(batched == solo, 0).masked_fill(batched.isnan() & solo.isnan(), 0)
-    worst = float(diff.max())
-    finite = solo[solo.isfinite()]
-    scale = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
-    tol = max(1e-4, 8 * torch.finfo(logits.dtype).eps) * scale  # batch-shape rounding, not padding
-    if not worst <= tol:
-        raise ValueError(
-            f"generate: with pass_attention_mask=True, sequence {b} (padded in the batch) gets logits that "
-            f"differ from its forward alone (max |diff| {worst:.3g} > {tol:.3g}): the model does not honour "
-            "attention_mask (the public LLaDA code ignores it). Drop pass_attention_mask: a ragged batch of a "
-            "plain callable is then decoded with one unpadded forward per prompt length, exactly.")
-
-
-class _Progress:
-    def __init__(self, enabled: bool, total: int):
-        self.bar, self.done = None, 0
-        if not enabled:
-            return
-        try:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, unit="tok", desc="generate")
-        except ImportError:
-            self.bar = "text"
-            self.total, self.last = total, -1
-
-    def update(self, done: int):
-        if self.bar is None:
-            return
-        if self.bar == "text":
-            pct = int(100 * done / max(self.total, 1))
-            if pct // 10 != self.last // 10:
-                print(f"generate: {pct}% ({done}/{self.total} positions)", file=sys.stderr)
-                self.last = pct
-        else:
-            self.bar.update(done - self.done)
-        self.done = done
-
-    def close(self):
-        if self.bar not in (None, "text"):
-            self.bar.close()
-
-
-class _DenseDualStep:
-    """A dual-cache block step for the whole batch with fixed shapes and no host read: the body a
-    CUDA graph captures. On CUDA the first call runs it eagerly (the real step; compiles kernels),
-    then captures it; later calls replay. On CPU it always runs eagerly (the path tests check)."""
-
-    def __init__(self, model, x, state, cache, lens_t, policy, q_max, mask_id, eos_id, shift=0):
-        self.model, self.x, self.state, self.cache, self.shift = model, x, state, cache, shift
-        self.lens_t, self.policy, self.q_max = lens_t, policy, q_max
-        self.mask_id, self.eos_id = mask_id, eos_id
-        self.commits = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
-        self.graph = None
-
-    def body(self):
-        st = self.state.state
-        done = st[:, DONE] != 0
-        s, e = st[:, BLOCK_START] - self.shift, st[:, BLOCK_END]  # shifted: from the row before the block
-        zero = torch.zeros_like(s)
-        q_start = torch.where(done, zero, s)
-        q_len = torch.where(done, zero, e - s)
-        kv_len = torch.where(done, zero, self.lens_t)
-        logits = self.model.forward_dense(self.x, q_start, q_len, kv_len, self.q_max, self.cache)
-        out = fused_unmask(logits, self.x, self.state, self.policy, mask_id=self.mask_id,
-                           eos_id=self.eos_id, row_start=q_start)
-        self.commits.copy_(out.transfer.sum(1))
-
-    def __call__(self):
-        if self.x.device.type != "cuda":
-            self.body()
-            return
-        if self.graph is None:
-            self.body()
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.body()
-            self.graph = graph
-        else:
-            self.graph.replay()
+def _layout(prompts, gen_length: int, mask_id: int, pad_id: int, device):
+    """x [B, max P + gen_length]: each prompt, then gen_length masks, then padding; and each
+    sequence's length."""
+    P = [int(p.numel()) for p in prompts]
+    lens = [p + gen_length for p in P]
+    x = torch.full((len(prompts), max(lens)), pad_id, dtype=torch.int64)
+    for b, p in enumerate(prompts):
+        x[b, :P[b]] = p
+        x[b, P[b]:lens[b]] = mask_id
+    return x.to(device), P, lens
 
 
 def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] = None,
@@ -348,183 +192,79 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
         timing: measure the time inside forwards and of whole steps (CUDA events on a GPU).
         max_steps: safety limit on steps (default 2 * gen_length + 8); `finished` says if it was hit.
     """
-    if cache not in CACHE_MODES:
-        raise ValueError(f"generate: cache must be one of {CACHE_MODES}, got {cache!r}")
-    if not (isinstance(gen_length, int) and gen_length >= 1):
-        raise ValueError(f"generate: gen_length must be an int >= 1, got {gen_length!r}")
-    policy = policy or Policy()
-    if not isinstance(policy, Policy):
-        raise TypeError(f"generate: policy must be a dllm_kernels.Policy, got {type(policy).__name__}")
-    overrides = {k: v for k, v in (("block_length", block_length), ("temperature", temperature)) if v is not None}
-    if overrides:
-        policy = dataclasses.replace(policy, **overrides)
     native = hasattr(model, "forward_span")
+    policy, shift, block_model = _checked_policy(model, policy, cache, gen_length, block_length, temperature, native)
     config = getattr(model, "config", None)
     mask_id = getattr(config, "mask_token_id", None) if mask_id is None else mask_id
     eos_id = getattr(config, "eos_token_id", None) if eos_id is None else eos_id
     if mask_id is None or eos_id is None:
         raise ValueError("generate: mask_id and eos_id are required for this model")
-    if not native and cache != "none":
-        raise ValueError(f"generate: cache={cache!r} needs a model with a KV cache (dllm_kernels.models); "
-                         "a plain callable runs with cache='none'")
-    shift = int(bool(getattr(model, "shift", False))) if native else int(policy.shift)
-    if native and bool(policy.shift) != bool(shift):
-        raise ValueError(f"generate: {type(model).__name__}'s logits are {'' if shift else 'not '}shifted "
-                         f"(row p predicts position p{' + 1' if shift else ''}): pass Policy(shift={bool(shift)})")
-    block_model = native and getattr(model, "attn_mode", "dual") == "block_causal"
-    if block_model:
-        bs = int(model.block_size)
-        if block_length is not None and block_length != bs:
-            raise ValueError(f"generate: block_length={block_length} differs from the model's block size {bs} "
-                             "(a block-diffusion model decodes its own blocks)")
-        if policy.adaptive_block:
-            raise ValueError("generate: adaptive_block moves block ends; a block-diffusion model's blocks are fixed")
-        if cache not in ("none", "block"):
-            raise ValueError(f"generate: a block-diffusion model runs with cache='none' or 'block', got {cache!r}")
-        policy = dataclasses.replace(policy, block_length=bs)
-    elif cache == "block":
-        raise ValueError("generate: cache='block' needs a block-diffusion model (dllm_kernels.models.BlockDiffusion)")
-    pad_id = eos_id if pad_id is None else pad_id
-
     prompts = prepare_prompts(prompt_ids, attention_mask)
-    P = [int(p.numel()) for p in prompts]
-    if min(P) < (1 if policy.shift else 0):
+    if min(p.numel() for p in prompts) < (1 if policy.shift else 0):
         raise ValueError("generate: shifted-logits models need prompts of at least one token")
-    B = len(prompts)
-    lens = [p + gen_length for p in P]
-    L = max(lens)
     dev = model.device if native else torch.device(getattr(model, "device", "cpu"))
-    x = torch.full((B, L), pad_id, dtype=torch.int64)
-    for b, p in enumerate(prompts):
-        x[b, :P[b]] = p
-        x[b, P[b]:lens[b]] = mask_id
-    x = x.to(dev)
+    x, P, lens = _layout(prompts, gen_length, mask_id, eos_id if pad_id is None else pad_id, dev)
+    B, L = x.shape
     # A block-diffusion model's blocks are aligned to position 0: its generation region starts at
     # the block holding the prompt's end (the prompt tokens there are simply not masked).
-    gen_start = [p // bs * bs for p in P] if block_model else P
-    cached_end = [0] * B  # block cache: positions whose K/V are final
+    gen_start = [p // policy.block_length * policy.block_length for p in P] if block_model else P
     state = DecodeState.new(B, L, gen_start=gen_start, gen_end=lens, seed=seed, device=dev)
-    kv = model.new_cache(B, L) if native and cache != "none" else None
-    lens_t = torch.tensor(lens, dtype=torch.int64, device=dev)
-    dense_step = None
+    mode = cache_mode(cache, B)
+    forward = SpanForward(model, mode, B, L, cache != "none", policy.eotp) if native else \
+        CallableForward(model, lens, pass_attention_mask, dev)
+    graph_step = None
     if cuda_graph and native and cache == "dual" and not policy.eotp:
-        q_max = policy.block_length
-        if policy.adaptive_block:
-            q_max = max(q_max, int(math.floor(np.float32(policy.block_window_fraction) * np.float32(gen_length))))
-        dense_step = _DenseDualStep(model, x, state, kv, lens_t, policy, min(q_max, gen_length) + shift, mask_id,
-                                    eos_id, shift)
-    attn_mask = None
-    if not native and pass_attention_mask:
-        attn_mask = (torch.arange(L)[None, :] < torch.tensor(lens)[:, None]).long().to(dev)
-    # A plain callable with a ragged batch: with a mask, check once that the model honours it (on
-    # the most padded sequence); without one, padding would be attended, so each group of equal
-    # lengths gets its own unpadded forward.
-    groups, mask_check_row = None, None
-    if not native and len(set(lens)) > 1:
-        if pass_attention_mask:
-            mask_check_row = lens.index(min(lens))
-        else:
-            groups = [(torch.tensor([b for b in range(B) if lens[b] == n], device=dev), n)
-                      for n in sorted(set(lens))]
-
+        graph_step = DenseDualStep(model, x, state, forward.kv, torch.tensor(lens, dtype=torch.int64, device=dev),
+                                   policy, dense_rows(policy, gen_length, shift), mask_id, eos_id, shift)
+    reader, timer = StateReader(state, policy, P), StepTimer(timing, dev.type == "cuda")
+    bar = Progress(progress, B * gen_length)
     max_steps = max_steps or 2 * gen_length + 8
-    nfe, calls, steps, graph_steps, reads = [0] * B, 0, 0, 0, 0
-    fixed = _fixed_schedule(policy)
-    unread, planned = 0, None  # steps left that reuse `planned` rows instead of reading the state
-    commits, active_log = [], []
-    cuda = dev.type == "cuda"
-    events, cpu_times = [], []
-    bar = _Progress(progress, B * gen_length)
-    if cuda:
+    nfe, calls, steps, graph_steps, commits, active_log = [0] * B, 0, 0, 0, [], []
+    finished = False
+    if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     t_start = time.perf_counter()
-    finished = False
     with torch.no_grad():
         while True:
-            if timing:
-                t0 = time.perf_counter()
-                ev = [torch.cuda.Event(enable_timing=True) for _ in range(3)] if cuda else None
-                if cuda:
-                    ev[0].record()
-            if unread > 0:  # inside a top-k block: its ends were counted at its opening
-                unread -= 1
-                st = planned
-            else:
-                st = state.state.tolist()  # the host read: once per step, or once per top-k block
-                reads += 1
-                if fixed:
-                    unread, planned = _plan_block(st, policy, P)
+            timer.step_start()
+            st = reader.read()
             todo = [b for b in range(B) if not st[b][DONE]]
             bar.update(sum(gen_length if row[DONE] else max(row[BLOCK_START] - P[b], 0) for b, row in enumerate(st)))
-            if not todo:
-                finished = True
-                break
-            if steps >= max_steps:
+            if not todo or steps >= max_steps:
+                finished = not todo
                 break
             steps += 1
-            calls += 1
             for b in todo:
                 nfe[b] += 1
             active_log.append(todo)
-            q_start, q_len, kv_len, row_start, n_rows, opening = _spans(st, lens, policy, cache, shift, cached_end)
-            if dense_step is not None and not any(opening):
-                if timing and cuda:
-                    ev[1].record()
-                tf = time.perf_counter()
-                dense_step()
-                graph_steps += 1
-                commits.append(dense_step.commits.clone())
-                if timing:  # the forward is inside the graph: count the whole replay as forward
-                    if cuda:
-                        ev[2].record()
-                        events.append(ev)
-                    else:
-                        now = time.perf_counter()
-                        cpu_times.append((now - tf, now - t0))
+            spans = step_spans(st, lens, policy, mode, shift)
+            timer.forward_start()
+            if graph_step is not None and not any(spans.opening):  # a block step: replay
+                graph_step()
+                graph_steps, calls = graph_steps + 1, calls + 1
+                commits.append(graph_step.commits.clone())
+                timer.graph_step_end()
                 continue
-            if timing and cuda:
-                ev[1].record()
-            tf = time.perf_counter()
-            if native:
-                logits = model.forward_span(x, q_start=q_start, q_len=q_len, kv_len=kv_len,
-                                            row_start=row_start, n_rows=max(n_rows), cache=kv)
-                if cache == "block":  # the blocks closed before this step are now cached for good
-                    for b in todo:
-                        if opening[b]:
-                            cached_end[b] = st[b][BLOCK_END]
-                rs = torch.tensor(row_start, dtype=torch.int64).to(dev, non_blocking=True)
-                if policy.eotp:  # EoTP reads every masked row it is given: rows past a sequence's
-                    r_max = logits.shape[1]  # own need (another sequence set R) must read as invalid
-                    for b in todo:
-                        if n_rows[b] < r_max:
-                            logits[b, n_rows[b]:].fill_(float("nan"))
-            else:
-                logits, rs = _callable_logits(model, x, attn_mask, groups), None
-                calls += len(groups) - 1 if groups else 0
-                if mask_check_row is not None:
-                    _check_mask_honoured(model, x, logits, mask_check_row, lens[mask_check_row])
-                    calls += 1
-                    mask_check_row = None
-            if timing:
-                if cuda:
-                    ev[2].record()
-                else:
-                    t_fwd = time.perf_counter() - tf
-            res = fused_unmask(logits, x, state, policy, mask_id=mask_id, eos_id=eos_id, row_start=rs,
+            logits, row_start, n_calls = forward(x, st, spans, todo)
+            calls += n_calls
+            timer.forward_end()
+            res = fused_unmask(logits, x, state, policy, mask_id=mask_id, eos_id=eos_id, row_start=row_start,
                                backend=backend)
             commits.append(res.transfer.sum(1))
             del logits, res
-            if timing:
-                if cuda:
-                    events.append(ev + [torch.cuda.Event(enable_timing=True)])
-                    events[-1][3].record()
-                else:
-                    cpu_times.append((t_fwd, time.perf_counter() - t0))
-    if cuda:
+            timer.step_end()
+    if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     wall = time.perf_counter() - t_start
     bar.close()
+    return _output(x, P, gen_length, mask_id, eos_id, commits, active_log, timer if timing else None, wall,
+                   nfe=nfe, forward_calls=calls, steps=steps, finished=finished, graph_steps=graph_steps,
+                   state_reads=reader.reads)
 
+
+def _output(x, P, gen_length, mask_id, eos_id, commits, active_log, timer, wall, **stats) -> GenerateOutput:
+    """Tokens, per-sequence commits per step (one host read of all steps' counts) and times."""
+    B = x.shape[0]
     per_step = torch.stack(commits).cpu().tolist() if commits else []
     tokens_per_step = [[] for _ in range(B)]
     for step_commits, todo in zip(per_step, active_log):
@@ -532,22 +272,10 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
             tokens_per_step[b].append(int(step_commits[b]))
     tokens = torch.stack([x[b, P[b]:P[b] + gen_length] for b in range(B)])
     generated = ((tokens != eos_id) & (tokens != mask_id)).sum(1).tolist()
-    fwd_s = step_s = None
-    step_times = []
-    if timing:
-        if cuda:
-            for ev in events:
-                if len(ev) == 3:  # graph step: ev1 -> ev2 is the replay
-                    step_times.append((ev[1].elapsed_time(ev[2]) / 1e3, ev[0].elapsed_time(ev[2]) / 1e3))
-                else:
-                    step_times.append((ev[1].elapsed_time(ev[2]) / 1e3, ev[0].elapsed_time(ev[3]) / 1e3))
-        else:
-            step_times = cpu_times
-        fwd_s = sum(t[0] for t in step_times)
-        step_s = sum(t[1] for t in step_times)
+    step_times = timer.step_times() if timer is not None else []
+    fwd_s = sum(t[0] for t in step_times) if timer is not None else None
+    step_s = sum(t[1] for t in step_times) if timer is not None else None
     return GenerateOutput(
-        sequences=x, tokens=tokens, prompt_lengths=P, nfe=nfe, forward_calls=calls, steps=steps,
-        tokens_per_step=tokens_per_step, generated_tokens=generated, wall_time_s=wall,
-        tokens_per_second=sum(generated) / wall if wall > 0 else float("inf"), finished=finished,
-        graph_steps=graph_steps, state_reads=reads, forward_time_s=fwd_s, step_time_s=step_s,
-        step_times=step_times)
+        sequences=x, tokens=tokens, prompt_lengths=P, tokens_per_step=tokens_per_step, generated_tokens=generated,
+        wall_time_s=wall, tokens_per_second=sum(generated) / wall if wall > 0 else float("inf"),
+        forward_time_s=fwd_s, step_time_s=step_s, step_times=step_times, **stats)

@@ -215,11 +215,3 @@ def select_triton(logits, x, candidates=None, params=None, bounds=None, row_star
         FW_PAD=max(16, _next_pow2(fw)), H_CHUNK=min(32, max(16, _next_pow2(fh))),
         num_warps=8 if policy_tile >= 64 else 4)  # [64, 64] rank matrices: spread over 8 warps
     return x0, conf, transfer
-
-
-def register_select_cuda_kernel() -> bool:
-    """Registers select_triton as dllm::select's CUDA kernel (there is no native CUDA select)."""
-    from . import _native  # noqa: F401  (defines the op)
-
-    torch.library.register_kernel("dllm::select", "cuda", select_triton)
-    return True

@@ -94,14 +94,3 @@ def speculative_verify_triton(target_logits, draft_tokens, draft_probs, draft_le
         GREEDY=not temperature > 0, Q_LOGITS=bool(draft_is_logits), BLOCK_V=block_v,
         num_warps=8 if block_v >= 2048 else 4)
     return accepted, emitted
-
-
-def register_triton_cuda_kernel() -> bool:
-    """Registers speculative_verify_triton as dllm::speculative_verify's CUDA kernel where no native CUDA
-    kernel is registered (there is none: the Triton kernel is the CUDA path)."""
-    from . import _native  # noqa: F401  (defines the op)
-
-    if torch._C._dispatch_has_kernel_for_dispatch_key("dllm::speculative_verify", "CUDA"):
-        return False
-    torch.library.register_kernel("dllm::speculative_verify", "cuda", speculative_verify_triton)
-    return True

@@ -20,17 +20,21 @@ the padded `[B, Qmax]` layout. `forward_dense` is the fixed-shape variant for th
 A subclass sets the weights (attribute names below) and the class attributes `shift`,
 `attn_mode`, `block_size`; its config has `n_layers`, `n_heads`, `n_kv_heads`, `head_dim`,
 `rms_norm_eps`, `mask_token_id`, `eos_token_id`.
+
+`transformer_block` is the one statement of a block (LLaDA, Qwen2, Qwen3), with the attention passed
+in: decoding runs it with block_attention over the KV cache, training (dllm_kernels.training.model)
+with SDPA and autograd.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from ..attention import block_attention
 
-__all__ = ["KVCache", "SpanModel", "rms_norm", "rope"]
+__all__ = ["KVCache", "LayerWeights", "SpanModel", "rms_norm", "rope", "rope_tables", "transformer_block"]
 
 
 class KVCache:
@@ -60,11 +64,72 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """t [N, H, D] rotated by cos/sin [N, 1, D] (float32), "rotate half" layout."""
+    """t [..., H, D] rotated by cos/sin broadcastable to it ([..., 1, D], float32), "rotate half" layout."""
     tf = t.float()
     half = tf.shape[-1] // 2
     rot = torch.cat((-tf[..., half:], tf[..., :half]), dim=-1)
     return (tf * cos + rot * sin).to(t.dtype)
+
+
+def inverse_frequencies(head_dim: int, theta: float) -> torch.Tensor:
+    """RoPE's inverse frequencies theta^(-2j / head_dim), j < head_dim / 2 (float32)."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+
+def rope_tables(inv_freq: torch.Tensor, length: int):
+    """(cos, sin) [length, head_dim] (float32) of positions 0 .. length - 1, angles repeated for
+    both halves ("rotate half")."""
+    ang = torch.arange(length, dtype=torch.float32, device=inv_freq.device)[:, None] * inv_freq[None, :]
+    emb = torch.cat((ang, ang), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+Matrices = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
+
+
+class LayerWeights(NamedTuple):
+    """One block's weights. `qkv` (q|k|v) and `gate_up` (gate|up) are one fused matrix (the
+    decoding models: one GEMM) or a tuple of the checkpoint's separate matrices (the trainable
+    model, whose parameters and gradients stay one per checkpoint tensor)."""
+
+    attn_norm: torch.Tensor
+    qkv: Matrices
+    w_o: torch.Tensor
+    ff_norm: torch.Tensor
+    gate_up: Matrices
+    w_down: torch.Tensor
+    b_qkv: Optional[torch.Tensor] = None   # Qwen2: q/k/v biases (fused q|k|v only)
+    q_norm: Optional[torch.Tensor] = None  # Qwen3: RMSNorm weight over each head of q and k
+    k_norm: Optional[torch.Tensor] = None
+
+
+def _project(x: torch.Tensor, w: Matrices, sizes: List[int], bias: Optional[torch.Tensor] = None):
+    """x times the stacked matrices `w`, as one output per entry of `sizes`."""
+    if isinstance(w, torch.Tensor):
+        return F.linear(x, w, bias).split(sizes, dim=-1)
+    if bias is not None:
+        raise ValueError("LayerWeights: biases go with a fused q|k|v matrix")
+    return tuple(F.linear(x, m) for m in w)
+
+
+def transformer_block(h: torch.Tensor, w: LayerWeights, config, cos: torch.Tensor, sin: torch.Tensor,
+                      attend: Callable) -> torch.Tensor:
+    """One pre-norm block on hidden rows h [..., d]: RMSNorm, q/k/v projection (Qwen3: per-head q/k
+    norm), RoPE by cos/sin (broadcast against [..., H, D]), `attend(q, k, v)` -> [..., Hq, D], output
+    projection and residual; RMSNorm, SwiGLU and residual."""
+    c = config
+    hq, hkv, hd, eps = c.n_heads, c.n_kv_heads, c.head_dim, c.rms_norm_eps
+    n1 = rms_norm(h, w.attn_norm, eps)
+    q, k, v = _project(n1, w.qkv, [hq * hd, hkv * hd, hkv * hd], w.b_qkv)
+    q, k, v = q.unflatten(-1, (hq, hd)), k.unflatten(-1, (hkv, hd)), v.unflatten(-1, (hkv, hd))
+    if w.q_norm is not None:  # Qwen3: RMSNorm over each head, before RoPE
+        q, k = rms_norm(q, w.q_norm, eps), rms_norm(k, w.k_norm, eps)
+    q, k = rope(q, cos, sin), rope(k, cos, sin)
+    h = h + F.linear(attend(q, k, v).flatten(-2), w.w_o)
+    n2 = rms_norm(h, w.ff_norm, eps)
+    hidden = w.w_down.shape[1]
+    gate, up = _project(n2, w.gate_up, [hidden, hidden])
+    return h + F.linear(F.silu(gate) * up, w.w_down)
 
 
 def _frozen(t: torch.Tensor) -> torch.nn.Parameter:
@@ -98,9 +163,7 @@ class SpanModel(torch.nn.Module):
             if has_qk_norm:
                 self.q_norm.append(_frozen(layer["q_norm"]))
                 self.k_norm.append(_frozen(layer["k_norm"]))
-        hd = self.config.head_dim
-        inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
-        self._inv_freq = inv_freq.to(device)
+        self._inv_freq = inverse_frequencies(self.config.head_dim, theta).to(device)
         self._rope_cache = None
 
     # ---- helpers -----------------------------------------------------------------------------------
@@ -128,37 +191,32 @@ class SpanModel(torch.nn.Module):
 
     def _cos_sin(self, length: int):
         if self._rope_cache is None or self._rope_cache[0].shape[0] < length:
-            n = max(length, 256)
-            ang = torch.arange(n, dtype=torch.float32, device=self.device)[:, None] * self._inv_freq[None, :]
-            emb = torch.cat((ang, ang), dim=-1)
-            self._rope_cache = (emb.cos(), emb.sin())
+            self._rope_cache = rope_tables(self._inv_freq, max(length, 256))
         return self._rope_cache
 
     def _logits(self, h_rows: torch.Tensor) -> torch.Tensor:
         return F.linear(rms_norm(h_rows, self.ln_f, self.config.rms_norm_eps), self.lm_head)
 
+    def layer(self, i: int) -> LayerWeights:
+        """Block i's weights (fused q|k|v and gate|up)."""
+        opt = lambda lst: lst[i] if lst is not None else None  # noqa: E731
+        return LayerWeights(self.attn_norm[i], self.w_qkv[i], self.w_o[i], self.ff_norm[i], self.w_gate_up[i],
+                            self.w_down[i], b_qkv=opt(self.b_qkv), q_norm=opt(self.q_norm), k_norm=opt(self.k_norm))
+
     def _layers(self, h, pos, to_padded, from_padded, cache, scratch, q_start, q_len, kv_len, B, q_max):
-        """The transformer blocks on packed rows h [N, d] at positions pos [N]."""
-        c = self.config
-        hq, hkv, hd, eps = c.n_heads, c.n_kv_heads, c.head_dim, c.rms_norm_eps
+        """The transformer blocks on packed rows h [N, d] at positions pos [N], attention by
+        block_attention over the cache (or the scratch K/V of a cache-less forward)."""
         cos_t, sin_t = self._rope_cache
         cos, sin = cos_t[pos][:, None, :], sin_t[pos][:, None, :]
-        for i in range(c.n_layers):
-            n1 = rms_norm(h, self.attn_norm[i], eps)
-            qkv = F.linear(n1, self.w_qkv[i], self.b_qkv[i] if self.b_qkv is not None else None)
-            q = qkv[:, :hq * hd].view(-1, hq, hd)
-            k = qkv[:, hq * hd:(hq + hkv) * hd].view(-1, hkv, hd)
-            v = qkv[:, (hq + hkv) * hd:].view(-1, hkv, hd)
-            if self.q_norm is not None:  # Qwen3: RMSNorm over each head, before RoPE
-                q, k = rms_norm(q, self.q_norm[i], eps), rms_norm(k, self.k_norm[i], eps)
-            q, k = rope(q, cos, sin), rope(k, cos, sin)
+        for i in range(self.config.n_layers):
             kc, vc = cache.layer(i) if cache is not None else scratch
-            o = block_attention(to_padded(q, B, q_max), to_padded(k, B, q_max), to_padded(v, B, q_max),
-                                kc, vc, q_start, q_len, kv_len, mode=self.attn_mode, block_size=self.block_size)
-            h = h + F.linear(from_padded(o).reshape(-1, hq * hd), self.w_o[i])
-            n2 = rms_norm(h, self.ff_norm[i], eps)
-            gate, up = F.linear(n2, self.w_gate_up[i]).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, self.w_down[i])
+
+            def attend(q, k, v, kc=kc, vc=vc):
+                o = block_attention(to_padded(q, B, q_max), to_padded(k, B, q_max), to_padded(v, B, q_max),
+                                    kc, vc, q_start, q_len, kv_len, mode=self.attn_mode, block_size=self.block_size)
+                return from_padded(o)
+
+            h = transformer_block(h, self.layer(i), self.config, cos, sin, attend)
         return h
 
     # ---- forwards ----------------------------------------------------------------------------------

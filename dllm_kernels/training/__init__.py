@@ -1,7 +1,8 @@
 """Training tiny LLaDA-architecture masked diffusion models, and Learn2PD filters for them.
 
-* `model.TinyLLaDA`: a trainable module with exactly the LLaDA computation (docs/llada_checkpoint.md), saved as a
-  LLaDA-format checkpoint (config.json + fp16 safetensors) that `dllm_kernels.models.LLaDA` loads.
+* `model.TinyLLaDA`: the decoding models' own blocks (`models.span_model.transformer_block`) with SDPA
+  attention and autograd, parameters one per checkpoint tensor, saved as a LLaDA-format checkpoint
+  (config.json + fp16 safetensors) that `dllm_kernels.models.LLaDA` loads.
 * `objective.masked_diffusion_loss`: LLaDA's objective (t ~ U(eps, 1), mask with probability t,
   cross-entropy on masked tokens weighted by 1/t).
 * `data`: the two data recipes (Shakespeare characters; multi-line addition with checkable answers).

@@ -1,10 +1,11 @@
 """A trainable LLaDA-architecture model and its LLaDA-format checkpoint writer.
 
-`TinyLLaDA` computes exactly what docs/llada_checkpoint.md describes (RMSNorm in float32, RoPE
-"rotate half", SwiGLU, bidirectional attention, no biases) with ordinary autograd modules, so it can be
-trained; `save_llada_checkpoint` writes config.json + a safetensors file under the public tensor names,
-which `dllm_kernels.models.LLaDA.from_pretrained` loads for decoding. A key-padding length per sequence
-lets batches of different lengths train together (the decoder's layout: each sequence from position 0).
+`TinyLLaDA` runs the decoding models' own blocks (`models.span_model.transformer_block`: RMSNorm in
+float32, RoPE "rotate half", SwiGLU, no biases) with attention by SDPA, so autograd trains it; its
+parameters are one per checkpoint tensor under the public names, and `save_llada_checkpoint` writes
+config.json + a safetensors file that `dllm_kernels.models.LLaDA.from_pretrained` loads for decoding.
+A key-padding length per sequence lets batches of different lengths train together (the decoder's
+layout: each sequence from position 0).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.llada import LLaDAConfig, llada_tensor_names
+from ..models.span_model import LayerWeights, inverse_frequencies, rms_norm, rope_tables, transformer_block
 
 P = "model.transformer."
 
@@ -27,12 +29,12 @@ class RMSNorm(torch.nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class Block(torch.nn.Module):
+    """One block's parameters, named as the checkpoint's tensors."""
+
     def __init__(self, c: LLaDAConfig):
         super().__init__()
         kv = c.n_kv_heads * c.head_dim
@@ -44,12 +46,21 @@ class Block(torch.nn.Module):
         self.ff_out = lin(c.mlp_hidden_size, c.d_model)
         self.c = c
 
+    def weights(self) -> LayerWeights:
+        return LayerWeights(self.attn_norm.weight, (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight),
+                            self.attn_out.weight, self.ff_norm.weight, (self.ff_proj.weight, self.up_proj.weight),
+                            self.ff_out.weight)
 
-def _rope(t, cos, sin):
-    tf = t.float()
-    half = tf.shape[-1] // 2
-    rot = torch.cat((-tf[..., half:], tf[..., :half]), dim=-1)
-    return (tf * cos + rot * sin).to(t.dtype)
+
+def _sdpa(mask, n_heads: int):
+    """Attention of q, k, v [B, L, H, D] over the keys `mask` [B, 1, 1, L] allows (None: all)."""
+    def attend(q, k, v):
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if k.shape[1] != n_heads:
+            k = k.repeat_interleave(n_heads // k.shape[1], dim=1)
+            v = v.repeat_interleave(n_heads // v.shape[1], dim=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+    return attend
 
 
 class TinyLLaDA(torch.nn.Module):
@@ -62,8 +73,7 @@ class TinyLLaDA(torch.nn.Module):
         self.blocks = torch.nn.ModuleList(Block(c) for _ in range(c.n_layers))
         self.ln_f = RMSNorm(c.d_model, c.rms_norm_eps)
         self.ff_out = None if c.weight_tying else torch.nn.Linear(c.d_model, c.embedding_size, bias=False)
-        inv = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.float32) / c.head_dim))
-        self.register_buffer("inv_freq", inv, persistent=False)
+        self.register_buffer("inv_freq", inverse_frequencies(c.head_dim, c.rope_theta), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self, std: float = 0.02):
@@ -82,27 +92,16 @@ class TinyLLaDA(torch.nn.Module):
     def forward(self, x: torch.Tensor, lengths: Optional[Sequence[int]] = None) -> torch.Tensor:
         c = self.config
         B, L = x.shape
-        hq, hkv, hd = c.n_heads, c.n_kv_heads, c.head_dim
-        ang = torch.arange(L, dtype=torch.float32, device=x.device)[:, None] * self.inv_freq[None, :]
-        emb = torch.cat((ang, ang), -1)
-        cos, sin = emb.cos()[None, :, None, :], emb.sin()[None, :, None, :]
+        cos, sin = rope_tables(self.inv_freq, L)
+        cos, sin = cos[None, :, None, :], sin[None, :, None, :]
         mask = None
         if lengths is not None:
             lens = torch.as_tensor(lengths, device=x.device)
             mask = (torch.arange(L, device=x.device)[None, :] < lens[:, None])[:, None, None, :]
+        attend = _sdpa(mask, c.n_heads)
         h = self.wte(x)
         for blk in self.blocks:
-            n1 = blk.attn_norm(h)
-            q = _rope(blk.q_proj(n1).view(B, L, hq, hd), cos, sin).transpose(1, 2)
-            k = _rope(blk.k_proj(n1).view(B, L, hkv, hd), cos, sin).transpose(1, 2)
-            v = blk.v_proj(n1).view(B, L, hkv, hd).transpose(1, 2)
-            if hkv != hq:
-                k = k.repeat_interleave(hq // hkv, dim=1)
-                v = v.repeat_interleave(hq // hkv, dim=1)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            h = h + blk.attn_out(o.transpose(1, 2).reshape(B, L, hq * hd))
-            n2 = blk.ff_norm(h)
-            h = h + blk.ff_out(F.silu(blk.ff_proj(n2)) * blk.up_proj(n2))
+            h = transformer_block(h, blk.weights(), c, cos, sin, attend)
         out = self.ln_f(h)
         return F.linear(out, self.wte.weight if self.ff_out is None else self.ff_out.weight)
 
