@@ -1,5 +1,5 @@
 """Loads the native libraries that register the dllm ops with the dispatcher, and registers the
-Triton kernels for CUDA: select's always, fused_unmask's where no native CUDA kernel was built."""
+Triton kernels for CUDA where an op has no native CUDA kernel (register_triton_kernels)."""
 import torch  # noqa: F401  (loads libc10/libtorch, which the native libraries link against)
 
 from . import _C  # noqa: F401  (registers the op schemas and the CPU kernels)
@@ -20,28 +20,32 @@ def has_native_kernel(op: str, key: str) -> bool:
     return getattr(torch.ops.dllm, op).default.has_kernel_for_dispatch_key(key)
 
 
+def register_triton_kernels() -> dict:
+    """Registers each op's Triton launcher as its CUDA kernel where the op has none (select,
+    row_stats and speculative_verify have no native CUDA kernel; fused_unmask has one when the
+    CUDA library was built; block_attention registers its own Triton path). Decided here only, so
+    no launcher module imports this one. Returns {op: whether its Triton kernel was registered}."""
+    from .select_triton import select_triton
+    from .triton_row_stats import row_stats_triton
+    from .triton_speculative_verify import speculative_verify_triton
+    from .triton_unmask import fused_unmask_triton
+
+    kernels = {"select": select_triton, "row_stats": row_stats_triton,
+               "speculative_verify": speculative_verify_triton, "fused_unmask": fused_unmask_triton}
+    registered = {}
+    for op, kernel in kernels.items():
+        registered[op] = not has_native_kernel(op, "CUDA")
+        if registered[op]:
+            torch.library.register_kernel(f"dllm::{op}", "cuda", kernel)
+    return registered
+
+
 def register_triton_fallbacks() -> bool:
-    """On a CUDA machine: serve select, row_stats and speculative_verify on CUDA tensors with their
-    Triton kernels (none has a native CUDA kernel), and fused_unmask too where the native CUDA
-    kernels were not built (block_attention registers its own Triton path). select's and
-    speculative_verify's registrations are decided here (their launcher modules do not import this
-    one); row_stats' and fused_unmask's are still their launchers' register functions. Returns
-    whether fused_unmask's Triton path was registered."""
+    """On a CUDA machine, the Triton kernels of the ops without a native CUDA one
+    (register_triton_kernels). Returns whether fused_unmask's Triton path was registered."""
     if not torch.cuda.is_available():
         return False
-    from .select_triton import select_triton
-    from .triton_row_stats import register_row_stats_cuda_kernel
-    from .triton_speculative_verify import speculative_verify_triton
-
-    for op, kernel in (("select", select_triton), ("speculative_verify", speculative_verify_triton)):
-        if not has_native_kernel(op, "CUDA"):
-            torch.library.register_kernel(f"dllm::{op}", "cuda", kernel)
-    register_row_stats_cuda_kernel()
-    if HAS_CUDA_KERNELS:
-        return False
-    from .triton_unmask import register_triton_cuda_kernel
-
-    return register_triton_cuda_kernel()
+    return register_triton_kernels()["fused_unmask"]
 
 
 TRITON_FALLBACK = register_triton_fallbacks()

@@ -71,11 +71,3 @@ def row_partials_for_merge(row_stats: torch.Tensor):
     part_f = by_row[..., :N_PART_F].to(torch.float32).contiguous()
     part_i = by_row[..., N_PART_F:N_PART_F + N_PART_I].to(torch.int32).contiguous()
     return part_f, part_i
-
-
-def register_row_stats_cuda_kernel() -> bool:
-    """Registers row_stats_triton as dllm::row_stats' CUDA kernel (there is no native CUDA one)."""
-    from . import _native  # noqa: F401  (defines the op)
-
-    torch.library.register_kernel("dllm::row_stats", "cuda", row_stats_triton)
-    return True

@@ -229,17 +229,3 @@ def fused_unmask_triton(logits, x, conf, state, mask_id, eos_id, params=None, ro
         FW_PAD=max(16, _next_pow2(fw)), H_CHUNK=min(32, max(16, _next_pow2(fh))),
         num_warps=8 if policy_tile >= 64 else 4)  # [64, 64] rank matrices: spread over 8 warps
     return x0, transfer, window_stats
-
-
-def register_triton_cuda_kernel() -> bool:
-    """Registers fused_unmask_triton as dllm::fused_unmask's CUDA kernel.
-
-    Only where no native CUDA kernel is registered (returns False and changes nothing otherwise);
-    returns True once registered.
-    """
-    from . import _native  # noqa: F401  (defines the op)
-
-    if torch._C._dispatch_has_kernel_for_dispatch_key("dllm::fused_unmask", "CUDA"):
-        return False
-    torch.library.register_kernel("dllm::fused_unmask", "cuda", fused_unmask_triton)
-    return True

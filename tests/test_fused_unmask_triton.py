@@ -332,16 +332,16 @@ def test_bad_arguments_raise_like_the_op(over, name):
 
 
 def test_register_triton_cuda_kernel():
-    """Registers for the CUDA key when no native CUDA kernel exists (in a child process: the
-    registration is global)."""
+    """Each op's Triton launcher is registered for the CUDA key where it has no native CUDA kernel
+    (in a child process: the registration is global), and a second call changes nothing."""
     code = ("import torch, dllm_kernels\n"
             "from dllm_kernels import _native\n"
-            "from dllm_kernels.triton_unmask import register_triton_cuda_kernel\n"
-            "had = torch._C._dispatch_has_kernel_for_dispatch_key('dllm::fused_unmask', 'CUDA')\n"
-            "ok = register_triton_cuda_kernel()\n"
-            "assert ok == (not had), (ok, had)\n"
-            "assert torch._C._dispatch_has_kernel_for_dispatch_key('dllm::fused_unmask', 'CUDA')\n"
-            "assert register_triton_cuda_kernel() is False\n")
+            "ops = ('fused_unmask', 'select', 'row_stats', 'speculative_verify')\n"
+            "had = {op: _native.has_native_kernel(op, 'CUDA') for op in ops}\n"
+            "got = _native.register_triton_kernels()\n"
+            "assert got == {op: not had[op] for op in ops}, (got, had)\n"
+            "assert all(_native.has_native_kernel(op, 'CUDA') for op in ops)\n"
+            "assert not any(_native.register_triton_kernels().values())\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     res = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
