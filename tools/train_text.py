@@ -229,7 +229,10 @@ def write_recipe(out: str):
              "masked word piece hides all its characters at once, which is harder than hiding characters independently), "
              "so per-character numbers favour the character model; the unigram baselines predict each tokenizer's training "
              "frequencies (add-one) on the same masked tokens.", "",
-             "Samples (held-out prompts, greedy, blocks of 16; `|` none):", ""]
+             "Samples (held-out prompts, greedy, blocks of 16). They do not read as verse: the held-out CE is clearly "
+             "below the character model's and the unigram baseline, but the model is still weak, and greedy "
+             "low-confidence remasking commits its most confident pieces first, which are frequent layout pieces "
+             "(speaker names, newlines, stage directions), so they repeat:", ""]
     for i, prompt in enumerate(fe["sample_prompts"]):
         lines.append(f"- prompt `{prompt!r}`")
         for name, texts in fe["samples"].items():
