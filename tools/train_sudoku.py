@@ -175,7 +175,7 @@ def write_recipe(out: str):
              "python tools/train_sudoku.py --out models/sudoku --finalize",
              "python tools/train_sudoku.py --out models/sudoku --learn2pd-prompts /tmp/sudoku_l2pd.jsonl",
              f"python -m dllm_kernels.training.learn2pd --model models/sudoku --prompts /tmp/sudoku_l2pd.jsonl "
-             f"--gen-length {S.GEN_LENGTH} --block-length {S.GEN_LENGTH}",
+             f"--eval-prompts models/sudoku/heldout_prompts.jsonl --n-train 256 --gen-length {S.GEN_LENGTH} --block-length {S.GEN_LENGTH}",
              "python tools/train_sudoku.py --out models/sudoku --recipe", "```", "",
              f"- Architecture: LLaDA (RMSNorm, RoPE theta 10000, SwiGLU, bidirectional attention, no biases), "
              f"d_model {p['d_model']}, {p['n_layers']} layers, {p['n_heads']} heads, MLP {p['mlp_hidden_size']}, "
@@ -208,7 +208,7 @@ def write_recipe(out: str):
              f"at step {le['step']}.", ""]
     if os.path.exists(filt):
         lines += [f"`learn2pd_filter.safetensors` (SHA-256 `{sha256_file(filt)}`): the Learn2PD filter trained on this "
-                  "model by the CLI above (512 training-distribution puzzles).", ""]
+                  "model by the CLI above (256 training-distribution puzzles).", ""]
     with open(os.path.join(out, "RECIPE.md"), "w") as f:
         f.write("\n".join(lines))
 
