@@ -80,9 +80,9 @@ def main():
     print("\n# Part 2: tiny dLLMs trained here (models/), decoded through fused_unmask\n")
     sudoku_part()
     text_part()
-    print("## quick table (32 held-out sudoku puzzles, no cache; the full table is bench/results/quality.md)")
+    print("## quick table (16 held-out sudoku puzzles, no cache; the full table is bench/results/quality.md)")
     print(BQ.HEADER)
-    BQ.run_model("sudoku", 32, True, ("none",), (False, True))
+    BQ.run_model("sudoku", 16, True, ("none",), (False, True))
     print(f"\n(part 2 took {time.time() - t_start:.0f} s)")
 
 
