@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import dllm_kernels  # noqa: F401  (loads the native op)
+import dllm_kernels as dk
 from dllm_kernels.triton_unmask import FusedUnmaskArgumentError, fused_unmask_triton
 from scenario_runner import step_inputs
 from unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, cpu_op, make_batch,
@@ -398,3 +398,77 @@ def test_cuda_graph_capture_replays_steps():
     assert torch.equal(static[0], eager[0]) and torch.equal(static[2], eager[2])
     torch.testing.assert_close(static[1], eager[1], rtol=0, atol=0, equal_nan=True)
     assert int((static[0] != init[0]).sum()) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The policy stage's ranking: one sort per block (rows up to POLICY_SORT_MAX) against the tile-pair
+# comparisons, at block lengths 1, 33 and past 1,024, with many exact ties
+
+
+LONG_RULES = [dict(rule="topk", steps=4), dict(rule="topk", steps=3, random_remasking=True),
+              dict(rule="threshold", threshold=0.5), dict(rule="factor", factor=1.5),
+              dict(rule="localleap", anchor_threshold=0.6, relaxed_threshold=0.3, window=3, graded=True),
+              dict(rule="filter", steps=5)]
+
+
+def _tied_logits(B, L, V, gen):
+    """Copies of four random rows: every position's confidence ties exactly with a quarter of the
+    others (bit for bit: the same row, the same sums), and the four values lie far apart."""
+    rows = torch.randn(4, V, generator=gen) * 2.0
+    return rows[torch.randint(0, 4, (B, L), generator=gen)]
+
+
+@pytest.mark.parametrize("block", [1, 33, 1100])
+@pytest.mark.parametrize("fields", LONG_RULES, ids=[f"{f['rule']}{'-random' if f.get('random_remasking') else ''}"
+                                                    for f in LONG_RULES])
+def test_sorted_ranks_equal_the_cpu_op_and_tile_pairs(block, fields):
+    """The launcher's choice (a sort) against the C++ op at every length and, where the interpreter
+    is quick enough, against the tile-pair comparisons: the same state, tokens and transfers. The
+    tied groups' confidences are far apart, so float32 rounding differences between backends
+    never reorder them; inside a group the lower position wins on every backend."""
+    from dllm_kernels.triton_unmask import policy_sort_n
+
+    B, V = 2, 6
+    L = max(block, 40)
+    gen = torch.Generator().manual_seed(block)
+    filt = None
+    if fields["rule"] == "filter":
+        filt = dk.LearnedFilter(torch.randn(8, 16, generator=gen), torch.randn(8, generator=gen),
+                                torch.randn(16, 8, generator=gen), torch.randn(16, generator=gen))
+    policy = dk.Policy(block_length=block, learned_filter=filt, **fields)
+    logits = _tied_logits(B, L, V, gen)
+    x = torch.full((B, L), V - 1)
+    x[1, : L // 3] = 0  # sequence 1 starts later: a block not at offset 0
+    st = dk.DecodeState.new(B, L, gen_start=[0, L // 3], seed=9)
+    assert policy_sort_n(L) >= L
+    runs = [(fused_unmask_triton, dict(sort_n=None)), (CPU_OP, {})]
+    if block <= 33:
+        runs.append((fused_unmask_triton, dict(sort_n=0)))
+    outs = []
+    for fn, layout in runs:
+        dev = [t.to(DEVICE).clone() for t in (logits, x, st.conf, st.state)]
+        out = fn(*dev, V - 1, V - 2, **policy.op_arguments(DEVICE, V, B), **layout)
+        outs.append([t.cpu() for t in (dev[1], dev[3], out[0], out[1])])
+    for other in outs[1:]:
+        for a, b, name in zip(outs[0], other, ("x", "state", "x0", "transfer")):
+            assert torch.equal(a, b), name
+    assert int(outs[0][3].sum()) >= 1
+
+
+def test_sorted_ranks_match_the_cpu_op_on_a_long_block():
+    """1,100 distinct positions, one block: the sorted Triton policy against the C++ op."""
+    B, L, V = 2, 1100, 24
+    gen = torch.Generator().manual_seed(11)
+    logits = peaked_logits(B, L, V, torch.float32, gen, spread=10.0)
+    for fields in (dict(rule="topk", steps=7), dict(rule="factor", factor=2.0),
+                   dict(rule="localleap", window=5)):
+        policy = dk.Policy(block_length=L, **fields)
+        res = []
+        for fn in (fused_unmask_triton, CPU_OP):
+            x = torch.full((B, L), V - 1)
+            st = dk.DecodeState.new(B, L, gen_start=0)
+            dev = [t.to(DEVICE).clone() for t in (logits, x, st.conf, st.state)]
+            out = fn(*dev, V - 1, V - 2, **policy.op_arguments(DEVICE, V, B))
+            res.append((dev[1].cpu(), out[1].cpu()))
+        assert torch.equal(res[0][0], res[1][0]) and torch.equal(res[0][1], res[1][1]), fields
+        assert int(res[0][1].sum()) > 1
