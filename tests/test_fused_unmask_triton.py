@@ -418,25 +418,36 @@ def _tied_logits(B, L, V, gen):
     return rows[torch.randint(0, 4, (B, L), generator=gen)]
 
 
-@pytest.mark.parametrize("block", [1, 33, 1100])
-@pytest.mark.parametrize("fields", LONG_RULES, ids=[f"{f['rule']}{'-random' if f.get('random_remasking') else ''}"
-                                                    for f in LONG_RULES])
+RULE_IDS = [f"{f['rule']}{'-random' if f.get('random_remasking') else ''}" for f in LONG_RULES]
+# Every rule at 1 and 33 positions; at 1,024 (the interpreter takes ~30 s per call there) the random
+# top-k key and LocalLeap's scans.
+SORT_CASES = [(block, f) for block in (1, 33) for f in LONG_RULES] + [(1024, LONG_RULES[1]), (1024, LONG_RULES[4])]
+
+
+@pytest.mark.parametrize("block, fields", SORT_CASES,
+                         ids=[f"{b}-{RULE_IDS[LONG_RULES.index(f)]}" for b, f in SORT_CASES])
 def test_sorted_ranks_equal_the_cpu_op_and_tile_pairs(block, fields):
     """The launcher's choice (a sort) against the C++ op at every length and, where the interpreter
     is quick enough, against the tile-pair comparisons: the same state, tokens and transfers. The
     tied groups' confidences are far apart, so float32 rounding differences between backends
-    never reorder them; inside a group the lower position wins on every backend."""
+    never reorder them; inside a group the lower position wins on every backend. The long block's
+    logits cover its last 64-70 positions only (the interpreter runs one program per row): the sort
+    still spans the whole 1,024-wide vector, and top-k takes fewer than all candidates."""
     from dllm_kernels.triton_unmask import policy_sort_n
 
     B, V = 2, 6
     L = max(block, 40)
+    R = L if block <= 33 else 64
+    if R < L and "steps" in fields:
+        fields = dict(fields, steps=40)
     gen = torch.Generator().manual_seed(block)
     filt = None
     if fields["rule"] == "filter":
         filt = dk.LearnedFilter(torch.randn(8, 16, generator=gen), torch.randn(8, generator=gen),
                                 torch.randn(16, 8, generator=gen), torch.randn(16, generator=gen))
     policy = dk.Policy(block_length=block, learned_filter=filt, **fields)
-    logits = _tied_logits(B, L, V, gen)
+    logits = _tied_logits(B, R, V, gen)
+    row_start = None if R == L else torch.tensor([L - 70, L - 64])
     x = torch.full((B, L), V - 1)
     x[1, : L // 3] = 0  # sequence 1 starts later: a block not at offset 0
     st = dk.DecodeState.new(B, L, gen_start=[0, L // 3], seed=9)
@@ -447,28 +458,11 @@ def test_sorted_ranks_equal_the_cpu_op_and_tile_pairs(block, fields):
     outs = []
     for fn, layout in runs:
         dev = [t.to(DEVICE).clone() for t in (logits, x, st.conf, st.state)]
-        out = fn(*dev, V - 1, V - 2, **policy.op_arguments(DEVICE, V, B), **layout)
+        rs = row_start.to(DEVICE) if row_start is not None else None
+        out = fn(*dev, V - 1, V - 2, **policy.op_arguments(DEVICE, V, B), row_start=rs, **layout)
         outs.append([t.cpu() for t in (dev[1], dev[3], out[0], out[1])])
     for other in outs[1:]:
         for a, b, name in zip(outs[0], other, ("x", "state", "x0", "transfer")):
             assert torch.equal(a, b), name
-    assert int(outs[0][3].sum()) >= 1
-
-
-def test_sorted_ranks_match_the_cpu_op_on_a_long_block():
-    """1,100 distinct positions, one block: the sorted Triton policy against the C++ op."""
-    B, L, V = 2, 1100, 24
-    gen = torch.Generator().manual_seed(11)
-    logits = peaked_logits(B, L, V, torch.float32, gen, spread=10.0)
-    for fields in (dict(rule="topk", steps=7), dict(rule="factor", factor=2.0),
-                   dict(rule="localleap", window=5)):
-        policy = dk.Policy(block_length=L, **fields)
-        res = []
-        for fn in (fused_unmask_triton, CPU_OP):
-            x = torch.full((B, L), V - 1)
-            st = dk.DecodeState.new(B, L, gen_start=0)
-            dev = [t.to(DEVICE).clone() for t in (logits, x, st.conf, st.state)]
-            out = fn(*dev, V - 1, V - 2, **policy.op_arguments(DEVICE, V, B))
-            res.append((dev[1].cpu(), out[1].cpu()))
-        assert torch.equal(res[0][0], res[1][0]) and torch.equal(res[0][1], res[1][1]), fields
-        assert int(res[0][1].sum()) > 1
+    n = int(outs[0][3].sum())
+    assert n >= 1 and (fields["rule"] != "topk" or block == 1 or n < B * min(block, R))

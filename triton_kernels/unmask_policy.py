@@ -2,13 +2,15 @@
 
 One program per sequence, vectorised over positions in tiles of TILE (a power of two). Block
 opening (fixed / AdaBlock), candidates, the five selection rules, EoTP, early stop, bookkeeping,
-transfer and window_stats follow policy.h step by step. Ranks come from a [TILE, TILE] comparison
-matrix per pair of tiles (blocks are small: usually one tile, so one matrix).
+transfer and window_stats follow policy.h step by step. Its numbers come from the sequence's row
+of the float64 parameter pack.
 
 The candidate and rule stage (count_candidates, mark_selection) is shared with `select`
 (triton_kernels/select_policy.py), whose candidates are the caller's (READ_FROM, unmask_common.py).
-Ranks are O(n^2) comparisons per block, done tile pair by tile pair (parallel within a tile, so
-correct for any block length; the CPU op sorts instead).
+Ranks: rows of up to POLICY_SORT_MAX positions (the launcher's SORT_N, a power of two >= L) hold
+the whole block in one vector and rank it by two bitonic sorts of packed (key, offset) words, O(n
+log^2 n) work; LocalLeap's anchor distances come from two scans. Longer rows fall back to O(n^2)
+comparisons, tile pair by tile pair (parallel within a tile, correct for any block length).
 
 Phases communicate through global memory (the selection is written into `transfer`, commits into
 `x`), and one program's threads see each other's writes only after a CTA barrier: hence the
