@@ -23,7 +23,7 @@ from ._triton_pkg import triton_kernels_module
 from .select_params import SELECT_PARAM_COLUMNS, SELECT_PARAM_DEFAULTS
 from .triton_checks import ArgChecks
 from .triton_row_stats import row_partials_for_merge
-from .triton_unmask import (N_PART_F, N_PART_I, _interpreting, _next_pow2, merge_stats_kernel,
+from .triton_unmask import (N_PART_F, N_PART_I, _interpreting, _next_pow2, merge_stats_kernel, policy_sort_n,
                             row_stats_kernel, split_stats_kernel, stats_layout)
 
 _policy = triton_kernels_module("select_policy")
@@ -112,11 +112,11 @@ def select_triton(logits, x, candidates=None, params=None, bounds=None, row_star
                   rule=1, conf_kind=0, shift=False, graded=False, random_remasking=False, commit=False,
                   row_stats=None, vocab_size=0, *,
                   block_v: Optional[int] = None, vocab_splits: Optional[int] = None,
-                  policy_tile: Optional[int] = None):
+                  policy_tile: Optional[int] = None, sort_n: Optional[int] = None):
     """One select step in Triton: the op's arguments, names and order (csrc/ops.cpp), so it is
     registered as the op's CUDA kernel as it stands. Returns (x0, conf, transfer); writes x at the
     chosen positions only with `commit`. The keyword-only layout knobs (never passed by the op) let
-    tests force the split-vocabulary layout and the rule's tile."""
+    tests force the split-vocabulary layout, the rule's tile and its ranking (sort_n=0: tile pairs)."""
     B, R, V = _CHECKS.logits_or_row_stats(logits, row_stats, vocab_size, gumbel_u)
     _check(isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[0] == B,
            f"x must be [B, L] with B = {B}, got {list(getattr(x, 'shape', []))}")
@@ -204,6 +204,7 @@ def select_triton(logits, x, candidates=None, params=None, bounds=None, row_star
 
     if policy_tile is None:
         policy_tile = min(max(16, _next_pow2(L)), 64)  # the block may be the whole row
+    sort_n = policy_sort_n(L, sort_n)
     all_filter = fw > 0
     select_kernel[(B,)](
         flags, x, x0, conf, rank_u if rank_u is not None else conf, transfer, seq, pack, pack_stride,
@@ -212,6 +213,6 @@ def select_triton(logits, x, candidates=None, params=None, bounds=None, row_star
         shift=int(bool(shift)), graded=int(bool(graded)), commit=int(bool(commit)), RULE=int(rule),
         RANDOM_RANK=bool(random_remasking) and rule in (0, 4), HAS_RANK_U=rank_u is not None,
         HAS_ROW_START=row_start is not None, READ_FROM=read_from, TILE=policy_tile,
-        FW_PAD=max(16, _next_pow2(fw)), H_CHUNK=min(32, max(16, _next_pow2(fh))),
-        num_warps=8 if policy_tile >= 64 else 4)  # [64, 64] rank matrices: spread over 8 warps
+        FW_PAD=max(16, _next_pow2(fw)), H_CHUNK=min(32, max(16, _next_pow2(fh))), SORT_N=sort_n,
+        num_warps=8 if max(policy_tile, sort_n) >= 64 else 4)  # [64, 64] rank matrices, long sorts: 8 warps
     return x0, conf, transfer

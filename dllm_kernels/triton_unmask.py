@@ -63,6 +63,19 @@ def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+# Longest row whose blocks the policy stage ranks by sorting, in one vector (register tiles of this
+# many int64 per program); longer rows fall back to comparing tile pairs (O(n^2), any length).
+POLICY_SORT_MAX = 4096
+
+
+def policy_sort_n(L: int, sort_n: Optional[int] = None) -> int:
+    """SORT_N of the policy kernels from the row length only (a block never exceeds L): the next
+    power of two, or 0 (tile pairs) past POLICY_SORT_MAX. `sort_n` (tests) forces a value."""
+    if sort_n is not None:
+        return sort_n
+    return _next_pow2(L) if L <= POLICY_SORT_MAX else 0
+
+
 def stats_layout(n_rows: int, V: int, device: torch.device, block_v: Optional[int] = None,
                  vocab_splits: Optional[int] = None):
     """(BLOCK_V, splits, chunk) from shapes only. Enough rows fill the GPU with one program per row;
@@ -117,12 +130,14 @@ def fused_unmask_triton(logits, x, conf, state, mask_id, eos_id, params=None, ro
                         rank_u=None, suppress_ids=None, zero_conf_ids=None, delimiter_ids=None, filter_w1=None,
                         filter_b1=None, filter_w2=None, filter_b2=None, row_stats=None, rule=0, conf_kind=0,
                         shift=False, graded=False, random_remasking=False, adaptive_block=False, eotp=False,
-                        early_stop=False, vocab_size=0, *, block_v: Optional[int] = None, vocab_splits: Optional[int] = None,
-                        policy_tile: Optional[int] = None):
+                        early_stop=False, vocab_size=0, *, block_v: Optional[int] = None,
+                        vocab_splits: Optional[int] = None, policy_tile: Optional[int] = None,
+                        sort_n: Optional[int] = None):
     """One fused_unmask step in Triton: the op's arguments, names and order (csrc/fused_unmask_args.h),
     so it is registered as the op's CUDA kernel as it stands. Updates x, conf and state in place;
     returns (x0, transfer, window_stats). The keyword-only layout knobs (never passed by the op) let
-    tests force the split-vocabulary layout and the policy tile."""
+    tests force the split-vocabulary layout, the policy tile and the policy's ranking (sort_n=0:
+    tile pairs)."""
     B, R, V = _CHECKS.logits_or_row_stats(logits, row_stats, vocab_size, gumbel_u)
     _check(isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[0] == B,
            f"x must be [B, L] with B = {B}, got {list(getattr(x, 'shape', []))}")
@@ -218,6 +233,7 @@ def fused_unmask_triton(logits, x, conf, state, mask_id, eos_id, params=None, ro
         # From the shapes only (the block length is on the device): a block of up to L positions
         # fits one tile where it can; ranks then take one matrix.
         policy_tile = min(max(16, _next_pow2(L)), 64)
+    sort_n = policy_sort_n(L, sort_n)
     w_t = filter_w1 if all_filter else conf
     policy_kernel[(B,)](
         x, x0, conf, pprob, rank_u if rank_u is not None else conf, transfer, window_stats, state,
@@ -226,6 +242,6 @@ def fused_unmask_triton(logits, x, conf, state, mask_id, eos_id, params=None, ro
         eos_id=eos_id, graded=int(bool(graded)), early_stop=int(bool(early_stop)), **read_args,
         RULE=int(rule), RANDOM_RANK=bool(random_remasking) and rule in (0, 4),
         HAS_RANK_U=rank_u is not None, HAS_ROW_START=row_start is not None, TILE=policy_tile,
-        FW_PAD=max(16, _next_pow2(fw)), H_CHUNK=min(32, max(16, _next_pow2(fh))),
-        num_warps=8 if policy_tile >= 64 else 4)  # [64, 64] rank matrices: spread over 8 warps
+        FW_PAD=max(16, _next_pow2(fw)), H_CHUNK=min(32, max(16, _next_pow2(fh))), SORT_N=sort_n,
+        num_warps=8 if max(policy_tile, sort_n) >= 64 else 4)  # [64, 64] rank matrices, long sorts: 8 warps
     return x0, transfer, window_stats

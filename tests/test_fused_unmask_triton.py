@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import dllm_kernels  # noqa: F401  (loads the native op)
+import dllm_kernels as dk
 from dllm_kernels.triton_unmask import FusedUnmaskArgumentError, fused_unmask_triton
 from scenario_runner import step_inputs
 from unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, cpu_op, make_batch,
@@ -398,3 +398,71 @@ def test_cuda_graph_capture_replays_steps():
     assert torch.equal(static[0], eager[0]) and torch.equal(static[2], eager[2])
     torch.testing.assert_close(static[1], eager[1], rtol=0, atol=0, equal_nan=True)
     assert int((static[0] != init[0]).sum()) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The policy stage's ranking: one sort per block (rows up to POLICY_SORT_MAX) against the tile-pair
+# comparisons, at block lengths 1, 33 and past 1,024, with many exact ties
+
+
+LONG_RULES = [dict(rule="topk", steps=4), dict(rule="topk", steps=3, random_remasking=True),
+              dict(rule="threshold", threshold=0.5), dict(rule="factor", factor=1.5),
+              dict(rule="localleap", anchor_threshold=0.6, relaxed_threshold=0.3, window=3, graded=True),
+              dict(rule="filter", steps=5)]
+
+
+def _tied_logits(B, L, V, gen):
+    """Copies of four random rows: every position's confidence ties exactly with a quarter of the
+    others (bit for bit: the same row, the same sums), and the four values lie far apart."""
+    rows = torch.randn(4, V, generator=gen) * 2.0
+    return rows[torch.randint(0, 4, (B, L), generator=gen)]
+
+
+RULE_IDS = [f"{f['rule']}{'-random' if f.get('random_remasking') else ''}" for f in LONG_RULES]
+# Every rule at 1 and 33 positions; at 1,024 (the interpreter takes ~30 s per call there) the random
+# top-k key and LocalLeap's scans.
+SORT_CASES = [(block, f) for block in (1, 33) for f in LONG_RULES] + [(1024, LONG_RULES[1]), (1024, LONG_RULES[4])]
+
+
+@pytest.mark.parametrize("block, fields", SORT_CASES,
+                         ids=[f"{b}-{RULE_IDS[LONG_RULES.index(f)]}" for b, f in SORT_CASES])
+def test_sorted_ranks_equal_the_cpu_op_and_tile_pairs(block, fields):
+    """The launcher's choice (a sort) against the C++ op at every length and, where the interpreter
+    is quick enough, against the tile-pair comparisons: the same state, tokens and transfers. The
+    tied groups' confidences are far apart, so float32 rounding differences between backends
+    never reorder them; inside a group the lower position wins on every backend. The long block's
+    logits cover its last 64-70 positions only (the interpreter runs one program per row): the sort
+    still spans the whole 1,024-wide vector, and top-k takes fewer than all candidates."""
+    from dllm_kernels.triton_unmask import policy_sort_n
+
+    B, V = 2, 6
+    L = max(block, 40)
+    R = L if block <= 33 else 64
+    if R < L and "steps" in fields:
+        fields = dict(fields, steps=40)
+    gen = torch.Generator().manual_seed(block)
+    filt = None
+    if fields["rule"] == "filter":
+        filt = dk.LearnedFilter(torch.randn(8, 16, generator=gen), torch.randn(8, generator=gen),
+                                torch.randn(16, 8, generator=gen), torch.randn(16, generator=gen))
+    policy = dk.Policy(block_length=block, learned_filter=filt, **fields)
+    logits = _tied_logits(B, R, V, gen)
+    row_start = None if R == L else torch.tensor([L - 70, L - 64])
+    x = torch.full((B, L), V - 1)
+    x[1, : L // 3] = 0  # sequence 1 starts later: a block not at offset 0
+    st = dk.DecodeState.new(B, L, gen_start=[0, L // 3], seed=9)
+    assert policy_sort_n(L) >= L
+    runs = [(fused_unmask_triton, dict(sort_n=None)), (CPU_OP, {})]
+    if block <= 33:
+        runs.append((fused_unmask_triton, dict(sort_n=0)))
+    outs = []
+    for fn, layout in runs:
+        dev = [t.to(DEVICE).clone() for t in (logits, x, st.conf, st.state)]
+        rs = row_start.to(DEVICE) if row_start is not None else None
+        out = fn(*dev, V - 1, V - 2, **policy.op_arguments(DEVICE, V, B), row_start=rs, **layout)
+        outs.append([t.cpu() for t in (dev[1], dev[3], out[0], out[1])])
+    for other in outs[1:]:
+        for a, b, name in zip(outs[0], other, ("x", "state", "x0", "transfer")):
+            assert torch.equal(a, b), name
+    n = int(outs[0][3].sum())
+    assert n >= 1 and (fields["rule"] != "topk" or block == 1 or n < B * min(block, R))

@@ -19,7 +19,7 @@ def select_kernel(flags_ptr, x_ptr, x0_ptr, conf_ptr, rank_u_ptr, transfer_ptr, 
                   filter_hidden, L, R, shift, graded, commit, RULE: tl.constexpr,
                   RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr, HAS_ROW_START: tl.constexpr,
                   READ_FROM: tl.constexpr, TILE: tl.constexpr, FW_PAD: tl.constexpr,
-                  H_CHUNK: tl.constexpr):
+                  H_CHUNK: tl.constexpr, SORT_N: tl.constexpr):
     """Sequence b: the rule's choice into `transfer` (zero on entry), then x = x0 there if commit."""
     b = tl.program_id(0).to(tl.int64)
     flags_row = flags_ptr + b * L  # READ_FLAGS: the candidates as int8 (READ_ALL: not read)
@@ -47,7 +47,8 @@ def select_kernel(flags_ptr, x_ptr, x0_ptr, conf_ptr, rank_u_ptr, transfer_ptr, 
                    start, end, row_start, R, shift, 1, 1, start, end, seed, offset, n_cand,
                    tl.minimum(k, n_cand), threshold, factor, anchor_threshold, relaxed_threshold,
                    window, graded, filter_threshold, w1_ptr, b1_ptr, w2_ptr, b2_ptr, filter_width,
-                   filter_hidden, RULE, RANDOM_RANK, HAS_RANK_U, READ_FROM, TILE, FW_PAD, H_CHUNK)
+                   filter_hidden, RULE, RANDOM_RANK, HAS_RANK_U, READ_FROM, TILE, FW_PAD, H_CHUNK,
+                   SORT_N)
     if commit != 0:
         tl.debug_barrier()  # the selection above was written by other threads of this program
         for p0 in range(start, end, TILE):

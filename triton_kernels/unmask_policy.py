@@ -2,13 +2,15 @@
 
 One program per sequence, vectorised over positions in tiles of TILE (a power of two). Block
 opening (fixed / AdaBlock), candidates, the five selection rules, EoTP, early stop, bookkeeping,
-transfer and window_stats follow policy.h step by step. Ranks come from a [TILE, TILE] comparison
-matrix per pair of tiles (blocks are small: usually one tile, so one matrix).
+transfer and window_stats follow policy.h step by step. Its numbers come from the sequence's row
+of the float64 parameter pack.
 
 The candidate and rule stage (count_candidates, mark_selection) is shared with `select`
 (triton_kernels/select_policy.py), whose candidates are the caller's (READ_FROM, unmask_common.py).
-Ranks are O(n^2) comparisons per block, done tile pair by tile pair (parallel within a tile, so
-correct for any block length; the CPU op sorts instead).
+Ranks: rows of up to POLICY_SORT_MAX positions (the launcher's SORT_N, a power of two >= L) hold
+the whole block in one vector and rank it by two bitonic sorts of packed (key, offset) words, O(n
+log^2 n) work; LocalLeap's anchor distances come from two scans. Longer rows fall back to O(n^2)
+comparisons, tile pair by tile pair (parallel within a tile, correct for any block length).
 
 Phases communicate through global memory (the selection is written into `transfer`, commits into
 `x`), and one program's threads see each other's writes only after a CTA barrier: hence the
@@ -176,64 +178,166 @@ def count_candidates(x_row, conf_row, L, active, gen_start, end_pos, span_start,
 
 
 @triton.jit
+def sorted_ranks(key, cand, SORT_N: tl.constexpr):
+    """policy.h candidate_rank for a whole block in one vector of SORT_N block offsets: the number
+    of candidates with a larger key, or an equal key and a lower offset. Two bitonic sorts of
+    packed int64 words (O(n log^2 n) compare-exchanges, log^2 n deep) instead of comparing every
+    pair: (key descending, offset) gives the order, (offset, place in that order) maps it back.
+    Non-candidates sort after every candidate."""
+    off = tl.arange(0, SORT_N).to(tl.int64)
+    key = tl.where(key == 0.0, 0.0, key)  # -0.0 ties with +0.0, as the float comparisons have it
+    bits = key.to(tl.int32, bitcast=True)
+    ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)  # int order == float order
+    high = tl.where(cand, -ordered, 0x7FFFFFFF)  # finite keys: |ordered| < 2^31 - 2^23
+    by_rank = tl.sort((high << 32) | off)
+    by_offset = tl.sort(((by_rank & 0xFFFFFFFF) << 32) | off)
+    return (by_offset & 0xFFFFFFFF).to(tl.int32)
+
+
+@triton.jit
+def _max_combine(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _min_combine(a, b):
+    return tl.minimum(a, b)
+
+
+@triton.jit
+def nearest_anchor_distance(anchor, L, SORT_N: tl.constexpr):
+    """anchor_distance for a whole block in one vector: the nearest anchor on each side by a max-
+    and a min-scan (O(n)); L + 1 where there is none."""
+    off = tl.arange(0, SORT_N)
+    left = tl.associative_scan(tl.where(anchor, off, -1), 0, _max_combine)
+    right = tl.associative_scan(tl.where(anchor, off, SORT_N), 0, _min_combine, reverse=True)
+    none = L + 1
+    d_left = tl.where(left >= 0, off - left, none)
+    d_right = tl.where(right < SORT_N, right - off, none)
+    return tl.minimum(d_left, d_right)
+
+
+@triton.jit
+def mark_selection_sorted(x_row, conf_row, rank_u_row, transfer_row, L, active, gen_start, end_pos,
+                          span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
+                          n_cand, k, threshold, factor, anchor_threshold, relaxed_threshold, window,
+                          graded, filter_threshold, w1_ptr, b1_ptr, w2_ptr, b2_ptr, filter_width,
+                          filter_hidden, RULE: tl.constexpr, RANDOM_RANK: tl.constexpr,
+                          HAS_RANK_U: tl.constexpr, READ_FROM: tl.constexpr, FW_PAD: tl.constexpr,
+                          H_CHUNK: tl.constexpr, SORT_N: tl.constexpr):
+    """mark_selection for a block of at most SORT_N positions: the same decisions, every rule's
+    ranks from one sort (the ranking key is conf, or the random key for rules 0 and 4) and
+    LocalLeap's anchor distances from scans."""
+    pos = bs + tl.arange(0, SORT_N)
+    cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
+                                    span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be,
+                                    seed, offset, RANDOM_RANK, HAS_RANK_U, READ_FROM)
+    rank = sorted_ranks(key, cand, SORT_N)
+    if RULE == 0:
+        sel = rank < k
+    elif RULE == 1:
+        sel = (c >= threshold) | (rank == 0)
+    elif RULE == 2:
+        # 1-based r = rank + 1 >= 2 fails when c < 1 - f / (r + 1); the run ends before it.
+        bar = 1.0 - tl.math.div_rn(tl.zeros([SORT_N], dtype=tl.float32) + factor, (rank + 2).to(tl.float32))
+        fails = cand & (rank >= 1) & ~(c >= bar)
+        run = tl.minimum(n_cand, tl.min(tl.where(fails, rank, L + 1), 0).to(tl.int64))
+        sel = rank < run
+    elif RULE == 3:
+        dist = nearest_anchor_distance(cand & (c >= anchor_threshold), L, SORT_N)
+        relaxed = tl.zeros([SORT_N], dtype=tl.float32) + relaxed_threshold
+        if graded != 0:  # rises linearly from tau_rel at distance 1 to kappa at W + 1
+            span = (anchor_threshold - relaxed_threshold) * (dist - 1).to(tl.float32)
+            relaxed = relaxed_threshold + tl.math.div_rn(
+                span, (tl.zeros([SORT_N], dtype=tl.int64) + tl.maximum(window, 1)).to(tl.float32))
+        near = (dist >= 1) & (dist <= window) & (c >= relaxed)
+        sel = (c >= anchor_threshold) | (rank == 0) | near
+    else:
+        sel = rank < k
+    sel = cand & sel
+    tl.store(transfer_row + pos, sel, mask=sel)
+    if RULE == 4:  # the filter's picks among the first filter_width offsets (stores of True only)
+        fpos = bs + tl.arange(0, FW_PAD)
+        fcand, fc, fkey = block_candidates(fpos, x_row, conf_row, conf_row, L, active, gen_start, end_pos,
+                                           span_start, span_end, row_start, R, shift, eotp, mask_id, bs,
+                                           be, 0, 0, False, False, READ_FROM)
+        keep = filter_keep((fpos - bs).to(tl.int32), conf_row, bs, be, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
+                           filter_width, filter_hidden, filter_threshold, FW_PAD, H_CHUNK)
+        fsel = fcand & keep
+        tl.store(transfer_row + fpos, fsel, mask=fsel)
+
+
+@triton.jit
 def mark_selection(x_row, conf_row, rank_u_row, transfer_row, L, active, gen_start, end_pos,
                    span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
                    n_cand, k, threshold, factor, anchor_threshold, relaxed_threshold, window, graded,
                    filter_threshold, w1_ptr, b1_ptr, w2_ptr, b2_ptr, filter_width, filter_hidden,
                    RULE: tl.constexpr, RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr,
                    READ_FROM: tl.constexpr, TILE: tl.constexpr, FW_PAD: tl.constexpr,
-                   H_CHUNK: tl.constexpr):
+                   H_CHUNK: tl.constexpr, SORT_N: tl.constexpr):
     """The rule over the block's candidates (policy.h select rules): marks its choice in
     `transfer` (zero on entry). `k` (rules 0 and 4) is already capped at n_cand. The caller commits
-    afterwards, so that every rank here sees the pre-step tokens."""
-    run = n_cand  # factor rule: longest leading run of the descending order that passes
-    if RULE == 2:
+    afterwards, so that every rank here sees the pre-step tokens. SORT_N > 0 (a power of two >= the
+    block's length): the whole block in one vector, ranks by sorting (mark_selection_sorted);
+    SORT_N = 0: tiles of TILE, ranks by comparing tile pairs (any block length)."""
+    if SORT_N > 0:
+        mark_selection_sorted(x_row, conf_row, rank_u_row, transfer_row, L, active, gen_start, end_pos,
+                              span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed,
+                              offset, n_cand, k, threshold, factor, anchor_threshold, relaxed_threshold,
+                              window, graded, filter_threshold, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
+                              filter_width, filter_hidden, RULE, RANDOM_RANK, HAS_RANK_U, READ_FROM,
+                              FW_PAD, H_CHUNK, SORT_N)
+    else:
+        run = n_cand  # factor rule: longest leading run of the descending order that passes
+        if RULE == 2:
+            for p0 in range(bs, be, TILE):
+                pos = p0 + tl.arange(0, TILE)
+                cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start,
+                                                end_pos, span_start, span_end, row_start, R, shift, eotp,
+                                                mask_id, bs, be, seed, offset, False, False, READ_FROM)
+                rank = candidate_ranks(pos, key, x_row, conf_row, rank_u_row, L, active, gen_start,
+                                       end_pos, span_start, span_end, row_start, R, shift, eotp, mask_id,
+                                       bs, be, seed, offset, False, False, READ_FROM, TILE)
+                # 1-based r = rank + 1 >= 2 fails when c < 1 - f / (r + 1); the run ends before it.
+                bar = 1.0 - tl.math.div_rn(tl.zeros([TILE], dtype=tl.float32) + factor,
+                                           (rank + 2).to(tl.float32))
+                fails = cand & (rank >= 1) & ~(c >= bar)
+                run = tl.minimum(run, tl.min(tl.where(fails, rank, L + 1), 0).to(tl.int64))
+
         for p0 in range(bs, be, TILE):
             pos = p0 + tl.arange(0, TILE)
             cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start,
                                             end_pos, span_start, span_end, row_start, R, shift, eotp,
-                                            mask_id, bs, be, seed, offset, False, False, READ_FROM)
-            rank = candidate_ranks(pos, key, x_row, conf_row, rank_u_row, L, active, gen_start,
-                                   end_pos, span_start, span_end, row_start, R, shift, eotp, mask_id,
-                                   bs, be, seed, offset, False, False, READ_FROM, TILE)
-            # 1-based r = rank + 1 >= 2 fails when c < 1 - f / (r + 1); the run ends before it.
-            bar = 1.0 - tl.math.div_rn(tl.zeros([TILE], dtype=tl.float32) + factor,
-                                       (rank + 2).to(tl.float32))
-            fails = cand & (rank >= 1) & ~(c >= bar)
-            run = tl.minimum(run, tl.min(tl.where(fails, rank, L + 1), 0).to(tl.int64))
+                                            mask_id, bs, be, seed, offset, RANDOM_RANK, HAS_RANK_U,
+                                            READ_FROM)
+            rank = candidate_ranks(pos, key, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
+                                   span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be,
+                                   seed, offset, RANDOM_RANK, HAS_RANK_U, READ_FROM, TILE)
+            if RULE == 0:
+                sel = rank < k
+            elif RULE == 1:
+                sel = (c >= threshold) | (rank == 0)
+            elif RULE == 2:
+                sel = rank < run
+            elif RULE == 3:
+                dist = anchor_distance(pos, x_row, conf_row, L, active, gen_start, end_pos, span_start,
+                                       span_end, row_start, R, shift, eotp, mask_id, bs, be,
+                                       anchor_threshold, READ_FROM, TILE)
+                relaxed = tl.zeros([TILE], dtype=tl.float32) + relaxed_threshold
+                if graded != 0:  # rises linearly from tau_rel at distance 1 to kappa at W + 1
+                    span = (anchor_threshold - relaxed_threshold) * (dist - 1).to(tl.float32)
+                    relaxed = relaxed_threshold + tl.math.div_rn(
+                        span, (tl.zeros([TILE], dtype=tl.int64) + tl.maximum(window, 1)).to(tl.float32))
+                near = (dist >= 1) & (dist <= window) & (c >= relaxed)
+                sel = (c >= anchor_threshold) | (rank == 0) | near
+            else:
+                keep = filter_keep((pos - bs).to(tl.int32), conf_row, bs, be, w1_ptr, b1_ptr, w2_ptr,
+                                   b2_ptr, filter_width, filter_hidden, filter_threshold, FW_PAD, H_CHUNK)
+                sel = (rank < k) | keep
+            sel = cand & sel
+            tl.store(transfer_row + pos, sel, mask=sel)
 
-    for p0 in range(bs, be, TILE):
-        pos = p0 + tl.arange(0, TILE)
-        cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start,
-                                        end_pos, span_start, span_end, row_start, R, shift, eotp,
-                                        mask_id, bs, be, seed, offset, RANDOM_RANK, HAS_RANK_U,
-                                        READ_FROM)
-        rank = candidate_ranks(pos, key, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
-                               span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be,
-                               seed, offset, RANDOM_RANK, HAS_RANK_U, READ_FROM, TILE)
-        if RULE == 0:
-            sel = rank < k
-        elif RULE == 1:
-            sel = (c >= threshold) | (rank == 0)
-        elif RULE == 2:
-            sel = rank < run
-        elif RULE == 3:
-            dist = anchor_distance(pos, x_row, conf_row, L, active, gen_start, end_pos, span_start,
-                                   span_end, row_start, R, shift, eotp, mask_id, bs, be,
-                                   anchor_threshold, READ_FROM, TILE)
-            relaxed = tl.zeros([TILE], dtype=tl.float32) + relaxed_threshold
-            if graded != 0:  # rises linearly from tau_rel at distance 1 to kappa at W + 1
-                span = (anchor_threshold - relaxed_threshold) * (dist - 1).to(tl.float32)
-                relaxed = relaxed_threshold + tl.math.div_rn(
-                    span, (tl.zeros([TILE], dtype=tl.int64) + tl.maximum(window, 1)).to(tl.float32))
-            near = (dist >= 1) & (dist <= window) & (c >= relaxed)
-            sel = (c >= anchor_threshold) | (rank == 0) | near
-        else:
-            keep = filter_keep((pos - bs).to(tl.int32), conf_row, bs, be, w1_ptr, b1_ptr, w2_ptr,
-                               b2_ptr, filter_width, filter_hidden, filter_threshold, FW_PAD, H_CHUNK)
-            sel = (rank < k) | keep
-        sel = cand & sel
-        tl.store(transfer_row + pos, sel, mask=sel)
+
 
 
 @triton.jit
@@ -243,7 +347,7 @@ def policy_kernel(x_ptr, x0_ptr, conf_ptr, pprob_ptr, rank_u_ptr, transfer_ptr, 
                   graded, adaptive_block, eotp, early_stop,
                   RULE: tl.constexpr, RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr,
                   HAS_ROW_START: tl.constexpr, TILE: tl.constexpr, FW_PAD: tl.constexpr,
-                  H_CHUNK: tl.constexpr):
+                  H_CHUNK: tl.constexpr, SORT_N: tl.constexpr):
     """Grid (B,): one step of the policy for sequence b. `transfer` must be zero on entry. Its
     numbers come from the sequence's row of the float64 pack, compared in float32 as the C++ does."""
     b = tl.program_id(0).to(tl.int64)
@@ -330,7 +434,7 @@ def policy_kernel(x_ptr, x0_ptr, conf_ptr, pprob_ptr, rank_u_ptr, transfer_ptr, 
                        n_cand, k, threshold, factor, anchor_threshold, relaxed_threshold, window,
                        graded, filter_threshold, w1_ptr, b1_ptr, w2_ptr, b2_ptr, filter_width,
                        filter_hidden, RULE, RANDOM_RANK, HAS_RANK_U, READ_MASKED, TILE, FW_PAD,
-                       H_CHUNK)
+                       H_CHUNK, SORT_N)
         tl.debug_barrier()
 
         # 4. Commit: x = x0 at the selected positions; note the first committed eos (EoTP).

@@ -82,6 +82,7 @@ struct UnmaskWorkspace {
   bool* read;            // [B, L] position read this step (decided before any token changes)
   bool* cand;            // [B, L] candidate flag per block offset
   bool* sel;             // [B, L] selected flag per block offset
+  int32_t* rank;         // [B, L] candidate rank per block offset (blocks ranked by sorting)
 };
 
 inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
@@ -90,7 +91,7 @@ inline size_t unmask_workspace_bytes(int64_t B, int64_t R, int64_t V, int64_t L)
   const size_t rows = static_cast<size_t>(B) * static_cast<size_t>(R);
   const size_t bl = static_cast<size_t>(B) * static_cast<size_t>(L);
   return align16(rows * stats_splits(V) * sizeof(RowPartial)) + align16(bl * sizeof(float)) +
-         3 * align16(bl);
+         3 * align16(bl) + align16(bl * sizeof(int32_t));
 }
 
 inline UnmaskWorkspace unmask_workspace(void* base, int64_t B, int64_t R, int64_t V, int64_t L) {
@@ -107,6 +108,8 @@ inline UnmaskWorkspace unmask_workspace(void* base, int64_t B, int64_t R, int64_
   w.cand = reinterpret_cast<bool*>(p);
   p += align16(bl);
   w.sel = reinterpret_cast<bool*>(p);
+  p += align16(bl);
+  w.rank = reinterpret_cast<int32_t*>(p);
   return w;
 }
 

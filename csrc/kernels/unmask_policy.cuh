@@ -119,20 +119,83 @@ __device__ __forceinline__ void block_run_filter(const SeqIO& io, const SeqState
   __syncthreads();
 }
 
-// policy.h select_positions, one block offset per thread (ranks by candidate_rank).
+// ---- ranks by one bitonic sort in shared memory ------------------------------------------------
+
+// Blocks of up to kSortMax positions are ranked by sorting (O(n log^2 n) compare-exchanges over the
+// block's threads, log^2 n barriers); longer ones count, per candidate, the candidates above it.
+constexpr int kSortMax = 2048;
+
+// A sortable word for block offset `off`: ascending words order the candidates by key descending,
+// lower offset first (candidate_rank's order), then every non-candidate.
+__device__ __forceinline__ int64_t rank_word(float key, bool cand, int64_t off) {
+  if (key == 0.f) key = 0.f;  // -0.0 ties with +0.0, as the float comparisons have it
+  const int32_t bits = __float_as_int(key);
+  const int64_t ordered = bits < 0 ? (bits ^ 0x7fffffff) : bits;  // int order == float order
+  const int64_t high = cand ? -ordered : 0x7fffffffLL;           // finite keys: |ordered| < 2^31
+  return static_cast<int64_t>(static_cast<uint64_t>(high) << 32) | off;
+}
+
+// Sorts a[0, n2) ascending, n2 a power of two. Call from every thread.
+__device__ __forceinline__ void block_bitonic_sort(int64_t* a, int64_t n2) {
+  for (int64_t size = 2; size <= n2; size <<= 1) {
+    for (int64_t stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int64_t i = threadIdx.x; i < n2 / 2; i += kPolicyThreads) {
+        const int64_t lo = 2 * i - (i & (stride - 1)), hi = lo + stride;
+        const bool up = (lo & size) == 0;
+        const int64_t u = a[lo], v = a[hi];
+        if ((u > v) == up) {
+          a[lo] = v;
+          a[hi] = u;
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// rank[j] = candidate_rank of every candidate at block offset j < n <= kSortMax. Call from every
+// thread; `words` is shared scratch of kSortMax words.
+__device__ __forceinline__ void block_sorted_ranks(const SeqIO& io, const SeqState& st,
+                                                   const PolicyParams& pp, const bool* cand,
+                                                   bool random_key, int64_t* words, int32_t* rank) {
+  const int64_t s = st.block_start, n = st.block_end - st.block_start;
+  int64_t n2 = 1;
+  while (n2 < n) n2 <<= 1;
+  for (int64_t i = threadIdx.x; i < n2; i += kPolicyThreads)
+    words[i] = i < n && cand[i] ? rank_word(rank_key(io, st, pp, s + i, random_key), true, i)
+                                : rank_word(0.f, false, i);
+  __syncthreads();
+  block_bitonic_sort(words, n2);
+  // Non-candidates (the padding too) sort by offset after the candidates: the first n words are
+  // the block's offsets.
+  for (int64_t i = threadIdx.x; i < n; i += kPolicyThreads)
+    rank[words[i] & 0xffffffffLL] = static_cast<int32_t>(i);
+  __syncthreads();
+}
+
+// policy.h select_positions, one block offset per thread; ranks from one sort (blocks up to
+// kSortMax) or by candidate_rank.
 __device__ __forceinline__ void block_select(const SeqIO& io, const SeqState& st,
                                              const PolicyParams& pp, const bool* cand, bool* sel,
                                              int64_t n_cand, float* feat, float* hidden,
-                                             bool* keep, void* scratch) {
+                                             bool* keep, void* scratch, int64_t* words, int32_t* rank) {
   const int64_t s = st.block_start, n = st.block_end - st.block_start;
   for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads) sel[j] = false;
   __syncthreads();
   if (n_cand == 0) return;
 
+  // Every rule ranks by one key: the random one for top-k with random remasking, else conf.
+  const bool random_key = (pp.rule == kTopK || pp.rule == kLearnedFilter) && pp.random_remasking;
+  const bool sorted = n <= kSortMax;
+  if (sorted) block_sorted_ranks(io, st, pp, cand, random_key, words, rank);
+  auto rank_of = [&](int64_t j) -> int64_t {
+    return sorted ? rank[j] : candidate_rank(io, st, pp, cand, s + j, random_key);
+  };
+
   if (pp.rule == kTopK || pp.rule == kLearnedFilter) {
     const int64_t k = topk_count(st, pp, n_cand);
     for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads)
-      if (cand[j]) sel[j] = candidate_rank(io, st, pp, cand, s + j, pp.random_remasking) < k;
+      if (cand[j]) sel[j] = rank_of(j) < k;
     if (pp.rule == kLearnedFilter) {
       block_run_filter(io, st, pp, feat, hidden, keep);  // synchronises
       for (int64_t j = threadIdx.x; j < n && j < pp.filter_width; j += kPolicyThreads)
@@ -140,20 +203,20 @@ __device__ __forceinline__ void block_select(const SeqIO& io, const SeqState& st
     }
   } else if (pp.rule == kThreshold) {
     for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads)
-      if (cand[j]) sel[j] = threshold_selected(io, st, pp, cand, j);
+      if (cand[j]) sel[j] = threshold_selected(io, st, pp, j, rank_of(j));
   } else if (pp.rule == kFactor) {
     int64_t run = n_cand;
     for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads) {
       if (!cand[j]) continue;
-      const int64_t bound = factor_run_bound(io, st, pp, cand, j, n_cand);
+      const int64_t bound = factor_run_bound(io, st, pp, j, rank_of(j), n_cand);
       run = bound < run ? bound : run;
     }
     run = block_reduce(run, MinI64{}, scratch);
     for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads)
-      if (cand[j]) sel[j] = candidate_rank(io, st, pp, cand, s + j, false) < run;
+      if (cand[j]) sel[j] = rank_of(j) < run;
   } else {  // LocalLeap
     for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads)
-      if (cand[j]) sel[j] = localleap_selected(io, st, pp, cand, j);
+      if (cand[j]) sel[j] = localleap_selected(io, st, pp, cand, j, rank_of(j));
   }
   __syncthreads();
 }
@@ -166,6 +229,7 @@ __global__ void __launch_bounds__(kPolicyThreads) unmask_policy_kernel(const Unm
   __shared__ float feat[kMaxFilterWidth];
   __shared__ float hidden[kMaxFilterHidden];
   __shared__ bool keep[kMaxFilterWidth];
+  __shared__ int64_t sort_words[kSortMax];
 
   const int64_t b = blockIdx.x, L = p.L;
   const double* prm = p.params + b * p.params_stride;  // this sequence's row of the pack
@@ -269,7 +333,7 @@ __global__ void __launch_bounds__(kPolicyThreads) unmask_policy_kernel(const Unm
     n_cand += cand[j];
   }
   n_cand = block_reduce(n_cand, SumI64{}, scratch);  // also publishes cand[]
-  block_select(io, st, pp, cand, sel, n_cand, feat, hidden, keep, scratch);
+  block_select(io, st, pp, cand, sel, n_cand, feat, hidden, keep, scratch, sort_words, ws.rank + b * L);
 
   // Phase 5: commit (after selection, so every rule saw the pre-step tokens).
   for (int64_t j = tid; j < n; j += kPolicyThreads) {

@@ -47,6 +47,7 @@ inline unsigned atomicOr(uint32_t* a, uint32_t v) { return __atomic_fetch_or(a, 
 inline float __fadd_rn(float a, float b) { volatile float r = a + b; return r; }
 inline float __fmul_rn(float a, float b) { volatile float r = a * b; return r; }
 inline float __uint_as_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline int32_t __float_as_int(float f) { int32_t i; std::memcpy(&i, &f, 4); return i; }
 inline int32_t min(int32_t a, int32_t b) { return a < b ? a : b; }
 
 struct __half { unsigned short bits; };

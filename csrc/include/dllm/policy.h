@@ -264,21 +264,21 @@ DLLM_HD void compute_window_stats(SeqIO& io, const SeqState& st, const PolicyPar
   io.window_stats[2] = n > 0 ? static_cast<float>(sum2 / n - mean * mean) : 0.f;
 }
 
-// Per-candidate decisions of the rules, shared by the sequential select_positions below and the
-// CUDA kernel, which evaluates them one block offset per thread. `j` is a candidate's block offset.
-DLLM_HD bool threshold_selected(const SeqIO& io, const SeqState& st, const PolicyParams& pp,
-                                const bool* cand, int64_t j) {
-  const int64_t p = st.block_start + j;
-  return io.conf[p] >= pp.threshold || candidate_rank(io, st, pp, cand, p, false) == 0;
+// Per-candidate decisions of the rules for the CUDA kernel, which evaluates them one block offset
+// per thread (the CPU op's policy_cpu.h sorts instead). `j` is a candidate's block offset.
+// `rank` is the candidate's candidate_rank by conf (the CUDA kernel sorts the block once, or counts).
+DLLM_HD bool threshold_selected(const SeqIO& io, const SeqState& st, const PolicyParams& pp, int64_t j,
+                                int64_t rank) {
+  return io.conf[st.block_start + j] >= pp.threshold || rank == 0;
 }
 
 // Factor rule: the leading run of the descending order with c(r) >= 1 - f / (r + 1), r >= 2
 // (1-based), is as long as the smallest r - 1 over failing ranks. Returns this candidate's bound
 // on the run (`n_cand` when it does not fail); the run is the minimum over candidates.
-DLLM_HD int64_t factor_run_bound(const SeqIO& io, const SeqState& st, const PolicyParams& pp,
-                                 const bool* cand, int64_t j, int64_t n_cand) {
+DLLM_HD int64_t factor_run_bound(const SeqIO& io, const SeqState& st, const PolicyParams& pp, int64_t j,
+                                 int64_t rank, int64_t n_cand) {
   const int64_t p = st.block_start + j;
-  const int64_t r = candidate_rank(io, st, pp, cand, p, false) + 1;
+  const int64_t r = rank + 1;
   const bool fails = r >= 2 && !(io.conf[p] >= 1.f - pp.factor / static_cast<float>(r + 1));
   return fails ? r - 1 : n_cand;
 }
@@ -286,10 +286,10 @@ DLLM_HD int64_t factor_run_bound(const SeqIO& io, const SeqState& st, const Poli
 // LocalLeap: anchors (conf >= kappa, fixed for the step) and the argmax are taken; others need
 // conf >= tau_rel (graded: rising linearly to kappa) within `window` of the nearest anchor.
 DLLM_HD bool localleap_selected(const SeqIO& io, const SeqState& st, const PolicyParams& pp,
-                                const bool* cand, int64_t j) {
+                                const bool* cand, int64_t j, int64_t rank) {
   const int64_t s = st.block_start, n = st.block_end - st.block_start;
   const float c = io.conf[s + j];
-  if (c >= pp.anchor_threshold || candidate_rank(io, st, pp, cand, s + j, false) == 0) return true;
+  if (c >= pp.anchor_threshold || rank == 0) return true;
   int64_t d = -1;  // distance to the nearest anchor
   for (int64_t a = 0; a < n; ++a) {
     if (!cand[a] || !(io.conf[s + a] >= pp.anchor_threshold)) continue;
