@@ -280,8 +280,8 @@ class _DenseDualStep:
     CUDA graph captures. On CUDA the first call runs it eagerly (the real step; compiles kernels),
     then captures it; later calls replay. On CPU it always runs eagerly (the path tests check)."""
 
-    def __init__(self, model, x, state, cache, lens_t, policy, q_max, mask_id, eos_id, shift=0):
-        self.model, self.x, self.state, self.cache, self.shift = model, x, state, cache, shift
+    def __init__(self, model, x, state, cache, lens_t, policy, q_max, mask_id, eos_id, shift=0, unmask=fused_unmask):
+        self.model, self.x, self.state, self.cache, self.shift, self.unmask = model, x, state, cache, shift, unmask
         self.lens_t, self.policy, self.q_max = lens_t, policy, q_max
         self.mask_id, self.eos_id = mask_id, eos_id
         self.commits = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
@@ -296,8 +296,8 @@ class _DenseDualStep:
         q_len = torch.where(done, zero, e - s)
         kv_len = torch.where(done, zero, self.lens_t)
         logits = self.model.forward_dense(self.x, q_start, q_len, kv_len, self.q_max, self.cache)
-        out = fused_unmask(logits, self.x, self.state, self.policy, mask_id=self.mask_id,
-                           eos_id=self.eos_id, row_start=q_start)
+        out = self.unmask(logits, self.x, self.state, self.policy, mask_id=self.mask_id,
+                          eos_id=self.eos_id, row_start=q_start)
         self.commits.copy_(out.transfer.sum(1))
 
     def __call__(self):
@@ -385,6 +385,8 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
     elif cache == "block":
         raise ValueError("generate: cache='block' needs a block-diffusion model (dllm_kernels.models.BlockDiffusion)")
     pad_id = eos_id if pad_id is None else pad_id
+    # A tensor-parallel model's logits are its vocabulary shard: it names the op that unmasks them.
+    unmask = (getattr(model, "unmask_op", None) if native else None) or fused_unmask
 
     prompts = prepare_prompts(prompt_ids, attention_mask)
     P = [int(p.numel()) for p in prompts]
@@ -412,7 +414,7 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
         if policy.adaptive_block:
             q_max = max(q_max, int(math.floor(np.float32(policy.block_window_fraction) * np.float32(gen_length))))
         dense_step = _DenseDualStep(model, x, state, kv, lens_t, policy, min(q_max, gen_length) + shift, mask_id,
-                                    eos_id, shift)
+                                    eos_id, shift, unmask)
     attn_mask = None
     if not native and pass_attention_mask:
         attn_mask = (torch.arange(L)[None, :] < torch.tensor(lens)[:, None]).long().to(dev)
@@ -510,8 +512,7 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
                     ev[2].record()
                 else:
                     t_fwd = time.perf_counter() - tf
-            res = fused_unmask(logits, x, state, policy, mask_id=mask_id, eos_id=eos_id, row_start=rs,
-                               backend=backend)
+            res = unmask(logits, x, state, policy, mask_id=mask_id, eos_id=eos_id, row_start=rs, backend=backend)
             commits.append(res.transfer.sum(1))
             del logits, res
             if timing:

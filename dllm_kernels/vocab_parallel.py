@@ -204,21 +204,21 @@ def vocab_parallel_select(logits: torch.Tensor, x: torch.Tensor, candidates: Opt
                   row_stats=stats, vocab_size=vocab_size, **select_kwargs)
 
 
-def _policy_key(policy: Policy) -> float:
+def _policy_key(policy: Policy, numbers) -> float:
     import dataclasses
 
     fields = [(f.name, getattr(policy, f.name)) for f in dataclasses.fields(policy) if f.name != "learned_filter"]
-    return _policy_hash("vocab_parallel_fused_unmask", fields, policy.learned_filter is not None)
+    return _policy_hash("vocab_parallel_fused_unmask", fields, policy.learned_filter is not None, numbers)
 
 
 def vocab_parallel_fused_unmask(logits: torch.Tensor, x: torch.Tensor, state: DecodeState, policy: Policy, *,
                                 group, vocab_start: int, vocab_size: int, mask_id: int, eos_id: int,
                                 row_start: Optional[torch.Tensor] = None, gumbel_u: Optional[torch.Tensor] = None,
-                                rank_u: Optional[torch.Tensor] = None, backend: str = "auto") -> UnmaskResult:
+                                rank_u: Optional[torch.Tensor] = None, params=None, backend: str = "auto") -> UnmaskResult:
     """`fused_unmask` (docs/fused_unmask.md) where `logits` [B, R, V_local] is this rank's shard of
     the vocabulary; every rank of `group` calls it with the same x, state and policy and ends with
     the same x and state as one process would. `policy`'s id lists are global ids; `gumbel_u` is
-    this rank's slice."""
+    this rank's slice; `params` (per-request overrides) goes to fused_unmask as given."""
     op = "vocab_parallel_fused_unmask"
     if not fused_unmask_takes_row_stats():
         raise NotImplementedError(f"{op}: this dllm_kernels' fused_unmask does not merge row statistics "
@@ -241,13 +241,20 @@ def vocab_parallel_fused_unmask(logits: torch.Tensor, x: torch.Tensor, state: De
     read = (pos >= 0) & (pos < L) & (x.gather(1, pos.clamp(0, L - 1)) == mask_id)
     read &= (pos >= st[:, GEN_START:GEN_START + 1]) & (pos < st[:, END_POS:END_POS + 1]) & (st[:, DONE:DONE + 1] == 0)
     positions = torch.where(read, pos, torch.full_like(pos, -1))
-    temp = torch.full((B,), float(policy.temperature), dtype=torch.float64, device=device)
+    t = (params or {}).get("temperature", policy.temperature)  # a per-request override draws its own noise
+    temp = (t.to(device=device, dtype=torch.float64).reshape(-1).expand(B).contiguous() if isinstance(t, torch.Tensor)
+            else torch.full((B,), float(t), dtype=torch.float64, device=device))
     local = row_stats(logits, positions, seed=st[:, SEED].contiguous(), offset=st[:, OFFSET].contiguous(),
                       temperature=temp, gumbel_u=gumbel_u, suppress_ids=list(policy.suppress_ids),
                       conf=policy.conf, vocab_start=vocab_start)
     lf = list(policy.learned_filter.tensors(device)) if policy.learned_filter is not None else []
-    checksum = _checksum([x, st, row_start, rank_u, torch.tensor([mask_id, eos_id])] + lf, device)
+    overrides = dict(params or {})
+    numbers = sorted((k, v) for k, v in overrides.items() if not isinstance(v, torch.Tensor))
+    tensors = [v for _, v in sorted((k, v) for k, v in overrides.items() if isinstance(v, torch.Tensor))]
+    checksum = _checksum([x, st, row_start, rank_u, torch.tensor([mask_id, eos_id])] + lf + tensors, device)
     stats = exchange_row_stats(local, group=group, vocab_start=vocab_start, vocab_local=V_local,
-                               vocab_size=vocab_size, policy_hash=_policy_key(policy), checksum=checksum, op=op)
+                               vocab_size=vocab_size, policy_hash=_policy_key(policy, numbers), checksum=checksum,
+                               op=op)
+    extra = {} if params is None else dict(params=params)
     return fused_unmask(logits[..., :0], x, state, policy, mask_id=mask_id, eos_id=eos_id, row_start=row_start,
-                        rank_u=rank_u, backend=backend, row_stats=stats, vocab_size=vocab_size)
+                        rank_u=rank_u, backend=backend, row_stats=stats, vocab_size=vocab_size, **extra)

@@ -20,6 +20,11 @@ the padded `[B, Qmax]` layout. `forward_dense` is the fixed-shape variant for th
 A subclass sets the weights (attribute names below) and the class attributes `shift`,
 `attn_mode`, `block_size`; its config has `n_layers`, `n_heads`, `n_kv_heads`, `head_dim`,
 `rms_norm_eps`, `mask_token_id`, `eos_token_id`.
+
+Tensor parallel (`tp`, a models.tensor_parallel.TensorParallel): the weights are this rank's slices
+(its heads, its hidden units, its vocabulary shard from `vocab_start`), the row-parallel products
+are summed across ranks, and the logits are this rank's vocabulary shard; `unmask_op` is then the
+vocabulary-parallel fused_unmask `generate` runs on every rank.
 """
 from __future__ import annotations
 
@@ -79,6 +84,8 @@ class SpanModel(torch.nn.Module):
     shift = False          # True: the logits row at position p predicts position p + 1
     attn_mode = "dual"     # "dual": bidirectional; "block_causal": block diffusion (needs block_size)
     block_size = None
+    tp = None              # TensorParallel, or None: one process holds every weight
+    vocab_start = 0        # first id of this rank's vocabulary shard (wte and lm_head rows)
 
     def _init_layers(self, layers, *, theta: float, device) -> None:
         """`layers`: one dict per block with the per-layer tensors (already on device, in dtype)."""
@@ -99,6 +106,9 @@ class SpanModel(torch.nn.Module):
                 self.q_norm.append(_frozen(layer["q_norm"]))
                 self.k_norm.append(_frozen(layer["k_norm"]))
         hd = self.config.head_dim
+        # Heads this rank holds (all of them without tensor parallelism): from the weights' shapes.
+        self.local_heads = layers[0]["w_o"].shape[1] // hd
+        self.local_kv_heads = (layers[0]["w_qkv"].shape[0] - self.local_heads * hd) // (2 * hd)
         inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
         self._inv_freq = inv_freq.to(device)
         self._rope_cache = None
@@ -115,7 +125,33 @@ class SpanModel(torch.nn.Module):
 
     @property
     def vocab_size(self) -> int:
+        """Width of the logits this model returns (this rank's shard under tensor parallelism)."""
         return self.lm_head.shape[0]
+
+    @property
+    def full_vocab_size(self) -> int:
+        return self.config.embedding_size if self.tp is not None else self.vocab_size
+
+    @property
+    def unmask_op(self):
+        """The fused_unmask `generate` calls on this model's logits: the vocabulary-parallel one
+        (with this rank's shard) under tensor parallelism, else None (the plain op)."""
+        if self.tp is None:
+            return None
+        import functools
+
+        from ..vocab_parallel import vocab_parallel_fused_unmask
+
+        return functools.partial(vocab_parallel_fused_unmask, group=self.tp.group, vocab_start=self.vocab_start,
+                                 vocab_size=self.full_vocab_size)
+
+    def _reduce(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.tp is None else self.tp.all_reduce(t)
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.tp is None:
+            return F.embedding(tokens, self.wte)
+        return self.tp.embed(tokens, self.wte, self.vocab_start)
 
     @property
     def _uses_carry(self) -> bool:
@@ -123,7 +159,7 @@ class SpanModel(torch.nn.Module):
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         c = self.config
-        return KVCache(c.n_layers, batch, length, c.n_kv_heads, c.head_dim, self.dtype, self.device,
+        return KVCache(c.n_layers, batch, length, self.local_kv_heads, c.head_dim, self.dtype, self.device,
                        carry_width=self.wte.shape[1] if self._uses_carry else 0)
 
     def _cos_sin(self, length: int):
@@ -140,7 +176,7 @@ class SpanModel(torch.nn.Module):
     def _layers(self, h, pos, to_padded, from_padded, cache, scratch, q_start, q_len, kv_len, B, q_max):
         """The transformer blocks on packed rows h [N, d] at positions pos [N]."""
         c = self.config
-        hq, hkv, hd, eps = c.n_heads, c.n_kv_heads, c.head_dim, c.rms_norm_eps
+        hq, hkv, hd, eps = self.local_heads, self.local_kv_heads, c.head_dim, c.rms_norm_eps
         cos_t, sin_t = self._rope_cache
         cos, sin = cos_t[pos][:, None, :], sin_t[pos][:, None, :]
         for i in range(c.n_layers):
@@ -155,10 +191,10 @@ class SpanModel(torch.nn.Module):
             kc, vc = cache.layer(i) if cache is not None else scratch
             o = block_attention(to_padded(q, B, q_max), to_padded(k, B, q_max), to_padded(v, B, q_max),
                                 kc, vc, q_start, q_len, kv_len, mode=self.attn_mode, block_size=self.block_size)
-            h = h + F.linear(from_padded(o).reshape(-1, hq * hd), self.w_o[i])
+            h = h + self._reduce(F.linear(from_padded(o).reshape(-1, hq * hd), self.w_o[i]))
             n2 = rms_norm(h, self.ff_norm[i], eps)
             gate, up = F.linear(n2, self.w_gate_up[i]).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, self.w_down[i])
+            h = h + self._reduce(F.linear(F.silu(gate) * up, self.w_down[i]))
         return h
 
     # ---- forwards ----------------------------------------------------------------------------------
@@ -230,11 +266,11 @@ class SpanModel(torch.nn.Module):
                 return o.reshape(-1, *o.shape[2:]).index_select(0, slot)
         scratch = None
         if cache is None:
-            shape = (B, L, c.n_kv_heads, c.head_dim)
+            shape = (B, L, self.local_kv_heads, c.head_dim)
             scratch = (torch.empty(shape, dtype=self.dtype, device=dev), torch.empty(shape, dtype=self.dtype, device=dev))
         idx = lambda v: torch.tensor(v, dtype=torch.int64).to(dev, non_blocking=True)  # noqa: E731
         self._cos_sin(L)
-        h = F.embedding(x.reshape(-1).index_select(0, flat), self.wte)
+        h = self._embed(x.reshape(-1).index_select(0, flat))
         h = self._layers(h, pos, to_padded, from_padded, cache, scratch, idx(q_start), idx(q_len),
                          idx(kv_len), B, q_max)
         if not active:
@@ -259,7 +295,7 @@ class SpanModel(torch.nn.Module):
         i = torch.arange(q_max, device=x.device)
         pos = torch.clamp(q_start[:, None] + i[None, :], max=L - 1).reshape(-1)
         tokens = x.gather(1, pos.view(B, q_max)).reshape(-1)
-        h = F.embedding(tokens, self.wte)
+        h = self._embed(tokens)
         to_padded = lambda t, B_, Q_: t.view(B_, Q_, *t.shape[1:])  # noqa: E731
         from_padded = lambda o: o.reshape(-1, *o.shape[2:])  # noqa: E731
         self._cos_sin(L)
