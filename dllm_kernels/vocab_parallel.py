@@ -16,13 +16,13 @@ surfaces as the collective's error after the group's timeout (init_process_group
 from __future__ import annotations
 
 import hashlib
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
 from .policy import CONF_KINDS, Policy
-from .row_stats import ROW_STATS_COLUMNS, row_positions, row_stats
+from .row_stats import row_positions, row_stats
 from .select import SelectResult, _bounds, _ids, _per_sequence_ids, select
 from .state import DONE, END_POS, GEN_START, OFFSET, SEED, DecodeState
 from .unmask import UnmaskResult, fused_unmask
@@ -251,7 +251,8 @@ def vocab_parallel_fused_unmask(logits: torch.Tensor, x: torch.Tensor, state: De
     overrides = dict(params or {})
     numbers = sorted((k, v) for k, v in overrides.items() if not isinstance(v, torch.Tensor))
     tensors = [v for _, v in sorted((k, v) for k, v in overrides.items() if isinstance(v, torch.Tensor))]
-    checksum = _checksum([x, st, row_start, rank_u, torch.tensor([mask_id, eos_id])] + lf + tensors, device)
+    checksum = _checksum([x, st, state.conf, row_start, rank_u, torch.tensor([mask_id, eos_id])] + lf + tensors,
+                         device)
     stats = exchange_row_stats(local, group=group, vocab_start=vocab_start, vocab_local=V_local,
                                vocab_size=vocab_size, policy_hash=_policy_key(policy, numbers), checksum=checksum,
                                op=op)

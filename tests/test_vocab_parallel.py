@@ -7,7 +7,6 @@ import time
 
 import pytest
 import torch
-import torch.distributed as dist
 
 import dllm_kernels as dk
 from dllm_kernels.vocab_parallel import _all_gather, fused_unmask_takes_row_stats, vocab_parallel_select, vocab_shard
