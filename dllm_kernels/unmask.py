@@ -1,11 +1,12 @@
 """`fused_unmask`: one unmasking step for a batch, on whichever backend fits the tensors."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Mapping, NamedTuple, Optional
 
 import torch
 
 from .policy import Policy
+from .select_params import Value
 from .state import DecodeState
 
 BACKENDS = ("auto", "native", "triton", "reference")
@@ -20,14 +21,20 @@ class UnmaskResult(NamedTuple):
 def fused_unmask(logits: torch.Tensor, x: torch.Tensor, state: DecodeState, policy: Policy, *,
                  mask_id: int, eos_id: int, row_start: Optional[torch.Tensor] = None,
                  gumbel_u: Optional[torch.Tensor] = None, rank_u: Optional[torch.Tensor] = None,
-                 backend: str = "auto") -> UnmaskResult:
+                 params: Optional[Mapping[str, Value]] = None, backend: str = "auto",
+                 row_stats: Optional[torch.Tensor] = None, vocab_size: Optional[int] = None) -> UnmaskResult:
     """Commit this step's tokens in place (`x`, `state`) and return the step's outputs.
 
     logits: [B, R, V] (float32/float16/bfloat16, contiguous along V); row r holds the logits of
     position `row_start[b] + r` (plus one with `policy.shift`, for Dream-style models).
     x: [B, L] int64 tokens, `mask_id` where still masked. `backend`: "auto" (alias "native")
     dispatches on the device (C++ on CPU; CUDA kernel, else Triton, on GPU); "triton" and
-    "reference" force those.
+    "reference" force those. `params` overrides the policy's numeric fields per request, each a
+    number or a [B] tensor (e.g. {"threshold": torch.tensor([0.8, 0.95])}): one batch, several
+    policies; tensor values change without a recompile or a new CUDA-graph capture.
+    row_stats: [W, B, R, C] partial statistics of W vocabulary slices in order (dllm_kernels.row_stats,
+    docs/row_stats.md) in place of the logits, which may then be None; `vocab_size` is the whole
+    vocabulary. On CUDA this runs the Triton kernels.
     Semantics: docs/fused_unmask.md. No host synchronisation on CUDA.
     """
     if backend not in BACKENDS:
@@ -36,20 +43,31 @@ def fused_unmask(logits: torch.Tensor, x: torch.Tensor, state: DecodeState, poli
         raise TypeError(f"fused_unmask: policy must be a dllm_kernels.Policy, got {type(policy).__name__}")
     if not isinstance(state, DecodeState):
         raise TypeError(f"fused_unmask: state must be a dllm_kernels.DecodeState, got {type(state).__name__}")
+    extra = {}
+    if row_stats is not None:
+        if not isinstance(row_stats, torch.Tensor) or row_stats.dim() != 4:
+            raise ValueError("fused_unmask: row_stats must be a 4-D tensor [W, B, R, C] (dllm_kernels.row_stats)")
+        if vocab_size is None:
+            raise ValueError("fused_unmask: row_stats needs vocab_size (the whole vocabulary)")
+        if backend == "reference":
+            raise ValueError("fused_unmask: the reference backend reads logits; row_stats needs 'auto' or 'triton'")
+        if logits is None:  # only B and R are read from it
+            logits = row_stats.new_empty((row_stats.shape[1], row_stats.shape[2], 0), dtype=torch.float32)
+        if logits.device.type == "cuda":
+            backend = "triton"  # the native CUDA kernel reads logits only
+        extra = dict(row_stats=row_stats, vocab_size=int(vocab_size))
+    elif vocab_size is not None:
+        raise ValueError("fused_unmask: vocab_size goes with row_stats")
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         raise ValueError("fused_unmask: logits must be a 3-D tensor [B, R, V]")
-    kwargs = policy.op_arguments(logits.device, logits.shape[-1])
-    args = (logits, x, state.conf, state.state, row_start, gumbel_u, rank_u)
-    if backend == "reference":
-        from .reference import fused_unmask_reference
-
-        names = ("row_start", "gumbel_u", "rank_u")
-        return UnmaskResult(*fused_unmask_reference(*args[:4], **dict(zip(names, args[4:])),
-                                                    mask_id=mask_id, eos_id=eos_id, **kwargs))
+    V = int(vocab_size) if row_stats is not None else logits.shape[-1]
+    kwargs = policy.op_arguments(logits.device, V, logits.shape[0], params)
     op = torch.ops.dllm.fused_unmask
-    if backend == "triton":
+    if backend == "reference":
+        from .reference import fused_unmask_reference as op
+    elif backend == "triton":
         from .triton_unmask import fused_unmask_triton as op
-    out = op(*args, kwargs.pop("suppress_ids"), kwargs.pop("zero_conf_ids"), kwargs.pop("delimiter_ids"),
-             kwargs.pop("filter_w1"), kwargs.pop("filter_b1"), kwargs.pop("filter_w2"), kwargs.pop("filter_b2"),
-             mask_id, eos_id, **kwargs)
+    # Every backend takes the op's own signature (csrc/fused_unmask_args.h).
+    out = op(logits, x, state.conf, state.state, mask_id, eos_id, row_start=row_start, gumbel_u=gumbel_u,
+             rank_u=rank_u, **kwargs, **extra)
     return UnmaskResult(*out)

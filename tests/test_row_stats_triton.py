@@ -62,3 +62,33 @@ def test_triton_bad_inputs_match_the_cpu_messages():
     x = torch.zeros(2, 3, dtype=torch.int64)
     with pytest.raises(RuntimeError, match="row_stats needs vocab_size >= 2"):
         dk.select(None, x, row_stats=stats, vocab_size=1, backend="triton")
+
+
+@pytest.mark.parametrize("policy_kw", [dict(rule="threshold", threshold=0.5, adaptive_block=True, delimiter_ids=(3,)),
+                                       dict(rule="topk", steps=2, temperature=0.7, eotp=True, conf="margin")],
+                         ids=lambda kw: kw["rule"])
+def test_triton_fused_unmask_from_slices_equals_cpu(policy_kw):
+    import dllm_kernels.state as S
+
+    from unmask_cases import make_batch
+
+    gen = torch.Generator().manual_seed(3)
+    B, L, V = 2, 12, 61
+    batch = make_batch(B, L, V, gen, block_length=4)
+    policy = dk.Policy(block_length=4, **policy_kw)
+    logits = peaked_logits(B, L, V, torch.float32, gen)
+    positions = row_positions(B, L)
+    temperature = torch.full((B,), policy.temperature, dtype=torch.float64)
+    st = batch.state
+    parts = torch.stack([
+        dk.row_stats(logits[:, :, lo:hi].contiguous(), positions, seed=st.state[:, S.SEED].contiguous(),
+                     offset=st.state[:, S.OFFSET].contiguous(), temperature=temperature, conf=policy.conf,
+                     vocab_start=lo) for lo, hi in ((0, 30), (30, V))])
+    outs = []
+    for backend in ("auto", "triton"):
+        x, s = batch.x.clone(), dk.DecodeState(st.state.clone(), st.conf.clone())
+        r = dk.fused_unmask(None, x, s, policy, mask_id=batch.mask_id, eos_id=batch.eos_id, row_stats=parts,
+                            vocab_size=V, backend=backend)
+        outs.append((x, s.state, s.conf, r.x0, r.transfer))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-7, equal_nan=True)
