@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import dllm_kernels as dk  # noqa: E402
 from dllm_kernels.row_stats import ROW_STATS_COLUMNS  # noqa: E402
-from dllm_kernels.vocab_parallel import (META, _all_gather, fused_unmask_takes_row_stats, vocab_parallel_fused_unmask,  # noqa: E402
+from dllm_kernels.vocab_parallel import (META, _all_gather, vocab_parallel_fused_unmask,  # noqa: E402
                                          vocab_parallel_select, vocab_shard)
 from common import append_results, environment  # noqa: E402
 
@@ -110,8 +110,7 @@ def run(rank, world, args):
         torch.cuda.set_device(device)
     load_before = load()
     rows = []
-    ops = ["select"] + (["fused_unmask"] if fused_unmask_takes_row_stats() else [])
-    for op in ops:
+    for op in args.ops:
         for B, R in args.shapes:
             for dtype in (torch.float32, torch.bfloat16):
                 for temperature in (0.0, 1.0):
@@ -142,6 +141,7 @@ def main():
     ap.add_argument("--vocab", type=int, default=126464)
     ap.add_argument("--shapes", type=json.loads, default=[[1, 32], [4, 32], [8, 64]], help="[[B, R], ...]")
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--ops", nargs="+", default=["select", "fused_unmask"], choices=("select", "fused_unmask"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--spawn", type=int, default=0, help="spawn this many gloo ranks here instead of torchrun")
     args = ap.parse_args()

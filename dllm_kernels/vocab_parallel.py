@@ -27,8 +27,7 @@ from .select import SelectResult, _bounds, _ids, _per_sequence_ids, select
 from .state import DONE, END_POS, GEN_START, OFFSET, SEED, DecodeState
 from .unmask import UnmaskResult, fused_unmask
 
-__all__ = ["vocab_parallel_select", "vocab_parallel_fused_unmask", "vocab_shard", "exchange_row_stats",
-           "fused_unmask_takes_row_stats"]
+__all__ = ["vocab_parallel_select", "vocab_parallel_fused_unmask", "vocab_shard", "exchange_row_stats"]
 
 # Metadata tail of every rank's message (float64, each value exact): a tag, the shapes, the shard,
 # a 52-bit hash of the host-side policy and a 64-bit checksum (two 32-bit halves) of the inputs.
@@ -38,13 +37,6 @@ _TAG = 20241.0
 # torch >= 2.10 names all_gather_into_tensor all_gather_single (the old name warns).
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _MIX = 0x9E3779B97F4A7C15 - 2 ** 64  # odd 64-bit constant (as int64)
-
-
-def fused_unmask_takes_row_stats() -> bool:
-    """Whether `fused_unmask` merges row statistics (`row_stats=`, `vocab_size=`)."""
-    import inspect
-
-    return "row_stats" in inspect.signature(fused_unmask).parameters
 
 
 def vocab_shard(vocab_size: int, world: int, rank: int):
@@ -220,9 +212,6 @@ def vocab_parallel_fused_unmask(logits: torch.Tensor, x: torch.Tensor, state: De
     the same x and state as one process would. `policy`'s id lists are global ids; `gumbel_u` is
     this rank's slice; `params` (per-request overrides) goes to fused_unmask as given."""
     op = "vocab_parallel_fused_unmask"
-    if not fused_unmask_takes_row_stats():
-        raise NotImplementedError(f"{op}: this dllm_kernels' fused_unmask does not merge row statistics "
-                                  "(row_stats=, vocab_size=); use vocab_parallel_select")
     _check_shard(op, logits, vocab_start, vocab_size)
     if not isinstance(policy, Policy):
         raise TypeError(f"{op}: policy must be a dllm_kernels.Policy, got {type(policy).__name__}")

@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 import dllm_kernels as dk
 from dllm_kernels.models import LLaDA
-from dllm_kernels.vocab_parallel import fused_unmask_takes_row_stats, vocab_shard
+from dllm_kernels.vocab_parallel import vocab_shard
 from distributed_cases import run_ranks
 
 MODELS = os.path.join(os.path.dirname(__file__), "..", "models")
@@ -81,9 +81,6 @@ def _decode_body(rank, world, name):
                 assert a.tokens_per_step == b.tokens_per_step
 
 
-@pytest.mark.skipif(not fused_unmask_takes_row_stats(),
-                    reason="fused_unmask does not take row_stats= / vocab_size= yet: generate's vocabulary-parallel "
-                           "step needs it")
 @pytest.mark.parametrize("world,name", [(2, "shakespeare"), (3, "addition")])
 def test_tp_llada_decode_is_token_identical(world, name, tmp_path):
     run_ranks(_decode_body, world, name, tmp_path=tmp_path)

@@ -9,14 +9,10 @@ import pytest
 import torch
 
 import dllm_kernels as dk
-from dllm_kernels.vocab_parallel import _all_gather, fused_unmask_takes_row_stats, vocab_parallel_select, vocab_shard
+from dllm_kernels.vocab_parallel import _all_gather, vocab_parallel_select, vocab_shard
 from distributed_cases import run_ranks
 from test_select import CONF_NAMES, RULE_NAMES, _draw, _thresholds_of
 from unmask_cases import ambiguous_sequences, peaked_logits
-
-needs_fused_row_stats = pytest.mark.skipif(
-    not fused_unmask_takes_row_stats(),
-    reason="fused_unmask does not take row_stats= / vocab_size= yet (the merge exists in select only)")
 
 
 def _cuts(V, world, seed):
@@ -134,7 +130,7 @@ def _fused_body(rank, world):
     for i, (rule, conf) in enumerate((r, c) for r in RULE_NAMES if r != "filter" for c in CONF_NAMES):
         gen = torch.Generator().manual_seed(700 + i)
         B, L, V = 3, 24, 301
-        extra = dict(topk=dict(block_steps=4), threshold=dict(threshold=0.4), factor=dict(factor=1.0),
+        extra = dict(topk=dict(steps=4), threshold=dict(threshold=0.4), factor=dict(factor=1.0),
                      localleap=dict(anchor_threshold=0.7, relaxed_threshold=0.3))[rule]
         policy = dk.Policy(rule=rule, conf=conf, block_length=8, temperature=0.5 * (i % 2), **extra)
         cuts = _cuts(V, world, i)
@@ -152,7 +148,6 @@ def _fused_body(rank, world):
         _same_on_every_rank(xp, world)
 
 
-@needs_fused_row_stats
 @pytest.mark.parametrize("world", [2, 3])
 def test_vocab_parallel_fused_unmask_equals_one_process(world, tmp_path):
     run_ranks(_fused_body, world, tmp_path=tmp_path)
