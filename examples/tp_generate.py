@@ -59,6 +59,7 @@ def main():
         print(f"# {world} ranks, vocabulary shards of {model.full_vocab_size} ids, {out.nfe[0]} forwards, "
               f"{out.wall_time_s:.2f} s")
         print(tok.decode(out.tokens[0]) if tok is not None else out.tokens[0].tolist())
+    dist.barrier()  # no rank tears the group down while another still uses it
     dist.destroy_process_group()
 
 
