@@ -212,10 +212,12 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
     mode = cache_mode(cache, B)
     forward = SpanForward(model, mode, B, L, cache != "none", policy.eotp) if native else \
         CallableForward(model, lens, pass_attention_mask, dev)
+    # A tensor-parallel model's logits are its vocabulary shard: it names the op that unmasks them.
+    unmask = (getattr(model, "unmask_op", None) if native else None) or fused_unmask
     graph_step = None
     if cuda_graph and native and cache == "dual" and not policy.eotp:
         graph_step = DenseDualStep(model, x, state, forward.kv, torch.tensor(lens, dtype=torch.int64, device=dev),
-                                   policy, dense_rows(policy, gen_length, shift), mask_id, eos_id, shift)
+                                   policy, dense_rows(policy, gen_length, shift), mask_id, eos_id, shift, unmask)
     reader, timer = StateReader(state, policy, P), StepTimer(timing, dev.type == "cuda")
     bar = Progress(progress, B * gen_length)
     max_steps = max_steps or 2 * gen_length + 8
@@ -248,8 +250,8 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
             logits, row_start, n_calls = forward(x, st, spans, todo)
             calls += n_calls
             timer.forward_end()
-            res = fused_unmask(logits, x, state, policy, mask_id=mask_id, eos_id=eos_id, row_start=row_start,
-                               backend=backend)
+            res = unmask(logits, x, state, policy, mask_id=mask_id, eos_id=eos_id, row_start=row_start,
+                         backend=backend)
             commits.append(res.transfer.sum(1))
             del logits, res
             timer.step_end()

@@ -28,8 +28,8 @@ class DenseDualStep:
     then captures it; later calls replay. On CPU it always runs eagerly (the path tests check).
     `commits` [B]: tokens each sequence committed in the last call."""
 
-    def __init__(self, model, x, state, cache, lens_t, policy, q_max, mask_id, eos_id, shift=0):
-        self.model, self.x, self.state, self.cache, self.shift = model, x, state, cache, shift
+    def __init__(self, model, x, state, cache, lens_t, policy, q_max, mask_id, eos_id, shift=0, unmask=fused_unmask):
+        self.model, self.x, self.state, self.cache, self.shift, self.unmask = model, x, state, cache, shift, unmask
         self.lens_t, self.policy, self.q_max = lens_t, policy, q_max
         self.mask_id, self.eos_id = mask_id, eos_id
         self.commits = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
@@ -44,8 +44,8 @@ class DenseDualStep:
         q_len = torch.where(done, zero, e - s)
         kv_len = torch.where(done, zero, self.lens_t)
         logits = self.model.forward_dense(self.x, q_start, q_len, kv_len, self.q_max, self.cache)
-        out = fused_unmask(logits, self.x, self.state, self.policy, mask_id=self.mask_id,
-                           eos_id=self.eos_id, row_start=q_start)
+        out = self.unmask(logits, self.x, self.state, self.policy, mask_id=self.mask_id,
+                          eos_id=self.eos_id, row_start=q_start)
         self.commits.copy_(out.transfer.sum(1))
 
     def __call__(self):

@@ -115,10 +115,12 @@ def _shard_files(path: str, who: str):
 
 
 def read_tensors(path: str, expected: Dict[str, Tuple[int, ...]], who: str, *, dtype=None,
-                 device="cpu") -> dict:
+                 device="cpu", slices: Optional[Dict[str, Tuple[int, int, int]]] = None) -> dict:
     """Every tensor of the safetensors shards in `path` (the index's shards when there is an index,
     else model.safetensors / model-*-of-*.safetensors, else every *.safetensors file),
-    which must be exactly the names of `expected` with exactly its shapes; cast to `dtype`."""
+    which must be exactly the names of `expected` with exactly its shapes; cast to `dtype`.
+    `slices`: name -> (dim, start, stop): only that slice of the tensor is read (a tensor-parallel
+    rank's part; dim 0 or 1); its full shape is checked all the same."""
     from safetensors import safe_open
 
     if not os.path.isdir(path):
@@ -136,10 +138,17 @@ def read_tensors(path: str, expected: Dict[str, Tuple[int, ...]], who: str, *, d
                     raise ValueError(f"{who}: tensor {name} appears in two shards")
                 if weight_map is not None and weight_map.get(name) != fname:
                     raise ValueError(f"{who}: tensor {name} is in {fname} but the index says {weight_map.get(name)}")
-                t = f.get_tensor(name)
-                if tuple(t.shape) != tuple(expected[name]):
-                    raise ValueError(f"{who}: tensor {name} has shape {tuple(t.shape)}, the config says "
+                part = f.get_slice(name)
+                shape = tuple(part.get_shape())
+                if shape != tuple(expected[name]):
+                    raise ValueError(f"{who}: tensor {name} has shape {shape}, the config says "
                                      f"{tuple(expected[name])}")
+                cut = (slices or {}).get(name)
+                if cut is None:
+                    t = f.get_tensor(name)
+                else:
+                    dim, start, stop = cut
+                    t = part[start:stop] if dim == 0 else part[:, start:stop]
                 out[name] = t.to(device=device, dtype=dtype or t.dtype)
     missing = sorted(set(expected) - set(out))
     if missing:

@@ -16,8 +16,10 @@ import torch
 from .checkpoint import (check_architecture, check_config_keys, check_load_dtype, check_stored_dtype, read_config,
                          read_tensors, require_id)
 from .span_model import KVCache, SpanModel
+from .tensor_parallel import TensorParallel
 
-__all__ = ["LLaDAConfig", "LLaDA", "KVCache", "load_llada_state_dict", "llada_tensor_names", "random_state_dict"]
+__all__ = ["LLaDAConfig", "LLaDA", "KVCache", "load_llada_state_dict", "llada_tensor_names", "llada_tp_slices",
+           "random_state_dict"]
 
 WHO = "LLaDA"
 ARCHITECTURES = ("LLaDAModelLM",)
@@ -121,11 +123,33 @@ def llada_tensor_names(config: LLaDAConfig) -> dict:
     return names
 
 
-def load_llada_state_dict(path: str, config: LLaDAConfig, *, dtype=None, device="cpu") -> dict:
+def llada_tp_slices(config: LLaDAConfig, tp: TensorParallel) -> dict:
+    """name -> (dim, start, stop): the slice of each tensor rank `tp.rank` holds (heads, hidden
+    units and vocabulary shard; norms are whole)."""
+    c, p = config, "model.transformer."
+    names = {"wte": p + "wte.weight"}
+    if not c.weight_tying:
+        names["lm_head"] = p + "ff_out.weight"
+    out = {}
+    for i in range(c.n_layers):
+        b = f"{p}blocks.{i}."
+        layer = dict(q="q_proj", k="k_proj", v="v_proj", o="attn_out", gate="ff_proj", up="up_proj", down="ff_out")
+        out.update(tp.slices(n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, hidden=c.mlp_hidden_size,
+                             vocab=c.embedding_size, names={role: b + n + ".weight" for role, n in layer.items()}))
+    out.update(tp.slices(n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, hidden=c.mlp_hidden_size,
+                         vocab=c.embedding_size, names=names))
+    return out
+
+
+def load_llada_state_dict(path: str, config: LLaDAConfig, *, dtype=None, device="cpu",
+                          tp: Optional[TensorParallel] = None) -> dict:
     """Every tensor of the checkpoint directory `path` (its safetensors shards), which must be
     exactly the names and shapes `llada_tensor_names` gives (a stray tensor is an error: dropping it
-    would hide an unimplemented feature); cast to `dtype` (default: as stored) on `device`."""
-    return read_tensors(path, llada_tensor_names(config), "load_llada_state_dict", dtype=dtype, device=device)
+    would hide an unimplemented feature); cast to `dtype` (default: as stored) on `device`. With
+    `tp`, only this rank's slices are read (llada_tp_slices)."""
+    slices = llada_tp_slices(config, tp) if tp is not None else None
+    return read_tensors(path, llada_tensor_names(config), "load_llada_state_dict", dtype=dtype, device=device,
+                        slices=slices)
 
 
 def random_state_dict(config: LLaDAConfig, *, seed: int = 0, dtype=torch.float32, device="cpu",
@@ -151,9 +175,13 @@ class LLaDA(SpanModel):
 
     shift = False  # LLaDA predicts position p from row p
 
-    def __init__(self, config: LLaDAConfig, state_dict: dict, *, dtype=None, device=None):
+    def __init__(self, config: LLaDAConfig, state_dict: dict, *, dtype=None, device=None,
+                 tp: Optional[TensorParallel] = None):
+        """`state_dict`: the checkpoint's tensors, or with `tp` this rank's slices of them."""
         super().__init__()
         self.config = c = config
+        if tp is not None:
+            self.tp, self.vocab_start = tp, tp.shard(c.embedding_size)[0]
         p = "model.transformer."
         first = state_dict[p + "wte.weight"]
         dtype = dtype or first.dtype
@@ -177,15 +205,19 @@ class LLaDA(SpanModel):
         self._init_layers(layers, theta=c.rope_theta, device=device)
 
     @classmethod
-    def from_pretrained(cls, path: str, *, dtype=None, device="cpu") -> "LLaDA":
+    def from_pretrained(cls, path: str, *, dtype=None, device="cpu", tp_group=None) -> "LLaDA":
         """Loads `path`/config.json and the safetensors shards of a LLaDA checkpoint directory, in
         the stored dtype unless `dtype` is given (float32, float16 or bfloat16: what
-        block_attention computes in; a float64 checkpoint needs e.g. dtype=torch.float32)."""
+        block_attention computes in; a float64 checkpoint needs e.g. dtype=torch.float32).
+        `tp_group`: a torch.distributed ProcessGroup (or torch.distributed.group.WORLD) to run
+        tensor-parallel over: this rank reads only its slices (docs/vocab_parallel.md); the heads
+        and KV heads must divide by the group's size."""
         check_load_dtype(dtype, WHO)
         config = LLaDAConfig.from_dict(read_config(path, WHO))
-        state_dict = load_llada_state_dict(path, config, dtype=dtype, device=device)
+        tp = TensorParallel(tp_group, who=f"{WHO}.from_pretrained") if tp_group is not None else None
+        state_dict = load_llada_state_dict(path, config, dtype=dtype, device=device, tp=tp)
         check_stored_dtype(state_dict, WHO)
-        return cls(config, state_dict, dtype=dtype, device=device)
+        return cls(config, state_dict, dtype=dtype, device=device, tp=tp)
 
     @classmethod
     def random(cls, config: LLaDAConfig, *, seed: int = 0, dtype=torch.float32, device="cpu",

@@ -24,6 +24,11 @@ A subclass sets the weights (attribute names below) and the class attributes `sh
 `transformer_block` is the one statement of a block (LLaDA, Qwen2, Qwen3), with the attention passed
 in: decoding runs it with block_attention over the KV cache, training (dllm_kernels.training.model)
 with SDPA and autograd.
+
+Tensor parallel (`tp`, a models.tensor_parallel.TensorParallel): the weights are this rank's slices
+(its heads, its hidden units, its vocabulary shard from `vocab_start`), the row-parallel products
+are summed across ranks, and the logits are this rank's vocabulary shard; `unmask_op` is then the
+vocabulary-parallel fused_unmask `generate` runs on every rank.
 """
 from __future__ import annotations
 
@@ -113,23 +118,27 @@ def _project(x: torch.Tensor, w: Matrices, sizes: List[int], bias: Optional[torc
 
 
 def transformer_block(h: torch.Tensor, w: LayerWeights, config, cos: torch.Tensor, sin: torch.Tensor,
-                      attend: Callable) -> torch.Tensor:
+                      attend: Callable, heads: Optional[tuple] = None,
+                      reduce: Optional[Callable] = None) -> torch.Tensor:
     """One pre-norm block on hidden rows h [..., d]: RMSNorm, q/k/v projection (Qwen3: per-head q/k
     norm), RoPE by cos/sin (broadcast against [..., H, D]), `attend(q, k, v)` -> [..., Hq, D], output
-    projection and residual; RMSNorm, SwiGLU and residual."""
+    projection and residual; RMSNorm, SwiGLU and residual. Tensor parallel: `heads` = (q, kv) heads
+    this rank holds, and `reduce` sums the row-parallel products (attention out, MLP down) across ranks."""
     c = config
-    hq, hkv, hd, eps = c.n_heads, c.n_kv_heads, c.head_dim, c.rms_norm_eps
+    hq, hkv = heads if heads is not None else (c.n_heads, c.n_kv_heads)
+    hd, eps = c.head_dim, c.rms_norm_eps
+    reduce = reduce or (lambda t: t)
     n1 = rms_norm(h, w.attn_norm, eps)
     q, k, v = _project(n1, w.qkv, [hq * hd, hkv * hd, hkv * hd], w.b_qkv)
     q, k, v = q.unflatten(-1, (hq, hd)), k.unflatten(-1, (hkv, hd)), v.unflatten(-1, (hkv, hd))
     if w.q_norm is not None:  # Qwen3: RMSNorm over each head, before RoPE
         q, k = rms_norm(q, w.q_norm, eps), rms_norm(k, w.k_norm, eps)
     q, k = rope(q, cos, sin), rope(k, cos, sin)
-    h = h + F.linear(attend(q, k, v).flatten(-2), w.w_o)
+    h = h + reduce(F.linear(attend(q, k, v).flatten(-2), w.w_o))
     n2 = rms_norm(h, w.ff_norm, eps)
     hidden = w.w_down.shape[1]
     gate, up = _project(n2, w.gate_up, [hidden, hidden])
-    return h + F.linear(F.silu(gate) * up, w.w_down)
+    return h + reduce(F.linear(F.silu(gate) * up, w.w_down))
 
 
 def _frozen(t: torch.Tensor) -> torch.nn.Parameter:
@@ -144,6 +153,8 @@ class SpanModel(torch.nn.Module):
     shift = False          # True: the logits row at position p predicts position p + 1
     attn_mode = "dual"     # "dual": bidirectional; "block_causal": block diffusion (needs block_size)
     block_size = None
+    tp = None              # TensorParallel, or None: one process holds every weight
+    vocab_start = 0        # first id of this rank's vocabulary shard (wte and lm_head rows)
 
     def _init_layers(self, layers, *, theta: float, device) -> None:
         """`layers`: one dict per block with the per-layer tensors (already on device, in dtype)."""
@@ -163,6 +174,10 @@ class SpanModel(torch.nn.Module):
             if has_qk_norm:
                 self.q_norm.append(_frozen(layer["q_norm"]))
                 self.k_norm.append(_frozen(layer["k_norm"]))
+        hd = self.config.head_dim
+        # Heads this rank holds (all of them without tensor parallelism): from the weights' shapes.
+        self.local_heads = layers[0]["w_o"].shape[1] // hd
+        self.local_kv_heads = (layers[0]["w_qkv"].shape[0] - self.local_heads * hd) // (2 * hd)
         self._inv_freq = inverse_frequencies(self.config.head_dim, theta).to(device)
         self._rope_cache = None
 
@@ -178,7 +193,33 @@ class SpanModel(torch.nn.Module):
 
     @property
     def vocab_size(self) -> int:
+        """Width of the logits this model returns (this rank's shard under tensor parallelism)."""
         return self.lm_head.shape[0]
+
+    @property
+    def full_vocab_size(self) -> int:
+        return self.config.embedding_size if self.tp is not None else self.vocab_size
+
+    @property
+    def unmask_op(self):
+        """The fused_unmask `generate` calls on this model's logits: the vocabulary-parallel one
+        (with this rank's shard) under tensor parallelism, else None (the plain op)."""
+        if self.tp is None:
+            return None
+        import functools
+
+        from ..vocab_parallel import vocab_parallel_fused_unmask
+
+        return functools.partial(vocab_parallel_fused_unmask, group=self.tp.group, vocab_start=self.vocab_start,
+                                 vocab_size=self.full_vocab_size)
+
+    def _reduce(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.tp is None else self.tp.all_reduce(t)
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.tp is None:
+            return F.embedding(tokens, self.wte)
+        return self.tp.embed(tokens, self.wte, self.vocab_start)
 
     @property
     def _uses_carry(self) -> bool:
@@ -186,7 +227,7 @@ class SpanModel(torch.nn.Module):
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         c = self.config
-        return KVCache(c.n_layers, batch, length, c.n_kv_heads, c.head_dim, self.dtype, self.device,
+        return KVCache(c.n_layers, batch, length, self.local_kv_heads, c.head_dim, self.dtype, self.device,
                        carry_width=self.wte.shape[1] if self._uses_carry else 0)
 
     def _cos_sin(self, length: int):
@@ -216,7 +257,8 @@ class SpanModel(torch.nn.Module):
                                     kc, vc, q_start, q_len, kv_len, mode=self.attn_mode, block_size=self.block_size)
                 return from_padded(o)
 
-            h = transformer_block(h, self.layer(i), self.config, cos, sin, attend)
+            h = transformer_block(h, self.layer(i), self.config, cos, sin, attend,
+                                  heads=(self.local_heads, self.local_kv_heads), reduce=self._reduce)
         return h
 
     # ---- forwards ----------------------------------------------------------------------------------
@@ -288,11 +330,11 @@ class SpanModel(torch.nn.Module):
                 return o.reshape(-1, *o.shape[2:]).index_select(0, slot)
         scratch = None
         if cache is None:
-            shape = (B, L, c.n_kv_heads, c.head_dim)
+            shape = (B, L, self.local_kv_heads, c.head_dim)
             scratch = (torch.empty(shape, dtype=self.dtype, device=dev), torch.empty(shape, dtype=self.dtype, device=dev))
         idx = lambda v: torch.tensor(v, dtype=torch.int64).to(dev, non_blocking=True)  # noqa: E731
         self._cos_sin(L)
-        h = F.embedding(x.reshape(-1).index_select(0, flat), self.wte)
+        h = self._embed(x.reshape(-1).index_select(0, flat))
         h = self._layers(h, pos, to_padded, from_padded, cache, scratch, idx(q_start), idx(q_len),
                          idx(kv_len), B, q_max)
         if not active:
@@ -317,7 +359,7 @@ class SpanModel(torch.nn.Module):
         i = torch.arange(q_max, device=x.device)
         pos = torch.clamp(q_start[:, None] + i[None, :], max=L - 1).reshape(-1)
         tokens = x.gather(1, pos.view(B, q_max)).reshape(-1)
-        h = F.embedding(tokens, self.wte)
+        h = self._embed(tokens)
         to_padded = lambda t, B_, Q_: t.view(B_, Q_, *t.shape[1:])  # noqa: E731
         from_padded = lambda o: o.reshape(-1, *o.shape[2:])  # noqa: E731
         self._cos_sin(L)
