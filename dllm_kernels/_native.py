@@ -15,18 +15,20 @@ except ImportError as exc:  # depends on the build machine
 
 
 def register_triton_fallbacks() -> bool:
-    """On a CUDA machine: serve select, row_stats and speculative_verify on CUDA tensors with their Triton
+    """On a CUDA machine: serve select, row_stats, lm_head_row_stats and speculative_verify on CUDA tensors with their Triton
     kernels (neither has a native CUDA kernel), and fused_unmask too where the native CUDA kernels
     were not built (block_attention registers its own Triton path). Returns whether
     fused_unmask's Triton path was registered."""
     if not torch.cuda.is_available():
         return False
     from .select_triton import register_select_cuda_kernel
+    from .triton_lm_head_row_stats import register_lm_head_row_stats_cuda_kernel
     from .triton_row_stats import register_row_stats_cuda_kernel
     from .triton_speculative_verify import register_triton_cuda_kernel as register_verify
 
     register_select_cuda_kernel()
     register_row_stats_cuda_kernel()
+    register_lm_head_row_stats_cuda_kernel()
     register_verify()
     if HAS_CUDA_KERNELS:
         return False
