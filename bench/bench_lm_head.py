@@ -5,7 +5,8 @@ step, the head's GEMM (F.linear) materialising the logits and then select or fus
 Time (median of repeats, the three variants interleaved in one run) and peak extra memory: the
 rise of the process's peak resident set (VmHWM, reset through /proc/self/clear_refs before each
 step) over its resident set before the step, after a warm-up, so MKL/oneDNN buffers kept between
-calls do not count. The fused step's own buffers (docs/lm_head_row_stats.md, "Memory") are
+calls do not count; glibc's mmap threshold is fixed at 64 KiB (MALLOC_MMAP_THRESHOLD_) so that
+every buffer of 64 KiB or more is resident exactly while it is allocated. The fused step's own buffers (docs/lm_head_row_stats.md, "Memory") are
 printed beside it. Linux only for the memory column.
 
     python bench/bench_lm_head.py                        # CPU: batch 1/8/32 x 32 rows, V = 126,464
@@ -29,7 +30,6 @@ from dllm_kernels.from_hidden import select_from_hidden  # noqa: E402
 from common import append_results, environment  # noqa: E402
 
 LLADA_V = 126464
-MASK_ID = LLADA_V - 128
 
 
 def _kib(field: str) -> int:
@@ -69,7 +69,8 @@ def make_head(B, R, V, d, dtype, seed=0):
 def run_case(B, R, V, d, dtype, repeats, seed=0):
     hidden, weight = make_head(B, R, V, d, dtype, seed)
     L = R
-    x = torch.full((B, L), MASK_ID, dtype=torch.int64)
+    mask_id = V - 128  # LLaDA's layout: the mask id 128 below the vocabulary's end, eos 383
+    x = torch.full((B, L), mask_id, dtype=torch.int64)
     sel = dict(rule="threshold", threshold=0.9, conf="prob")
     policy = dk.Policy(rule="threshold", threshold=0.9, block_length=R)
     state0 = dk.DecodeState.new(B, L, gen_start=0, seed=1)
@@ -79,7 +80,7 @@ def run_case(B, R, V, d, dtype, repeats, seed=0):
 
     def unfused_unmask():
         st, xx = state0.clone(), x.clone()
-        return dk.fused_unmask(F.linear(hidden, weight), xx, st, policy, mask_id=MASK_ID, eos_id=MASK_ID - 255)
+        return dk.fused_unmask(F.linear(hidden, weight), xx, st, policy, mask_id=mask_id, eos_id=V - 383)
 
     def fused_select():
         return select_from_hidden(hidden, weight, x, **sel)
@@ -107,6 +108,11 @@ def uptime() -> str:
 
 
 def main():
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+        # glibc otherwise raises its mmap threshold after the first large free and serves later
+        # buffers from a heap that stays resident, hiding them from the resident-set measure:
+        # with a fixed 64 KiB threshold every buffer >= 64 KiB is mapped on allocation, unmapped on free.
+        os.execve(sys.executable, [sys.executable] + sys.argv, dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536"))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--rows", type=int, default=32)

@@ -17,13 +17,14 @@
 namespace dllm {
 namespace {
 
-// Bytes of weights per vocabulary chunk: a chunk is re-read from cache by every row block, so it
-// should fit a core's L2 (1 MiB of the 2 MiB here) beside the row block's logits.
-// DLLM_LM_HEAD_CHUNK_BYTES=N (read once) overrides it, for bench/bench_lm_head.py's sweep.
+// Bytes of weights per vocabulary chunk: every row block of a chunk re-reads its weights, so they
+// should stay in cache (4 MiB: a core's share of the 32 MiB L3 here, with room for the rows);
+// smaller chunks cost more GEMM calls of less work each (bench/bench_lm_head.py measured both).
+// DLLM_LM_HEAD_CHUNK_BYTES=N (read once) overrides it.
 int64_t chunk_bytes() {
   static const int64_t value = [] {
     const char* env = std::getenv("DLLM_LM_HEAD_CHUNK_BYTES");
-    if (env == nullptr || *env == '\0') return int64_t{1} << 20;
+    if (env == nullptr || *env == '\0') return int64_t{4} << 20;
     char* end = nullptr;
     const long long v = std::strtoll(env, &end, 10);
     TORCH_CHECK(end != env && *end == '\0' && v > 0, "DLLM_LM_HEAD_CHUNK_BYTES must be an integer > 0, got '",
@@ -33,7 +34,7 @@ int64_t chunk_bytes() {
   return value;
 }
 
-constexpr int64_t kBlockLogits = 32768;  // logits of one row block x chunk (128 KiB in float32)
+constexpr int64_t kBlockLogits = 65536;  // logits of one row block x chunk (256 KiB in float32)
 constexpr int64_t kGroupIds = 8192;      // vocabulary ids per task (chunks merged in order within it)
 
 struct Blocking {
