@@ -21,15 +21,17 @@ import dllm_kernels  # noqa: E402,F401  (loads the ops)
 from dllm_kernels import _native  # noqa: E402
 from dllm_kernels import state as S  # noqa: E402
 
+from dllm_kernels.unmask_params import UNMASK_PARAM_COLUMNS, pack_unmask_params  # noqa: E402
+
 OP = torch.ops.dllm.fused_unmask
-OPTIONAL = ("row_start", "gumbel_u", "rank_u", "suppress_ids", "zero_conf_ids", "delimiter_ids",
-            "filter_w1", "filter_b1", "filter_w2", "filter_b2")
 
 
 def call(logits, x, conf, state, kw):
+    """The op with the cases' flat keywords: the numbers go into the per-sequence pack."""
     kw = dict(kw)
-    opt = [kw.pop(name, None) for name in OPTIONAL]
-    return OP(logits, x, conf, state, *opt, kw.pop("mask_id"), kw.pop("eos_id"), **kw)
+    numbers = {name: kw.pop(name) for name in UNMASK_PARAM_COLUMNS if name in kw}
+    params = pack_unmask_params(x.shape[0], x.device, numbers)
+    return OP(logits, x, conf, state, kw.pop("mask_id"), kw.pop("eos_id"), params=params, **kw)
 
 
 def make_case(B, L, V, dtype, seed, misaligned=False, rows=None):

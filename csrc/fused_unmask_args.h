@@ -5,7 +5,9 @@
 
 #include <cmath>
 #include <optional>
+#include <string>
 
+#include "include/dllm/fused_unmask_params.h"
 #include "op_checks.h"
 
 namespace dllm {
@@ -13,33 +15,106 @@ namespace dllm {
 struct FusedUnmaskArgs {
   int64_t B, R, V, L;
   int64_t logits_stride_b, logits_stride_r;
-  PolicyParams policy;
+  PolicyParams policy;  // mode switches, lists and filter; numeric fields come per sequence (pack)
 };
 
 constexpr const char* kFusedUnmask = "fused_unmask";
 
-// The op's parameter list (matches the schema in ops.cpp), written once for every backend's
-// signature, and the matching argument list to forward it.
-#define DLLM_FUSED_UNMASK_PARAMS                                                                  \
-  const at::Tensor &logits, const at::Tensor &x, const at::Tensor &conf, const at::Tensor &state, \
-      const std::optional<at::Tensor>&row_start, const std::optional<at::Tensor>&gumbel_u,        \
-      const std::optional<at::Tensor>&rank_u, const std::optional<at::Tensor>&suppress_ids,       \
-      const std::optional<at::Tensor>&zero_conf_ids,                                              \
-      const std::optional<at::Tensor>&delimiter_ids, const std::optional<at::Tensor>&filter_w1,  \
-      const std::optional<at::Tensor>&filter_b1, const std::optional<at::Tensor>&filter_w2,      \
-      const std::optional<at::Tensor>&filter_b2, int64_t mask_id, int64_t eos_id, int64_t rule,  \
-      int64_t conf_kind, double temperature, bool shift, int64_t steps, double threshold,        \
-      double factor, double anchor_threshold, double relaxed_threshold, int64_t window,          \
-      bool graded, double filter_threshold, bool random_remasking, int64_t block_length,         \
-      bool adaptive_block, double block_delta, double block_window_fraction, bool eotp,          \
-      bool early_stop
+// The op's signature, written once: the schema (fused_unmask_schema), every backend's C++
+// parameter list and the forwarding argument list are generated from these three lists.
+// Required arguments: logits, x, conf, state, mask_id, eos_id (fixed, below). Optional tensors,
+// in schema order, each defaulting to None; a new optional input is one line here.
+#define DLLM_FUSED_UNMASK_OPTIONAL_TENSORS(X) \
+  X(params)                                   \
+  X(row_start)                                \
+  X(gumbel_u)                                 \
+  X(rank_u)                                   \
+  X(suppress_ids)                             \
+  X(zero_conf_ids)                            \
+  X(delimiter_ids)                            \
+  X(filter_w1)                                \
+  X(filter_b1)                                \
+  X(filter_w2)                                \
+  X(filter_b2)
 
-#define DLLM_FUSED_UNMASK_ARGS                                                                  \
-  logits, x, conf, state, row_start, gumbel_u, rank_u, suppress_ids, zero_conf_ids,             \
-      delimiter_ids, filter_w1, filter_b1, filter_w2, filter_b2, mask_id, eos_id, rule,          \
-      conf_kind, temperature, shift, steps, threshold, factor, anchor_threshold,                 \
-      relaxed_threshold, window, graded, filter_threshold, random_remasking, block_length,       \
-      adaptive_block, block_delta, block_window_fraction, eotp, early_stop
+// Mode switches that change the kernel: X(C++ type, schema type, name, default). Every numeric
+// parameter is a column of the pack `params` (include/dllm/fused_unmask_params.h) instead.
+#define DLLM_FUSED_UNMASK_FLAGS(X)       \
+  X(int64_t, int, rule, 0)               \
+  X(int64_t, int, conf_kind, 0)          \
+  X(bool, bool, shift, False)            \
+  X(bool, bool, graded, False)           \
+  X(bool, bool, random_remasking, False) \
+  X(bool, bool, adaptive_block, False)   \
+  X(bool, bool, eotp, False)             \
+  X(bool, bool, early_stop, False)
+
+#define DLLM_FU_DECL_TENSOR(name) , const std::optional<at::Tensor>& name
+#define DLLM_FU_DECL_FLAG(ctype, stype, name, dflt) , ctype name
+#define DLLM_FU_FORWARD_TENSOR(name) , name
+#define DLLM_FU_FORWARD_FLAG(ctype, stype, name, dflt) , name
+
+#define DLLM_FUSED_UNMASK_PARAMS                                                                   \
+  const at::Tensor &logits, const at::Tensor &x, const at::Tensor &conf, const at::Tensor &state,  \
+      int64_t mask_id, int64_t eos_id DLLM_FUSED_UNMASK_OPTIONAL_TENSORS(DLLM_FU_DECL_TENSOR)      \
+          DLLM_FUSED_UNMASK_FLAGS(DLLM_FU_DECL_FLAG)
+
+#define DLLM_FUSED_UNMASK_ARGS                                                                     \
+  logits, x, conf, state, mask_id, eos_id DLLM_FUSED_UNMASK_OPTIONAL_TENSORS(DLLM_FU_FORWARD_TENSOR) \
+      DLLM_FUSED_UNMASK_FLAGS(DLLM_FU_FORWARD_FLAG)
+
+// The schema registered in ops.cpp.
+inline std::string fused_unmask_schema() {
+  std::string s =
+      "fused_unmask(Tensor logits, Tensor(a!) x, Tensor(b!) conf, Tensor(c!) state, int mask_id, "
+      "int eos_id";
+#define DLLM_X(name) s += ", Tensor? " #name "=None";
+  DLLM_FUSED_UNMASK_OPTIONAL_TENSORS(DLLM_X)
+#undef DLLM_X
+#define DLLM_X(ctype, stype, name, dflt) s += ", " #stype " " #name "=" #dflt;
+  DLLM_FUSED_UNMASK_FLAGS(DLLM_X)
+#undef DLLM_X
+  return s + ") -> (Tensor x0, Tensor transfer, Tensor window_stats)";
+}
+
+// Values of the parameter pack, checked where they can be read without a device sync (CPU); the
+// CUDA kernels clamp what they index with.
+inline void check_unmask_params(const at::Tensor& params) {
+  if (!params.device().is_cpu()) return;
+  const double* v = params.data_ptr<double>();
+  auto whole = [](double d, double lo) { return std::isfinite(d) && d >= lo && d == std::floor(d) && d < 9.0e15; };
+  for (int64_t b = 0; b < params.size(0); ++b) {
+    const double* r = v + b * kUnmaskParams;
+    TORCH_CHECK(whole(r[kUnm_steps], 1.0), "fused_unmask: steps must be >= 1 (a whole number), got ",
+                r[kUnm_steps], " for sequence ", b);
+    TORCH_CHECK(whole(r[kUnm_block_length], 1.0),
+                "fused_unmask: block_length must be >= 1 (a whole number), got ", r[kUnm_block_length],
+                " for sequence ", b);
+    TORCH_CHECK(whole(r[kUnm_window], 0.0), "fused_unmask: window must be >= 0 (a whole number), got ",
+                r[kUnm_window], " for sequence ", b);
+    TORCH_CHECK(std::isfinite(r[kUnm_temperature]) && r[kUnm_temperature] >= 0.0,
+                "fused_unmask: temperature must be finite and >= 0, got ", r[kUnm_temperature],
+                " for sequence ", b);
+    TORCH_CHECK(std::isfinite(r[kUnm_factor]) && r[kUnm_factor] >= 0.0,
+                "fused_unmask: factor must be finite and >= 0, got ", r[kUnm_factor], " for sequence ", b);
+    const int units[] = {kUnm_threshold, kUnm_anchor_threshold, kUnm_relaxed_threshold,
+                         kUnm_filter_threshold, kUnm_block_delta, kUnm_block_window_fraction};
+    const char* names[] = {"threshold", "anchor_threshold", "relaxed_threshold", "filter_threshold",
+                           "block_delta", "block_window_fraction"};
+    for (int i = 0; i < 6; ++i)
+      TORCH_CHECK(std::isfinite(r[units[i]]) && r[units[i]] >= 0.0 && r[units[i]] <= 1.0,
+                  "fused_unmask: ", names[i], " must be in [0, 1], got ", r[units[i]], " for sequence ", b);
+  }
+}
+
+// The pack as given, or the defaults ([B, P] on CPU; the CUDA binding keeps one row per device).
+inline at::Tensor unmask_params_or_defaults(const std::optional<at::Tensor>& params, const at::Tensor& x) {
+  if (params) return *params;
+  at::Tensor pack = at::empty({x.size(0), kUnmaskParams}, x.options().dtype(at::kDouble));
+  double* row = pack.data_ptr<double>();
+  for (int64_t b = 0; b < x.size(0); ++b) default_unmask_row(row + b * kUnmaskParams);
+  return pack;
+}
 
 inline FusedUnmaskArgs check_fused_unmask_args(DLLM_FUSED_UNMASK_PARAMS) {
   check_logits(kFusedUnmask, logits);
@@ -80,19 +155,10 @@ inline FusedUnmaskArgs check_fused_unmask_args(DLLM_FUSED_UNMASK_PARAMS) {
   TORCH_CHECK(rule >= 0 && rule <= kLearnedFilter, "fused_unmask: rule must be 0..4, got ", rule);
   TORCH_CHECK(conf_kind >= 0 && conf_kind <= kNegEntropy,
               "fused_unmask: conf_kind must be 0..2, got ", conf_kind);
-  TORCH_CHECK(std::isfinite(temperature) && temperature >= 0.0,
-              "fused_unmask: temperature must be finite and >= 0, got ", temperature);
-  TORCH_CHECK(steps >= 1, "fused_unmask: steps must be >= 1, got ", steps);
-  TORCH_CHECK(block_length >= 1, "fused_unmask: block_length must be >= 1, got ", block_length);
-  TORCH_CHECK(window >= 0, "fused_unmask: window must be >= 0, got ", window);
-  check_unit(kFusedUnmask, threshold, "threshold");
-  check_unit(kFusedUnmask, anchor_threshold, "anchor_threshold");
-  check_unit(kFusedUnmask, relaxed_threshold, "relaxed_threshold");
-  check_unit(kFusedUnmask, filter_threshold, "filter_threshold");
-  check_unit(kFusedUnmask, block_delta, "block_delta");
-  check_unit(kFusedUnmask, block_window_fraction, "block_window_fraction");
-  TORCH_CHECK(std::isfinite(factor) && factor >= 0.0, "fused_unmask: factor must be finite and >= 0, got ",
-              factor);
+  if (params) {
+    check_tensor(kFusedUnmask, *params, logits, "params", at::kDouble, {a.B, kUnmaskParams});
+    check_unmask_params(*params);
+  }
 
   a.logits_stride_b = logits.stride(0);
   a.logits_stride_r = logits.stride(1);
@@ -102,21 +168,15 @@ inline FusedUnmaskArgs check_fused_unmask_args(DLLM_FUSED_UNMASK_PARAMS) {
   p.rule = static_cast<int>(rule);
   p.conf_kind = static_cast<int>(conf_kind);
   p.shift = shift;
-  p.steps = steps;
-  p.threshold = static_cast<float>(threshold);
-  p.factor = static_cast<float>(factor);
-  p.anchor_threshold = static_cast<float>(anchor_threshold);
-  p.relaxed_threshold = static_cast<float>(relaxed_threshold);
-  p.window = window;
   p.graded = graded;
-  p.filter_threshold = static_cast<float>(filter_threshold);
   p.random_remasking = random_remasking;
-  p.block_length = block_length;
   p.adaptive_block = adaptive_block;
-  p.block_delta = static_cast<float>(block_delta);
-  p.block_window_fraction = static_cast<float>(block_window_fraction);
   p.eotp = eotp;
   p.early_stop = early_stop;
+  // Numeric fields: set per sequence from the pack (with_unmask_row); defaults until then.
+  double row[kUnmaskParams];
+  default_unmask_row(row);
+  p = with_unmask_row(p, row);
   p.delimiter_ids = ids_ptr(delimiter_ids);
   p.n_delimiters = ids_len(delimiter_ids);
   check_filter(kFusedUnmask, logits, filter_w1, filter_b1, filter_w2, filter_b2,

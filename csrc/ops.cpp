@@ -7,22 +7,16 @@
 #include <vector>
 
 #include "cpu/row_stats.h"
+#include "fused_unmask_args.h"
+#include "include/dllm/fused_unmask_params.h"
 #include "include/dllm/row_partial.h"
 #include "include/dllm/select_params.h"
 
 TORCH_LIBRARY(dllm, m) {
-  // One unmasking step for a batch; semantics in docs/fused_unmask.md.
-  m.def(
-      "fused_unmask(Tensor logits, Tensor(a!) x, Tensor(b!) conf, Tensor(c!) state, "
-      "Tensor? row_start, Tensor? gumbel_u, Tensor? rank_u, Tensor? suppress_ids, "
-      "Tensor? zero_conf_ids, Tensor? delimiter_ids, Tensor? filter_w1, Tensor? filter_b1, "
-      "Tensor? filter_w2, Tensor? filter_b2, int mask_id, int eos_id, int rule=0, int conf_kind=0, "
-      "float temperature=0., bool shift=False, int steps=1, float threshold=0.9, float factor=1., "
-      "float anchor_threshold=0.9, float relaxed_threshold=0.75, int window=4, bool graded=False, "
-      "float filter_threshold=0.96, bool random_remasking=False, int block_length=32, "
-      "bool adaptive_block=False, float block_delta=0.3, float block_window_fraction=0.25, "
-      "bool eotp=False, bool early_stop=False) "
-      "-> (Tensor x0, Tensor transfer, Tensor window_stats)");
+  // One unmasking step for a batch; semantics in docs/fused_unmask.md. The schema is generated
+  // from the argument lists in fused_unmask_args.h; numeric parameters travel in the per-sequence
+  // pack `params` (columns: fused_unmask_param_columns).
+  m.def(dllm::fused_unmask_schema().c_str());
   // The stateless selection step: no state, the caller's candidates and per-sequence parameter
   // pack (columns: select_param_columns); semantics in docs/select.md.
   m.def(
@@ -55,12 +49,21 @@ TORCH_LIBRARY(dllm, m) {
 #undef DLLM_X
     return std::make_tuple(names, dllm::cpu::kMaxMergedPartials);
   });
-  // Names and defaults of the parameter pack's columns, in order (include/dllm/select_params.h).
+  // Names and defaults of the parameter packs' columns, in order (include/dllm/select_params.h,
+  // include/dllm/fused_unmask_params.h).
   m.def("select_param_columns() -> (str[], float[])", [] {
     std::vector<std::string> names;
     std::vector<double> defaults;
 #define DLLM_X(name, dflt) names.push_back(#name), defaults.push_back(dflt);
     DLLM_SELECT_PARAMS(DLLM_X)
+#undef DLLM_X
+    return std::make_tuple(names, defaults);
+  });
+  m.def("fused_unmask_param_columns() -> (str[], float[])", [] {
+    std::vector<std::string> names;
+    std::vector<double> defaults;
+#define DLLM_X(name, dflt) names.push_back(#name), defaults.push_back(dflt);
+    DLLM_UNMASK_PARAMS(DLLM_X)
 #undef DLLM_X
     return std::make_tuple(names, defaults);
   });

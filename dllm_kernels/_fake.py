@@ -3,15 +3,17 @@ FakeTensor tracing and torch.library.opcheck. They check what can be checked wit
 (devices and shapes), so a traced program fails at trace time like the eager op would."""
 import torch
 
-_UNMASK_TENSORS = ("logits", "x", "conf", "state", "row_start", "gumbel_u", "rank_u", "suppress_ids",
-                   "zero_conf_ids", "delimiter_ids", "filter_w1", "filter_b1", "filter_w2", "filter_b2")
+def _tensor_names(op) -> tuple:
+    """Names of the op's tensor arguments, in schema order (the schema is written once, in C++)."""
+    return tuple(a.name for a in op.default._schema.arguments if "Tensor" in str(a.type))
 
 
 @torch.library.register_fake("dllm::fused_unmask")
-def _fused_unmask_fake(logits, x, conf, state, *args, **kwargs):
-    tensors = (logits, x, conf, state) + args[:len(_UNMASK_TENSORS) - 4]
-    for name, t in zip(_UNMASK_TENSORS, tensors):
-        if t is not None and t.device != logits.device:
+def _fused_unmask_fake(logits, x, conf, state, mask_id, eos_id, *args, **kwargs):
+    names = _tensor_names(torch.ops.dllm.fused_unmask)
+    optional = dict(zip(names[4:], args), **{k: v for k, v in kwargs.items() if k in names})
+    for name, t in dict(zip(names, (logits, x, conf, state)), **optional).items():
+        if isinstance(t, torch.Tensor) and t.device != logits.device:
             raise RuntimeError(f"fused_unmask: {name} is on {t.device} but logits is on {logits.device}")
     if logits.dim() != 3 or x.dim() != 2 or x.shape[0] != logits.shape[0]:
         raise RuntimeError(f"fused_unmask: x must be [B, L] with B = {logits.shape[0] if logits.dim() else '?'}, "
@@ -19,6 +21,10 @@ def _fused_unmask_fake(logits, x, conf, state, *args, **kwargs):
     if tuple(conf.shape) != tuple(x.shape):
         raise RuntimeError(f"fused_unmask: conf must have shape {tuple(x.shape)}, got {tuple(conf.shape)}")
     B, L = x.shape
+    params = optional.get("params")
+    if params is not None and (params.dim() != 2 or params.shape[0] != B or params.dtype != torch.float64):
+        raise RuntimeError(f"fused_unmask: params must be [B, P] float64 with B = {B}, got "
+                           f"{tuple(params.shape)} {params.dtype}")
     if logits.shape[1] > L:
         raise RuntimeError(f"fused_unmask: logits has R = {logits.shape[1]} rows, more than the L = {L} "
                            "positions of x (need R <= L)")

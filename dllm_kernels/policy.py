@@ -12,11 +12,12 @@ import math
 import numbers
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 
-from .select_params import SELECT_DEFAULTS  # the rules' numeric defaults, defined once in C++
+from .select_params import Value
+from .unmask_params import UNMASK_DEFAULTS, UNMASK_PARAM_COLUMNS, pack_unmask_params  # defined once in C++
 
 RULES = {"topk": 0, "threshold": 1, "factor": 2, "localleap": 3, "filter": 4}
 CONF_KINDS = {"prob": 0, "margin": 1, "neg_entropy": 2}
@@ -123,21 +124,21 @@ class Policy:
 
     rule: str = "topk"
     conf: str = "prob"
-    temperature: float = SELECT_DEFAULTS["temperature"]
+    temperature: float = UNMASK_DEFAULTS["temperature"]
     steps: Optional[int] = None
-    threshold: float = SELECT_DEFAULTS["threshold"]
-    factor: float = SELECT_DEFAULTS["factor"]
-    anchor_threshold: float = SELECT_DEFAULTS["anchor_threshold"]
-    relaxed_threshold: float = SELECT_DEFAULTS["relaxed_threshold"]
-    window: int = int(SELECT_DEFAULTS["window"])
+    threshold: float = UNMASK_DEFAULTS["threshold"]
+    factor: float = UNMASK_DEFAULTS["factor"]
+    anchor_threshold: float = UNMASK_DEFAULTS["anchor_threshold"]
+    relaxed_threshold: float = UNMASK_DEFAULTS["relaxed_threshold"]
+    window: int = int(UNMASK_DEFAULTS["window"])
     graded: bool = False
     learned_filter: Optional[LearnedFilter] = None
-    filter_threshold: float = SELECT_DEFAULTS["filter_threshold"]
+    filter_threshold: float = UNMASK_DEFAULTS["filter_threshold"]
     random_remasking: bool = False
-    block_length: int = 32
+    block_length: int = int(UNMASK_DEFAULTS["block_length"])
     adaptive_block: bool = False
-    block_delta: float = 0.3
-    block_window_fraction: float = 0.25
+    block_delta: float = UNMASK_DEFAULTS["block_delta"]
+    block_window_fraction: float = UNMASK_DEFAULTS["block_window_fraction"]
     delimiter_ids: tuple = ()
     eotp: bool = False
     early_stop: bool = False
@@ -182,26 +183,54 @@ class Policy:
         """Steps of a top-k block: `steps`, or `block_length` (one token per step) when None."""
         return self.block_length if self.steps is None else self.steps
 
-    def op_arguments(self, device, vocab_size: int) -> dict:
-        """Keyword arguments of torch.ops.dllm.fused_unmask for this policy (tensors cached)."""
+    def pack_values(self) -> dict:
+        """This policy's value of every column of fused_unmask's parameter pack."""
+        values = {name: getattr(self, name) for name in UNMASK_PARAM_COLUMNS if name != "steps"}
+        return dict(values, steps=self.block_steps)
+
+    def op_arguments(self, device, vocab_size: int, batch: int,
+                     params: Optional[Mapping[str, Value]] = None) -> dict:
+        """Keyword arguments of torch.ops.dllm.fused_unmask for this policy and a batch of `batch`
+        sequences (tensors cached): the parameter pack, the lists, the filter and the mode switches.
+
+        `params` overrides the policy's numeric fields per request: {name: number or [batch] tensor}
+        for any column of the pack (UNMASK_PARAM_COLUMNS) that this rule reads. With `steps=None`, a
+        per-request `block_length` also sets that request's steps (one token per step)."""
         # While torch.compile traces, build the tensors directly: Dynamo would skip the cache
         # wrapper anyway (and warn that it does).
-        make = _policy_tensors.__wrapped__ if torch.compiler.is_compiling() else _policy_tensors
-        tensors = make(self, torch.device(device))
+        compiling = torch.compiler.is_compiling()
+        device = torch.device(device)
+        tensors = (_policy_tensors.__wrapped__ if compiling else _policy_tensors)(self, device)
         for name in ("delimiter_ids", "suppress_ids", "zero_conf_ids"):
             bad = [i for i in getattr(self, name) if i >= vocab_size]
             if bad:
                 raise ValueError(f"Policy: {name} holds ids >= vocab size {vocab_size}: {bad}")
+        if params:
+            values = dict(self.pack_values(), **self._checked_overrides(params))
+            if self.steps is None and "steps" not in params and "block_length" in params:
+                values["steps"] = params["block_length"]
+            pack = pack_unmask_params(batch, device, values)
+        else:
+            pack = (_policy_pack.__wrapped__ if compiling else _policy_pack)(self, device, batch)
         return dict(
-            tensors,
-            rule=RULES[self.rule], conf_kind=CONF_KINDS[self.conf], temperature=float(self.temperature),
-            shift=self.shift, steps=self.block_steps, threshold=float(self.threshold), factor=float(self.factor),
-            anchor_threshold=float(self.anchor_threshold), relaxed_threshold=float(self.relaxed_threshold),
-            window=self.window, graded=self.graded, filter_threshold=float(self.filter_threshold),
-            random_remasking=self.random_remasking, block_length=self.block_length,
-            adaptive_block=self.adaptive_block, block_delta=float(self.block_delta),
-            block_window_fraction=float(self.block_window_fraction), eotp=self.eotp,
-            early_stop=self.early_stop)
+            tensors, params=pack, rule=RULES[self.rule], conf_kind=CONF_KINDS[self.conf], shift=self.shift,
+            graded=self.graded, random_remasking=self.random_remasking, adaptive_block=self.adaptive_block,
+            eotp=self.eotp, early_stop=self.early_stop)
+
+    def _checked_overrides(self, params: Mapping[str, Value]) -> dict:
+        for name in params:
+            if name not in UNMASK_PARAM_COLUMNS:
+                raise ValueError(f"fused_unmask: unknown parameter {name!r} in params; known: "
+                                 f"{list(UNMASK_PARAM_COLUMNS)}")
+            if name in RULE_FIELDS and self.rule not in RULE_FIELDS[name]:
+                raise ValueError(f"fused_unmask: {name} does not apply to rule {self.rule!r} (read by rule "
+                                 f"{'/'.join(RULE_FIELDS[name])})")
+        return dict(params)
+
+
+@functools.lru_cache(maxsize=256)
+def _policy_pack(policy: Policy, device: torch.device, batch: int) -> torch.Tensor:
+    return pack_unmask_params(batch, device, policy.pack_values())
 
 
 @functools.lru_cache(maxsize=256)

@@ -21,9 +21,11 @@ SELECT_PARAM_COLUMNS: tuple = tuple(_names)
 SELECT_PARAM_DEFAULTS: tuple = tuple(_defaults)
 SELECT_DEFAULTS: Mapping[str, float] = dict(zip(SELECT_PARAM_COLUMNS, SELECT_PARAM_DEFAULTS))
 
-# Columns holding whole numbers, and those in [0, 1].
-_WHOLE = ("k", "window")
-_UNIT = ("threshold", "anchor_threshold", "relaxed_threshold", "filter_threshold")
+# Columns holding whole numbers (with their least value), and those in [0, 1]; any other column
+# is finite and >= 0. One table for both packs (select's, and fused_unmask's in unmask_params.py).
+WHOLE_COLUMNS = {"k": 0, "window": 0, "steps": 1, "block_length": 1}
+UNIT_COLUMNS = ("threshold", "anchor_threshold", "relaxed_threshold", "filter_threshold", "block_delta",
+                "block_window_fraction")
 
 Value = Union[int, float, torch.Tensor]
 
@@ -32,25 +34,25 @@ def _check_scalar(op: str, name: str, v) -> float:
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{op}: {name} must be a number or a tensor, got {type(v).__name__}")
     v = float(v)
-    if name in _WHOLE and not (math.isfinite(v) and v >= 0 and v == int(v)):
-        raise ValueError(f"{op}: {name} must be a whole number >= 0, got {v!r}")
-    if name in _UNIT and not (math.isfinite(v) and 0.0 <= v <= 1.0):
+    if name in WHOLE_COLUMNS and not (math.isfinite(v) and v >= WHOLE_COLUMNS[name] and v == int(v)):
+        raise ValueError(f"{op}: {name} must be a whole number >= {WHOLE_COLUMNS[name]}, got {v!r}")
+    if name in UNIT_COLUMNS and not (math.isfinite(v) and 0.0 <= v <= 1.0):
         raise ValueError(f"{op}: {name} must be in [0, 1], got {v!r}")
     if not (math.isfinite(v) and v >= 0):
         raise ValueError(f"{op}: {name} must be finite and >= 0, got {v!r}")
     return v
 
 
-def pack_select_params(batch: int, device, values: Mapping[str, Optional[Value]], *,
-                       op: str = "select") -> torch.Tensor:
-    """[batch, P] float64 on `device`: each column from `values[name]` (a number, a 0-d tensor
-    or a [batch] tensor), its default where absent or None. Python numbers are checked here; a
-    tensor's values are checked by the op on CPU (on CUDA a check would need a host sync)."""
-    unknown = set(values) - set(SELECT_PARAM_COLUMNS)
+def pack_params(columns: tuple, defaults: tuple, batch: int, device, values: Mapping[str, Optional[Value]], *,
+                op: str) -> torch.Tensor:
+    """[batch, len(columns)] float64 on `device`: each column from `values[name]` (a number, a
+    0-d tensor or a [batch] tensor), its default where absent or None. Python numbers are checked
+    here; a tensor's values are checked by the op on CPU (on CUDA a check would need a host sync)."""
+    unknown = set(values) - set(columns)
     if unknown:
-        raise ValueError(f"{op}: unknown parameters {sorted(unknown)}; known: {list(SELECT_PARAM_COLUMNS)}")
+        raise ValueError(f"{op}: unknown parameters {sorted(unknown)}; known: {list(columns)}")
     cols = []
-    for name, default in zip(SELECT_PARAM_COLUMNS, SELECT_PARAM_DEFAULTS):
+    for name, default in zip(columns, defaults):
         v = values.get(name)
         if v is None:
             v = default
@@ -63,3 +65,9 @@ def pack_select_params(batch: int, device, values: Mapping[str, Optional[Value]]
         else:
             cols.append(torch.full((batch,), _check_scalar(op, name, v), dtype=torch.float64, device=device))
     return torch.stack(cols, dim=1).contiguous()
+
+
+def pack_select_params(batch: int, device, values: Mapping[str, Optional[Value]], *,
+                       op: str = "select") -> torch.Tensor:
+    """select's pack [batch, len(SELECT_PARAM_COLUMNS)] (see pack_params)."""
+    return pack_params(SELECT_PARAM_COLUMNS, SELECT_PARAM_DEFAULTS, batch, device, values, op=op)

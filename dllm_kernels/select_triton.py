@@ -172,8 +172,8 @@ def select_triton(logits, x, candidates=None, params=None, bounds=None, row_star
     explicit_noise = sampling and gumbel_u is not None
     gumbel_t = gumbel_u if explicit_noise else conf
     # The caller's candidates through fused_unmask's read rule: flag == mask_id (1), no span test.
-    read_args = dict(mask_id=1, shift=int(bool(shift)), eotp=1, block_length=1, adaptive_block=0,
-                     block_window_fraction=0.0, temperature=0.0, params_ptr=pack, params_stride=pack_stride)
+    read_args = dict(mask_id=1, shift=int(bool(shift)), eotp=1, adaptive_block=0, temperature=0.0,
+                     params_ptr=pack, params_stride=pack_stride)
     common = dict(HAS_ROW_START=row_start is not None, CONF_KIND=int(conf_kind), SAMPLING=sampling,
                   READ_FROM=read_from, TEMP_COL=_COL["temperature"] if params is not None else -1)
 

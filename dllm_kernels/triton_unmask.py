@@ -1,7 +1,7 @@
 """Triton implementation of `torch.ops.dllm.fused_unmask` (docs/fused_unmask.md).
 
-`fused_unmask_triton` takes exactly the op's arguments (csrc/ops.cpp), checks them as the C++ op
-does (csrc/fused_unmask_args.h) and runs the step in two or three kernel launches with no host
+`fused_unmask_triton` takes exactly the op's arguments (csrc/fused_unmask_args.h), checks them as
+the C++ op does, reads every number from the per-sequence float64 parameter pack on the device, and runs the step in two or three kernel launches with no host
 synchronisation, so it can be captured in a CUDA graph:
 
 1. statistics of every read row (triton_kernels/unmask_stats.py): one program per row, or, when
@@ -22,12 +22,16 @@ import torch
 
 from ._triton_pkg import triton_kernels_module
 from .triton_checks import ArgChecks
+from .unmask_params import UNMASK_PARAM_COLUMNS, UNMASK_PARAM_DEFAULTS
 
 policy_kernel = triton_kernels_module("unmask_policy").policy_kernel
 _stats = triton_kernels_module("unmask_stats")
 row_stats_kernel, split_stats_kernel, merge_stats_kernel = (
     _stats.row_stats_kernel, _stats.split_stats_kernel, _stats.merge_stats_kernel)
 N_PART_F, N_PART_I = _stats.N_PART_F, _stats.N_PART_I
+assert tuple(UNMASK_PARAM_COLUMNS) == triton_kernels_module("unmask_common").UNMASK_PARAM_COLUMNS, (
+    "unmask_common.py's pack columns differ from csrc/include/dllm/fused_unmask_params.h")
+_COL = {name: i for i, name in enumerate(UNMASK_PARAM_COLUMNS)}
 
 STATE_COLUMNS = 11
 LOGITS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -39,10 +43,6 @@ class FusedUnmaskArgumentError(ValueError, RuntimeError):
 
 _CHECKS = ArgChecks("fused_unmask", FusedUnmaskArgumentError)
 _check, _check_tensor, _check_ids = _CHECKS.check, _CHECKS.tensor, _CHECKS.ids
-
-
-def _check_unit(v, name):
-    _check(math.isfinite(v) and 0.0 <= v <= 1.0, f"{name} must be in [0, 1], got {v}")
 
 
 def _interpreting() -> bool:
@@ -82,17 +82,48 @@ def stats_layout(n_rows: int, V: int, device: torch.device, block_v: Optional[in
     return block_v, vocab_splits, chunk
 
 
-def fused_unmask_triton(logits, x, conf, state, row_start, gumbel_u, rank_u, suppress_ids, zero_conf_ids,
-                        delimiter_ids, filter_w1, filter_b1, filter_w2, filter_b2, mask_id, eos_id, rule,
-                        conf_kind, temperature, shift, steps, threshold, factor, anchor_threshold,
-                        relaxed_threshold, window, graded, filter_threshold, random_remasking,
-                        block_length, adaptive_block, block_delta, block_window_fraction, eotp,
-                        early_stop, *, block_v: Optional[int] = None, vocab_splits: Optional[int] = None,
+def _check_param_values(params: torch.Tensor) -> None:
+    """fused_unmask_args.h check_unmask_params: the pack's values, on CPU only (on a GPU a check
+    would sync; the kernels clamp the counts they index with)."""
+    if params.device.type != "cpu":
+        return
+    for b, row in enumerate(params.tolist()):
+        v = dict(zip(UNMASK_PARAM_COLUMNS, row))
+        for name, lo in (("steps", 1), ("block_length", 1), ("window", 0)):
+            _check(math.isfinite(v[name]) and v[name] >= lo and v[name] == math.floor(v[name]) and v[name] < 9.0e15,
+                   f"{name} must be >= {lo} (a whole number), got {v[name]} for sequence {b}")
+        for name in ("temperature", "factor"):
+            _check(math.isfinite(v[name]) and v[name] >= 0.0,
+                   f"{name} must be finite and >= 0, got {v[name]} for sequence {b}")
+        for name in ("threshold", "anchor_threshold", "relaxed_threshold", "filter_threshold", "block_delta",
+                     "block_window_fraction"):
+            _check(math.isfinite(v[name]) and 0.0 <= v[name] <= 1.0,
+                   f"{name} must be in [0, 1], got {v[name]} for sequence {b}")
+
+
+_DEFAULT_ROWS: dict = {}
+
+
+def _default_params(device: torch.device) -> torch.Tensor:
+    """The pack's defaults as one [1, P] row per device (read with row stride 0). Made on first use;
+    a CUDA graph that calls the op without `params` must be warmed up outside the capture."""
+    row = _DEFAULT_ROWS.get(device)
+    if row is None:
+        row = torch.tensor([UNMASK_PARAM_DEFAULTS], dtype=torch.float64, device=device)
+        _DEFAULT_ROWS[device] = row
+    return row
+
+
+def fused_unmask_triton(logits, x, conf, state, mask_id, eos_id, params=None, row_start=None, gumbel_u=None,
+                        rank_u=None, suppress_ids=None, zero_conf_ids=None, delimiter_ids=None, filter_w1=None,
+                        filter_b1=None, filter_w2=None, filter_b2=None, rule=0, conf_kind=0, shift=False,
+                        graded=False, random_remasking=False, adaptive_block=False, eotp=False,
+                        early_stop=False, *, block_v: Optional[int] = None, vocab_splits: Optional[int] = None,
                         policy_tile: Optional[int] = None):
-    """One fused_unmask step in Triton: the op's arguments, names and order (csrc/ops.cpp), so it is
-    registered as the op's CUDA kernel as it stands. Updates x, conf and state in place; returns
-    (x0, transfer, window_stats). The keyword-only layout knobs (never passed by the op) let tests
-    force the split-vocabulary layout and the policy tile."""
+    """One fused_unmask step in Triton: the op's arguments, names and order (csrc/fused_unmask_args.h),
+    so it is registered as the op's CUDA kernel as it stands. Updates x, conf and state in place;
+    returns (x0, transfer, window_stats). The keyword-only layout knobs (never passed by the op) let
+    tests force the split-vocabulary layout and the policy tile."""
     _check(isinstance(logits, torch.Tensor) and logits.dim() == 3,
            f"logits must be 3-D [B, R, V], got {getattr(logits, 'dim', lambda: '?')()}-D")
     _check(logits.dtype in LOGITS_DTYPES, f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
@@ -125,16 +156,9 @@ def fused_unmask_triton(logits, x, conf, state, row_start, gumbel_u, rank_u, sup
     _check(eos_id != mask_id, "eos_id must differ from mask_id")
     _check(0 <= rule <= 4, f"rule must be 0..4, got {rule}")
     _check(0 <= conf_kind <= 2, f"conf_kind must be 0..2, got {conf_kind}")
-    _check(math.isfinite(temperature) and temperature >= 0.0,
-           f"temperature must be finite and >= 0, got {temperature}")
-    _check(steps >= 1, f"steps must be >= 1, got {steps}")
-    _check(block_length >= 1, f"block_length must be >= 1, got {block_length}")
-    _check(window >= 0, f"window must be >= 0, got {window}")
-    for name, v in (("threshold", threshold), ("anchor_threshold", anchor_threshold),
-                    ("relaxed_threshold", relaxed_threshold), ("filter_threshold", filter_threshold),
-                    ("block_delta", block_delta), ("block_window_fraction", block_window_fraction)):
-        _check_unit(v, name)
-    _check(math.isfinite(factor) and factor >= 0.0, f"factor must be finite and >= 0, got {factor}")
+    if params is not None:
+        _check_tensor(params, logits, "params", torch.float64, (B, len(UNMASK_PARAM_COLUMNS)))
+        _check_param_values(params)
     fw, fh = _CHECKS.learned_filter(logits, filter_w1, filter_b1, filter_w2, filter_b2, rule == 4)
     all_filter = fw > 0
     _check(logits.device.type == "cuda" or _interpreting(),
@@ -154,22 +178,26 @@ def fused_unmask_triton(logits, x, conf, state, row_start, gumbel_u, rank_u, sup
     zero_t = zero_conf_ids if n_zero else x
     delim_t = delimiter_ids if n_delim else x
     row_start_t = row_start if row_start is not None else x
-    sampling = temperature > 0.0
+    pack = params if params is not None else _default_params(x.device)
+    pack_stride = pack.stride(0) if params is not None else 0
+    # Whether a sequence samples is in the pack, on the device: any pack may (the kernels take the
+    # clean argmax where its temperature is 0); the defaults never do.
+    sampling = params is not None
     explicit_noise = sampling and gumbel_u is not None
     gumbel_t = gumbel_u if explicit_noise else conf
-    read_args = dict(mask_id=mask_id, shift=int(bool(shift)), eotp=int(bool(eotp)), block_length=block_length,
-                     adaptive_block=int(bool(adaptive_block)), block_window_fraction=float(block_window_fraction))
+    read_args = dict(mask_id=mask_id, shift=int(bool(shift)), eotp=int(bool(eotp)),
+                     adaptive_block=int(bool(adaptive_block)), params_ptr=pack, params_stride=pack_stride)
 
     if R > 0:
         block_v, n_splits, chunk = stats_layout(B * R, V, logits.device, block_v, vocab_splits)
         warps = 8 if block_v >= 2048 else 4
-        # READ_FROM=0: rows chosen by the state; one temperature for the batch (TEMP_COL=-1).
-        common = dict(HAS_ROW_START=row_start is not None, CONF_KIND=int(conf_kind), params_ptr=conf,
-                      params_stride=0, READ_FROM=0, TEMP_COL=-1)
+        # READ_FROM=0: rows chosen by the state; each sequence's temperature from its row of the pack.
+        common = dict(HAS_ROW_START=row_start is not None, CONF_KIND=int(conf_kind), READ_FROM=0,
+                      TEMP_COL=_COL["temperature"])
         if n_splits == 1:
             row_stats_kernel[(R, B)](
                 logits, logits.stride(0), logits.stride(1), gumbel_t, x, state, row_start_t, suppress_t,
-                n_suppress, zero_t, n_zero, x0, conf, pprob, L, R, V, temperature=float(temperature),
+                n_suppress, zero_t, n_zero, x0, conf, pprob, L, R, V, temperature=0.0,
                 **read_args, **common, SAMPLING=sampling, EXPLICIT_NOISE=explicit_noise, BLOCK_V=block_v,
                 num_warps=warps)
         else:
@@ -177,27 +205,24 @@ def fused_unmask_triton(logits, x, conf, state, row_start, gumbel_u, rank_u, sup
             part_i = torch.empty((B, R, n_splits, N_PART_I), dtype=torch.int32, device=x.device)
             split_stats_kernel[(n_splits, R, B)](
                 logits, logits.stride(0), logits.stride(1), gumbel_t, x, state, row_start_t, suppress_t,
-                n_suppress, part_f, part_i, L, R, V, chunk, temperature=float(temperature), **read_args,
+                n_suppress, part_f, part_i, L, R, V, chunk, temperature=0.0, **read_args,
                 N_SPLITS=n_splits, **common, SAMPLING=sampling, EXPLICIT_NOISE=explicit_noise,
                 BLOCK_V=block_v, num_warps=warps)
             merge_stats_kernel[(R, B)](
                 part_f, part_i, x, state, row_start_t, zero_t, n_zero, x0, conf, pprob, L, R, V,
-                temperature=float(temperature), **read_args, N_SPLITS=n_splits, SPLITS_PAD=_next_pow2(n_splits), **common,
+                temperature=0.0, **read_args, N_SPLITS=n_splits, SPLITS_PAD=_next_pow2(n_splits), **common,
                 SAMPLING=sampling, num_warps=1)
 
     if policy_tile is None:
-        # Blocks (and AdaBlock windows) fit one tile where possible; ranks then take one matrix.
-        reach = max(block_length, int(block_window_fraction * L))
-        policy_tile = min(max(16, _next_pow2(min(reach, L))), 64)
+        # From the shapes only (the block length is on the device): a block of up to L positions
+        # fits one tile where it can; ranks then take one matrix.
+        policy_tile = min(max(16, _next_pow2(L)), 64)
     w_t = filter_w1 if all_filter else conf
     policy_kernel[(B,)](
         x, x0, conf, pprob, rank_u if rank_u is not None else conf, transfer, window_stats, state,
         row_start_t, delim_t, n_delim, w_t, filter_b1 if all_filter else conf,
         filter_w2 if all_filter else conf, filter_b2 if all_filter else conf, fw, fh, L, R,
-        eos_id=eos_id, steps=steps, threshold=float(threshold), factor=float(factor),
-        anchor_threshold=float(anchor_threshold), relaxed_threshold=float(relaxed_threshold),
-        window=window, graded=int(bool(graded)), filter_threshold=float(filter_threshold),
-        block_delta=float(block_delta), early_stop=int(bool(early_stop)), **read_args,
+        eos_id=eos_id, graded=int(bool(graded)), early_stop=int(bool(early_stop)), **read_args,
         RULE=int(rule), RANDOM_RANK=bool(random_remasking) and rule in (0, 4),
         HAS_RANK_U=rank_u is not None, HAS_ROW_START=row_start is not None, TILE=policy_tile,
         FW_PAD=max(16, _next_pow2(fw)), H_CHUNK=min(32, max(16, _next_pow2(fh))),

@@ -1,11 +1,12 @@
 """`fused_unmask`: one unmasking step for a batch, on whichever backend fits the tensors."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Mapping, NamedTuple, Optional
 
 import torch
 
 from .policy import Policy
+from .select_params import Value
 from .state import DecodeState
 
 BACKENDS = ("auto", "native", "triton", "reference")
@@ -20,14 +21,16 @@ class UnmaskResult(NamedTuple):
 def fused_unmask(logits: torch.Tensor, x: torch.Tensor, state: DecodeState, policy: Policy, *,
                  mask_id: int, eos_id: int, row_start: Optional[torch.Tensor] = None,
                  gumbel_u: Optional[torch.Tensor] = None, rank_u: Optional[torch.Tensor] = None,
-                 backend: str = "auto") -> UnmaskResult:
+                 params: Optional[Mapping[str, Value]] = None, backend: str = "auto") -> UnmaskResult:
     """Commit this step's tokens in place (`x`, `state`) and return the step's outputs.
 
     logits: [B, R, V] (float32/float16/bfloat16, contiguous along V); row r holds the logits of
     position `row_start[b] + r` (plus one with `policy.shift`, for Dream-style models).
     x: [B, L] int64 tokens, `mask_id` where still masked. `backend`: "auto" (alias "native")
     dispatches on the device (C++ on CPU; CUDA kernel, else Triton, on GPU); "triton" and
-    "reference" force those.
+    "reference" force those. `params` overrides the policy's numeric fields per request, each a
+    number or a [B] tensor (e.g. {"threshold": torch.tensor([0.8, 0.95])}): one batch, several
+    policies; tensor values change without a recompile or a new CUDA-graph capture.
     Semantics: docs/fused_unmask.md. No host synchronisation on CUDA.
     """
     if backend not in BACKENDS:
@@ -38,18 +41,13 @@ def fused_unmask(logits: torch.Tensor, x: torch.Tensor, state: DecodeState, poli
         raise TypeError(f"fused_unmask: state must be a dllm_kernels.DecodeState, got {type(state).__name__}")
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         raise ValueError("fused_unmask: logits must be a 3-D tensor [B, R, V]")
-    kwargs = policy.op_arguments(logits.device, logits.shape[-1])
-    args = (logits, x, state.conf, state.state, row_start, gumbel_u, rank_u)
-    if backend == "reference":
-        from .reference import fused_unmask_reference
-
-        names = ("row_start", "gumbel_u", "rank_u")
-        return UnmaskResult(*fused_unmask_reference(*args[:4], **dict(zip(names, args[4:])),
-                                                    mask_id=mask_id, eos_id=eos_id, **kwargs))
+    kwargs = policy.op_arguments(logits.device, logits.shape[-1], logits.shape[0], params)
     op = torch.ops.dllm.fused_unmask
-    if backend == "triton":
+    if backend == "reference":
+        from .reference import fused_unmask_reference as op
+    elif backend == "triton":
         from .triton_unmask import fused_unmask_triton as op
-    out = op(*args, kwargs.pop("suppress_ids"), kwargs.pop("zero_conf_ids"), kwargs.pop("delimiter_ids"),
-             kwargs.pop("filter_w1"), kwargs.pop("filter_b1"), kwargs.pop("filter_w2"), kwargs.pop("filter_b2"),
-             mask_id, eos_id, **kwargs)
+    # Every backend takes the op's own signature (csrc/fused_unmask_args.h).
+    out = op(logits, x, state.conf, state.state, mask_id, eos_id, row_start=row_start, gumbel_u=gumbel_u,
+             rank_u=rank_u, **kwargs)
     return UnmaskResult(*out)

@@ -29,7 +29,8 @@ import torch
 import dllm_kernels as dk
 from dllm_kernels import attention as attn_mod
 from dllm_kernels.triton_unmask import fused_unmask_triton
-from test_fused_unmask_bad_inputs import ARG_NAMES, B, CASES, L, V, good_args
+from test_fused_unmask_bad_inputs import B, CASES, L, V, good_args
+from unmask_cases import op_positional
 
 # ---------------------------------------------------------------------------------------------
 # fused_unmask
@@ -126,9 +127,8 @@ WHOLE_ROWS = [("empty batch", _consistent_empty_batch, r"empty batch"), ("V = 1"
 
 
 def _unmask_entry(entry):
-    if entry == "op":
-        return lambda a: torch.ops.dllm.fused_unmask(*[a[n] for n in ARG_NAMES])
-    return lambda a: fused_unmask_triton(*[a[n] for n in ARG_NAMES])
+    op = torch.ops.dllm.fused_unmask if entry == "op" else fused_unmask_triton
+    return lambda a: (lambda pos, kw: op(*pos, **kw))(*op_positional(**a))
 
 
 def _expect_rejected(fn, args, pattern):

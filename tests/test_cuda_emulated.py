@@ -13,8 +13,9 @@ import shutil
 import pytest
 import torch
 
+import dllm_kernels  # noqa: F401  (defines the op whose schema ORDER reads)
 import test_fused_unmask_cuda as cuda_tests
-from unmask_cases import DTYPES, make_batch, peaked_logits
+from unmask_cases import DTYPES, make_batch, op_positional, peaked_logits
 
 pytestmark = pytest.mark.skipif(os.environ.get("DLLM_CUDA_EMULATION") != "1",
                                 reason="opt-in: set DLLM_CUDA_EMULATION=1")
@@ -24,17 +25,11 @@ EMU_DIR = os.path.join(ROOT, "tests", "cuda_emu")
 BUILD_DIR = os.path.join(ROOT, "build", "cuda_emu")
 # Dynamic shared memory has no host equivalent: the copy compiled here gets a static array.
 SHARED_DECL = "extern __shared__ uint32_t suppress_bits[];"
-ORDER = ["row_start", "gumbel_u", "rank_u", "suppress_ids", "zero_conf_ids", "delimiter_ids",
-         "filter_w1", "filter_b1", "filter_w2", "filter_b2", "mask_id", "eos_id", "rule", "conf_kind",
-         "temperature", "shift", "steps", "threshold", "factor", "anchor_threshold", "relaxed_threshold",
-         "window", "graded", "filter_threshold", "random_remasking", "block_length", "adaptive_block",
-         "block_delta", "block_window_fraction", "eotp", "early_stop"]
-DEFAULTS = dict(row_start=None, gumbel_u=None, rank_u=None, suppress_ids=None, zero_conf_ids=None,
-                delimiter_ids=None, filter_w1=None, filter_b1=None, filter_w2=None, filter_b2=None,
-                rule=0, conf_kind=0, temperature=0.0, shift=False, steps=1, threshold=0.9, factor=1.0,
-                anchor_threshold=0.9, relaxed_threshold=0.75, window=4, graded=False, filter_threshold=0.96,
-                random_remasking=False, block_length=32, adaptive_block=False, block_delta=0.3,
-                block_window_fraction=0.25, eotp=False, early_stop=False)
+# The op's arguments after the six required ones, in schema order, with their defaults: the
+# emulated binding takes them all positionally.
+_SCHEMA = torch.ops.dllm.fused_unmask.default._schema.arguments
+ORDER = [a.name for a in _SCHEMA[6:]]
+DEFAULTS = {a.name: a.default_value for a in _SCHEMA[6:]}
 
 
 def _sync_sources():
@@ -65,8 +60,9 @@ def emu():
     slots = [0]
 
     def op(logits, x, conf, state, **kw):
-        full = dict(DEFAULTS, **kw)
-        return module.emu(logits, x, conf, state, *[full[k] for k in ORDER], slots[0])
+        pos, given = op_positional(logits, x, conf, state, **kw)
+        full = dict(DEFAULTS, **given)
+        return module.emu(*pos, *[full[k] for k in ORDER], slots[0])
 
     op.slots = slots
     return op

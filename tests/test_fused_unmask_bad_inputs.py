@@ -6,15 +6,9 @@ import pytest
 import torch
 
 import dllm_kernels as dk
+from unmask_cases import op_positional
 
 B, L, V = 2, 6, 20
-ARG_NAMES = ["logits", "x", "conf", "state", "row_start", "gumbel_u", "rank_u", "suppress_ids", "zero_conf_ids",
-             "delimiter_ids", "filter_w1", "filter_b1", "filter_w2", "filter_b2", "mask_id", "eos_id", "rule",
-             "conf_kind", "temperature", "shift", "steps", "threshold", "factor", "anchor_threshold",
-             "relaxed_threshold", "window", "graded", "filter_threshold", "random_remasking", "block_length",
-             "adaptive_block", "block_delta", "block_window_fraction", "eotp", "early_stop"]
-
-
 def good_args():
     st = dk.DecodeState.new(B, L, gen_start=1)
     return dict(logits=torch.randn(B, L, V), x=torch.full((B, L), V - 1), conf=st.conf, state=st.state,
@@ -28,7 +22,8 @@ def good_args():
 
 
 def call(args):
-    return torch.ops.dllm.fused_unmask(*[args[n] for n in ARG_NAMES])
+    pos, kw = op_positional(**args)  # the numbers go into the (unchecked) pack: the op checks them
+    return torch.ops.dllm.fused_unmask(*pos, **kw)
 
 
 # (argument, bad value builder, text the error must contain)

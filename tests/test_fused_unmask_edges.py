@@ -7,7 +7,8 @@ import torch
 import dllm_kernels as dk
 from dllm_kernels import state as S
 from test_fused_unmask_cpu import cpu_op
-from unmask_cases import assert_same_decisions, make_batch, peaked_logits, run_both
+from dllm_kernels.unmask_params import UNMASK_PARAM_COLUMNS
+from unmask_cases import assert_same_decisions, make_batch, peaked_logits, run_both, unmask_pack
 
 MASK, EOS = 9, 8  # ids for V = 10
 
@@ -112,7 +113,8 @@ def test_whole_decode_matches_reference(rule, eotp):
     policy = dk.Policy(rule=rule, steps=4, block_length=8, eotp=eotp, early_stop=not eotp, learned_filter=filt,
                        threshold=0.6)
     batch = make_batch(B, L, V, gen, gen_starts=[0, 5, 11], mid_block=False)
-    kw = policy.op_arguments("cpu", V)
+    kw = policy.op_arguments("cpu", V, B)
+    kw.update(zip(UNMASK_PARAM_COLUMNS, kw.pop("params")[0].tolist()))  # the flat form run_both takes
     tensors = {k: kw.pop(k) for k in list(kw) if k.endswith("_ids") or k.startswith("filter_w") or k.startswith("filter_b")}
     for n_steps in range(1, 200):
         logits = peaked_logits(B, L, V, torch.float32, gen, spread=9.0)
@@ -191,9 +193,9 @@ def op_args(B=2, L=8, V=40, dtype=torch.float32):
     logits = peaked_logits(B, L, V, dtype, gen)
     x = torch.full((B, L), V - 1)
     st = dk.DecodeState.new(B, L, gen_start=1)
-    return (logits, x, st.conf, st.state, None, None, None, torch.tensor([3]), None, torch.tensor([5]),
-            None, None, None, None, V - 1, V - 2, 1, 0, 0.0, False, 2, 0.9, 1.0, 0.9, 0.75, 4, False,
-            0.96, False, 4, True, 0.3, 0.25, True, False)
+    params = unmask_pack(B, steps=2, block_length=4)
+    return (logits, x, st.conf, st.state, V - 1, V - 2, params, None, None, None, torch.tensor([3]), None,
+            torch.tensor([5]), None, None, None, None, 1, 0, False, False, False, True, True, False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

@@ -27,6 +27,7 @@ def triton_op(layout=None):
     def op(*args, **kwargs):
         pos, kw = op_positional(*args, **kwargs)
         dev = [t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in pos]
+        kw = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
         out = fused_unmask_triton(*dev, **kw, **(layout or {}))
         for host, d in zip(pos[1:4], dev[1:4]):  # x, conf, state are updated in place
             host.copy_(d.cpu())
@@ -301,7 +302,7 @@ def _args(**over):
              window=4, graded=False, filter_threshold=0.96, random_remasking=False, block_length=4,
              adaptive_block=False, block_delta=0.3, block_window_fraction=0.25, eotp=False, early_stop=False)
     a.update(over)
-    return list(a.values())
+    return op_positional(**a)  # (required arguments, keyword arguments with the pack)
 
 
 @pytest.mark.parametrize("over, name", [
@@ -323,10 +324,11 @@ def _args(**over):
     (dict(filter_w1=torch.zeros(2, 3)), "filter"),
 ])
 def test_bad_arguments_raise_like_the_op(over, name):
+    pos, kw = _args(**over)
     with pytest.raises(FusedUnmaskArgumentError, match=name):
-        fused_unmask_triton(*_args(**over))
+        fused_unmask_triton(*pos, **kw)
     with pytest.raises(RuntimeError):  # the C++ op rejects the same input
-        CPU_OP(*_args(**over))
+        CPU_OP(*pos, **kw)
 
 
 def test_register_triton_cuda_kernel():

@@ -34,10 +34,11 @@ from hypothesis import HealthCheck, Phase, given, note, seed as hyp_seed, settin
 
 import dllm_kernels as dk
 from dllm_kernels import state as S
-from dllm_kernels.reference import fused_unmask_reference, noise_uniform, row_statistics
+from dllm_kernels.reference import noise_uniform, row_statistics
+from unmask_cases import fused_unmask_reference  # the flat keyword form
 from scenario_runner import filter_probabilities
 from test_block_attention import check_against_reference
-from unmask_cases import (DTYPES, TOL, ambiguous_sequences, assert_same_decisions, boost_token, cpu_op,
+from unmask_cases import (DTYPES, TOL, in_flat_form, ambiguous_sequences, assert_same_decisions, boost_token, cpu_op,
                           peaked_logits)
 
 EXAMPLES = int(os.environ.get("DLLM_PROPERTY_EXAMPLES", "1000"))
@@ -328,8 +329,8 @@ def device_op(device, triton=False):
         if dev[0].device.type == "cuda" and not dev[0].is_contiguous():  # keep the strides on the device
             dev[0] = torch.empty_strided(logits.shape, logits.stride(), dtype=logits.dtype, device=device)
             dev[0].copy_(logits)
-        f = fused_unmask_triton if triton else torch.ops.dllm.fused_unmask
-        out = f(*dev, mask_id, eos_id, **kw)
+        f = in_flat_form(fused_unmask_triton if triton else torch.ops.dllm.fused_unmask)
+        out = f(*dev, mask_id=mask_id, eos_id=eos_id, **kw)
         for host, d in zip((x, conf, state), dev[1:4]):
             host.copy_(d.cpu())
         return tuple(t.cpu() for t in out)

@@ -18,7 +18,7 @@ import dllm_kernels as dk
 from dllm_kernels import state as S
 from test_properties import (attention_cases, case_extra, cpu_op, initial_batch, make_attention_case, step_tensors,
                              unmask_cases)
-from unmask_cases import peaked_logits
+from unmask_cases import peaked_logits, unmask_pack
 
 OP = torch.ops.dllm.fused_unmask
 ATTN = torch.ops.dllm.block_attention
@@ -237,13 +237,14 @@ def test_fused_unmask_no_memory_growth_over_10000_calls():
     stt = dk.DecodeState.new(B, L, gen_start=2, seed=5)
     ids = torch.tensor([3]), torch.tensor([4]), torch.tensor([5])
     rank_u = torch.rand(B, L, generator=gen)
+    params = unmask_pack(B, temperature=0.7, steps=2, block_length=4)
 
     def call():  # every optional argument, sampling, AdaBlock, EoTP: the longest native path
         x.fill_(V - 1)
         stt.state.copy_(dk.DecodeState.new(B, L, gen_start=2, seed=5).state)
-        OP(logits, x, stt.conf, stt.state, torch.zeros(B, dtype=torch.int64), None, rank_u, *ids, w["filter_w1"],
-           w["filter_b1"], w["filter_w2"], w["filter_b2"], V - 1, V - 2, rule=4, conf_kind=2, temperature=0.7,
-           random_remasking=True, steps=2, block_length=4, adaptive_block=True, eotp=True, early_stop=True)
+        OP(logits, x, stt.conf, stt.state, V - 1, V - 2, params, torch.zeros(B, dtype=torch.int64), None, rank_u,
+           *ids, w["filter_w1"], w["filter_b1"], w["filter_w2"], w["filter_b2"], rule=4, conf_kind=2,
+           random_remasking=True, adaptive_block=True, eotp=True, early_stop=True)
 
     heap, rss = _growth(call)
     assert heap < LEAK_LIMIT, f"C heap grew by {heap} bytes over 10,000 calls"
@@ -466,15 +467,16 @@ def test_opcheck_fused_unmask_every_argument(with_optional):
     logits = peaked_logits(B, L, V, torch.float16, g)
     x = torch.full((B, L), V - 1)
     stt = dk.DecodeState.new(B, L, gen_start=1, seed=4)
-    opt = [None] * 10
+    params = unmask_pack(B, temperature=0.8, steps=2, block_length=4)
+    opt = [params] + [None] * 10
     if with_optional:
-        opt = [torch.zeros(B, dtype=torch.int64), torch.rand(B, L, V, generator=g).clamp(1e-6, 1 - 1e-6),
+        opt = [params, torch.zeros(B, dtype=torch.int64), torch.rand(B, L, V, generator=g).clamp(1e-6, 1 - 1e-6),
                torch.rand(B, L, generator=g), torch.tensor([2]), torch.tensor([3]), torch.tensor([4]),
                torch.randn(4, 8, generator=g), torch.randn(4, generator=g), torch.randn(8, 4, generator=g),
                torch.randn(8, generator=g)]
-    args = (logits, x, stt.conf, stt.state, *opt, V - 1, V - 2)
-    kwargs = dict(rule=4 if with_optional else 3, conf_kind=1, temperature=0.8, random_remasking=with_optional,
-                  steps=2, block_length=4, adaptive_block=with_optional, eotp=True, early_stop=True, graded=True)
+    args = (logits, x, stt.conf, stt.state, V - 1, V - 2, *opt)
+    kwargs = dict(rule=4 if with_optional else 3, conf_kind=1, random_remasking=with_optional,
+                  adaptive_block=with_optional, eotp=True, early_stop=True, graded=True)
     torch.library.opcheck(OP.default, args, kwargs)
 
 
@@ -538,8 +540,8 @@ def test_counters_at_int64_max():
         stt = dk.DecodeState.new(B, L, gen_start=0)
         stt.state[0, col] = 2 ** 63 - 1
         stt.state[0, S.BLOCK_START], stt.state[0, S.BLOCK_END], stt.state[0, S.BLOCK_REMAINING] = 0, 4, 4
-        OP(torch.randn(B, L, V), x, stt.conf, stt.state, None, None, None, None, None, None, None, None, None, None,
-           V - 1, V - 2, rule=0, steps=3, block_length=4)
+        OP(torch.randn(B, L, V), x, stt.conf, stt.state, V - 1, V - 2, unmask_pack(B, steps=3, block_length=4),
+           rule=0)
         assert int(stt.state[0, col]) == -(2 ** 63)
         assert bool(((x >= 0) & (x < V)).all())
 

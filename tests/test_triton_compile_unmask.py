@@ -20,10 +20,9 @@ _SCRIPT = textwrap.dedent(r"""
 
     arch = int(sys.argv[1])
     target = GPUTarget("cuda", arch, 32)
-    FLOAT_ARGS = {"temperature", "threshold", "factor", "anchor_threshold", "relaxed_threshold",
-                  "filter_threshold", "block_delta", "block_window_fraction"}
+    FLOAT_ARGS = {"temperature"}  # select's batch temperature; fused_unmask's numbers are in the pack
     FLOAT_PTRS = {"gumbel_ptr", "conf_ptr", "pprob_ptr", "part_f_ptr", "rank_u_ptr", "window_stats_ptr",
-                  "w1_ptr", "b1_ptr", "w2_ptr", "b2_ptr", "params_ptr"}  # params_ptr: unread (TEMP_COL=-1)
+                  "w1_ptr", "b1_ptr", "w2_ptr", "b2_ptr"}
 
     def arg_type(name, logits_ty):
         if name == "logits_ptr":
@@ -32,6 +31,8 @@ _SCRIPT = textwrap.dedent(r"""
             return "*i1"  # torch.bool
         if name == "part_i_ptr":
             return "*i32"
+        if name == "params_ptr":
+            return "*fp64"  # the per-sequence parameter pack
         if name in FLOAT_PTRS:
             return "*fp32"
         if name.endswith("_ptr"):
@@ -58,7 +59,7 @@ _SCRIPT = textwrap.dedent(r"""
         for kernel, (kind, sampling, explicit) in ((tu.row_stats_kernel, variants[i]),
                                                     (tu.split_stats_kernel, variants[(i + 1) % 3])):
             consts = dict(HAS_ROW_START=True, CONF_KIND=kind, SAMPLING=sampling, EXPLICIT_NOISE=explicit,
-                          BLOCK_V=2048, READ_FROM=0, TEMP_COL=-1)
+                          BLOCK_V=2048, READ_FROM=0, TEMP_COL=6)
             if kernel is tu.split_stats_kernel:
                 consts["N_SPLITS"] = 8
             ptx = build(kernel, ty, consts, 8)
@@ -68,7 +69,7 @@ _SCRIPT = textwrap.dedent(r"""
     for kind in range(3) if full else (1,):
         build(tu.merge_stats_kernel, "fp32", dict(N_SPLITS=5, SPLITS_PAD=8, HAS_ROW_START=False,
                                                   CONF_KIND=kind, SAMPLING=kind > 0, READ_FROM=0,
-                                                  TEMP_COL=-1), 1)
+                                                  TEMP_COL=6), 1)
         n += 1
     rules = [(0, False, False), (0, True, False), (1, False, False), (2, False, False), (3, False, False),
              (4, True, True)]

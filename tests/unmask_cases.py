@@ -8,23 +8,48 @@ import torch
 
 import dllm_kernels as dk
 from dllm_kernels import state as S
-from dllm_kernels.reference import fused_unmask_reference, noise_uniform, row_statistics
+from dllm_kernels.reference import fused_unmask_reference as _reference_op
+from dllm_kernels.reference import noise_uniform, row_statistics
+from dllm_kernels.unmask_params import UNMASK_PARAM_COLUMNS, UNMASK_PARAM_DEFAULTS
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def unmask_pack(batch, device="cpu", **values):
+    """fused_unmask's parameter pack [batch, P] float64 from numbers (one per batch) or [batch]
+    tensors, defaults elsewhere, *unchecked*: bad values reach the op's own checks."""
+    cols = []
+    for name, default in zip(UNMASK_PARAM_COLUMNS, UNMASK_PARAM_DEFAULTS):
+        v = values.pop(name, default)
+        cols.append(torch.as_tensor(v, dtype=torch.float64).reshape(-1).expand(batch))
+    assert not values, f"not pack columns: {sorted(values)}"
+    return torch.stack(cols, 1).contiguous().to(device)
 
 
 def op_positional(logits, x, conf, state, row_start=None, gumbel_u=None, rank_u=None, suppress_ids=None,
                   zero_conf_ids=None, delimiter_ids=None, filter_w1=None, filter_b1=None, filter_w2=None,
                   filter_b2=None, *, mask_id, eos_id, **kw):
-    """The keyword form the reference takes -> (the op schema's positional arguments, the scalars)."""
-    return (logits, x, conf, state, row_start, gumbel_u, rank_u, suppress_ids, zero_conf_ids, delimiter_ids,
-            filter_w1, filter_b1, filter_w2, filter_b2, mask_id, eos_id), kw
+    """The flat keyword form the tests write (every number its own keyword, as the cases draw them)
+    -> (the op's required arguments, its keyword arguments with the numbers in the pack `params`)."""
+    numbers = {name: kw.pop(name) for name in UNMASK_PARAM_COLUMNS if name in kw}
+    params = unmask_pack(x.shape[0], x.device, **numbers)
+    return (logits, x, conf, state, mask_id, eos_id), dict(
+        kw, params=params, row_start=row_start, gumbel_u=gumbel_u, rank_u=rank_u, suppress_ids=suppress_ids,
+        zero_conf_ids=zero_conf_ids, delimiter_ids=delimiter_ids, filter_w1=filter_w1, filter_b1=filter_b1,
+        filter_w2=filter_w2, filter_b2=filter_b2)
 
 
-def cpu_op(*args, **kwargs):
-    """torch.ops.dllm.fused_unmask (the C++ CPU op for CPU tensors) called in the reference's keyword form."""
-    pos, kw = op_positional(*args, **kwargs)
-    return torch.ops.dllm.fused_unmask(*pos, **kw)
+def in_flat_form(op):
+    """`op` (any backend, in the op's signature) called in the flat keyword form."""
+    def call(*args, **kwargs):
+        pos, kw = op_positional(*args, **kwargs)
+        return op(*pos, **kw)
+    return call
+
+
+# torch.ops.dllm.fused_unmask (the C++ CPU op for CPU tensors) and the reference, in the flat form.
+cpu_op = in_flat_form(torch.ops.dllm.fused_unmask)
+fused_unmask_reference = in_flat_form(_reference_op)
 TOL = 1e-5  # decisions closer than this to a threshold or a tie are allowed to differ (docs/policies.md §1)
 
 

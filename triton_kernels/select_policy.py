@@ -9,22 +9,9 @@ new threshold needs neither a recompile nor a new CUDA-graph capture.
 import triton
 import triton.language as tl
 
-from .unmask_common import load_select_seq
+from .unmask_common import (COL_ANCHOR, COL_COUNT, COL_FACTOR, COL_FILTER_THRESHOLD, COL_RELAXED, COL_THRESHOLD,
+                            COL_WINDOW, SELECT_PARAM_COLUMNS, load_select_seq)  # noqa: F401 (columns: launcher)
 from .unmask_policy import count_candidates, mark_selection
-
-# Column order of the parameter pack (csrc/include/dllm/select_params.h); the launcher checks it
-# against the native list at import.
-SELECT_PARAM_COLUMNS = ("k", "threshold", "factor", "anchor_threshold", "relaxed_threshold", "window",
-                        "temperature", "filter_threshold")
-COL_K = tl.constexpr(0)
-COL_THRESHOLD = tl.constexpr(1)
-COL_FACTOR = tl.constexpr(2)
-COL_ANCHOR = tl.constexpr(3)
-COL_RELAXED = tl.constexpr(4)
-COL_WINDOW = tl.constexpr(5)
-COL_TEMPERATURE = 6  # read by the statistics pass (TEMP_COL)
-COL_FILTER_THRESHOLD = tl.constexpr(7)
-
 
 @triton.jit
 def select_kernel(flags_ptr, x_ptr, x0_ptr, conf_ptr, rank_u_ptr, transfer_ptr, seq_ptr, params_ptr,
@@ -43,7 +30,7 @@ def select_kernel(flags_ptr, x_ptr, x0_ptr, conf_ptr, rank_u_ptr, transfer_ptr, 
         row_start = tl.load(row_start_ptr + b)
     start, end, seed, offset = load_select_seq(seq_ptr + b * 4, L)
     prm = params_ptr + b * params_stride
-    k = tl.load(prm + COL_K).to(tl.int64)
+    k = tl.load(prm + COL_COUNT).to(tl.int64)
     threshold = tl.load(prm + COL_THRESHOLD).to(tl.float32)
     factor = tl.load(prm + COL_FACTOR).to(tl.float32)
     anchor_threshold = tl.load(prm + COL_ANCHOR).to(tl.float32)

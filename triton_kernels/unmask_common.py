@@ -34,6 +34,26 @@ SEQ_SEED = tl.constexpr(2)
 SEQ_OFFSET = tl.constexpr(3)
 SEQ_COLS = 4
 
+# Columns of the float64 parameter packs (csrc/include/dllm/select_params.h, fused_unmask_params.h):
+# column 0 is the count (select's k, fused_unmask's steps), the rules' columns follow at the same
+# indices in both, then fused_unmask's block scheduler. The launchers check these tuples against
+# the native lists at import.
+SELECT_PARAM_COLUMNS = ("k", "threshold", "factor", "anchor_threshold", "relaxed_threshold", "window",
+                        "temperature", "filter_threshold")
+UNMASK_PARAM_COLUMNS = ("steps",) + SELECT_PARAM_COLUMNS[1:] + ("block_length", "block_delta",
+                                                                "block_window_fraction")
+COL_COUNT = tl.constexpr(0)
+COL_THRESHOLD = tl.constexpr(1)
+COL_FACTOR = tl.constexpr(2)
+COL_ANCHOR = tl.constexpr(3)
+COL_RELAXED = tl.constexpr(4)
+COL_WINDOW = tl.constexpr(5)
+COL_TEMPERATURE = 6  # read by the statistics pass (TEMP_COL)
+COL_FILTER_THRESHOLD = tl.constexpr(7)
+COL_BLOCK_LENGTH = tl.constexpr(8)
+COL_BLOCK_DELTA = tl.constexpr(9)
+COL_BLOCK_WINDOW_FRACTION = tl.constexpr(10)
+
 
 @triton.jit
 def load_state(state_row, L):
@@ -62,6 +82,23 @@ def load_select_seq(seq_row, L):
     start = tl.minimum(tl.maximum(tl.load(seq_row + SEQ_START), 0), L)
     end = tl.minimum(tl.maximum(tl.load(seq_row + SEQ_END), start), L)
     return start, end, tl.load(seq_row + SEQ_SEED), tl.load(seq_row + SEQ_OFFSET)
+
+
+@triton.jit
+def pack_count(v, lo):
+    """fused_unmask_params.h pack_count: a float64 count column as int64, at least `lo` (NaN too):
+    the op checks the pack on CPU only."""
+    return tl.where(v >= lo, tl.minimum(v, 9.0e15), lo * 1.0).to(tl.int64)
+
+
+@triton.jit
+def load_block_params(prm):
+    """The block scheduler's columns of one sequence's row `prm` of fused_unmask's pack:
+    (block_length, block_delta, block_window_fraction), compared in float32 as the C++ does."""
+    block_length = pack_count(tl.load(prm + COL_BLOCK_LENGTH), 1)
+    block_delta = tl.load(prm + COL_BLOCK_DELTA).to(tl.float32)
+    block_window_fraction = tl.load(prm + COL_BLOCK_WINDOW_FRACTION).to(tl.float32)
+    return block_length, block_delta, block_window_fraction
 
 
 @triton.jit

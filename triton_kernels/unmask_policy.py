@@ -17,9 +17,11 @@ tl.debug_barrier() between phases.
 import triton
 import triton.language as tl
 
-from .unmask_common import (BLOCK_END, BLOCK_MASKED, BLOCK_REMAINING, BLOCK_START, DONE, END_POS,
-                            GEN_END, GEN_START, OFFSET, READ_MASKED, SEED, STEP, compute_span,
-                            load_state, philox_uniform, position_is_read, read_token, split_u64)
+from .unmask_common import (BLOCK_END, BLOCK_MASKED, BLOCK_REMAINING, BLOCK_START, COL_ANCHOR, COL_COUNT,
+                            COL_FACTOR, COL_FILTER_THRESHOLD, COL_RELAXED, COL_THRESHOLD, COL_WINDOW, DONE,
+                            END_POS, GEN_END, GEN_START, OFFSET, READ_MASKED, SEED, STEP, compute_span,
+                            load_block_params, load_state, pack_count, philox_uniform, position_is_read,
+                            read_token, split_u64)
 
 NEG_INF = tl.constexpr(float("-inf"))
 RANK_STREAM = tl.constexpr(0xFFFFFFFF)  # philox.h kRankStream: the vocab index of the rank noise
@@ -237,14 +239,23 @@ def mark_selection(x_row, conf_row, rank_u_row, transfer_row, L, active, gen_sta
 @triton.jit
 def policy_kernel(x_ptr, x0_ptr, conf_ptr, pprob_ptr, rank_u_ptr, transfer_ptr, window_stats_ptr,
                   state_ptr, row_start_ptr, delim_ptr, n_delim, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
-                  filter_width, filter_hidden, L, R, mask_id, eos_id, shift, steps, threshold, factor,
-                  anchor_threshold, relaxed_threshold, window, graded, filter_threshold, block_length,
-                  adaptive_block, block_delta, block_window_fraction, eotp, early_stop,
+                  filter_width, filter_hidden, L, R, params_ptr, params_stride, mask_id, eos_id, shift,
+                  graded, adaptive_block, eotp, early_stop,
                   RULE: tl.constexpr, RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr,
                   HAS_ROW_START: tl.constexpr, TILE: tl.constexpr, FW_PAD: tl.constexpr,
                   H_CHUNK: tl.constexpr):
-    """Grid (B,): one step of the policy for sequence b. `transfer` must be zero on entry."""
+    """Grid (B,): one step of the policy for sequence b. `transfer` must be zero on entry. Its
+    numbers come from the sequence's row of the float64 pack, compared in float32 as the C++ does."""
     b = tl.program_id(0).to(tl.int64)
+    prm = params_ptr + b * params_stride
+    steps = pack_count(tl.load(prm + COL_COUNT), 1)
+    threshold = tl.load(prm + COL_THRESHOLD).to(tl.float32)
+    factor = tl.load(prm + COL_FACTOR).to(tl.float32)
+    anchor_threshold = tl.load(prm + COL_ANCHOR).to(tl.float32)
+    relaxed_threshold = tl.load(prm + COL_RELAXED).to(tl.float32)
+    window = pack_count(tl.load(prm + COL_WINDOW), 0)
+    filter_threshold = tl.load(prm + COL_FILTER_THRESHOLD).to(tl.float32)
+    block_length, block_delta, block_window_fraction = load_block_params(prm)
     x_row = x_ptr + b * L
     x0_row = x0_ptr + b * L
     conf_row = conf_ptr + b * L

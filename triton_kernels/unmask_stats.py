@@ -20,8 +20,8 @@ its row of the parameter pack (column TEMP_COL), and an invalid row leaves x0 at
 import triton
 import triton.language as tl
 
-from .unmask_common import (READ_MASKED, compute_span, load_select_seq, load_state, philox_uniform,
-                            position_is_read, read_token)
+from .unmask_common import (READ_MASKED, compute_span, load_block_params, load_select_seq, load_state,
+                            philox_uniform, position_is_read, read_token)
 
 NEG_INF = tl.constexpr(float("-inf"))
 POS_INF = tl.constexpr(float("inf"))
@@ -34,12 +34,13 @@ N_PART_I = 3  # first index of m1, index of the best noisy value, invalid flag
 
 
 @triton.jit
-def row_read_info(b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift, eotp, block_length,
-                  adaptive_block, block_window_fraction, temperature, params_ptr, params_stride,
+def row_read_info(b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift, eotp, adaptive_block,
+                  temperature, params_ptr, params_stride,
                   HAS_ROW_START: tl.constexpr, READ_FROM: tl.constexpr, TEMP_COL: tl.constexpr):
     """Is logits row r of sequence b read this step? Returns (read, position, seed, offset,
-    temperature). fused_unmask: `state_ptr` is the state, `x_ptr` the tokens; select: `state_ptr`
-    holds the [B, SEQ_COLS] rows, `x_ptr` the candidate flags (READ_FLAGS)."""
+    temperature). fused_unmask: `state_ptr` is the state, `x_ptr` the tokens, the block length and
+    window fraction come from the sequence's row of the pack; select: `state_ptr` holds the
+    [B, SEQ_COLS] rows, `x_ptr` the candidate flags (READ_FLAGS)."""
     row_start = 0
     if HAS_ROW_START:
         row_start = tl.load(row_start_ptr + b)
@@ -49,6 +50,7 @@ def row_read_info(b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift, e
     if READ_FROM == READ_MASKED:
         (gen_start, gen_end, block_start, block_end, step, block_masked, block_remaining, end_pos,
          done, seed, offset) = load_state(state_ptr + b * 11, L)
+        block_length, block_delta, block_window_fraction = load_block_params(params_ptr + b * params_stride)
         active, opening, span_start, span_end, default_end, window_end = compute_span(
             gen_start, gen_end, block_start, block_end, block_remaining, end_pos, done,
             block_length, adaptive_block, block_window_fraction)
@@ -173,16 +175,16 @@ def finish_row(m1, m2, sum_exp, ent, bad, idx, noisy_best, noisy_idx, noisy_clea
 @triton.jit
 def row_stats_kernel(logits_ptr, stride_b, stride_r, gumbel_ptr, x_ptr, state_ptr, row_start_ptr,
                      suppress_ptr, n_suppress, zero_conf_ptr, n_zero_conf, x0_ptr, conf_ptr, pprob_ptr,
-                     L, R, V, mask_id, temperature, shift, eotp, block_length, adaptive_block,
-                     block_window_fraction, params_ptr, params_stride, HAS_ROW_START: tl.constexpr,
+                     L, R, V, mask_id, temperature, shift, eotp, adaptive_block, params_ptr,
+                     params_stride, HAS_ROW_START: tl.constexpr,
                      CONF_KIND: tl.constexpr, SAMPLING: tl.constexpr, EXPLICIT_NOISE: tl.constexpr,
                      BLOCK_V: tl.constexpr, READ_FROM: tl.constexpr, TEMP_COL: tl.constexpr):
     """One program per logits row (grid (R, B)): the whole vocabulary in tiles of BLOCK_V."""
     r = tl.program_id(0).to(tl.int64)
     b = tl.program_id(1).to(tl.int64)
     read, p, seed, offset, temperature = row_read_info(
-        b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift, eotp, block_length,
-        adaptive_block, block_window_fraction, temperature, params_ptr, params_stride,
+        b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift, eotp, adaptive_block,
+        temperature, params_ptr, params_stride,
         HAS_ROW_START, READ_FROM, TEMP_COL)
     if read:
         row_ptr = logits_ptr + b * stride_b + r * stride_r
@@ -198,8 +200,7 @@ def row_stats_kernel(logits_ptr, stride_b, stride_r, gumbel_ptr, x_ptr, state_pt
 @triton.jit
 def split_stats_kernel(logits_ptr, stride_b, stride_r, gumbel_ptr, x_ptr, state_ptr, row_start_ptr,
                        suppress_ptr, n_suppress, part_f_ptr, part_i_ptr, L, R, V, chunk, mask_id,
-                       temperature, shift, eotp, block_length, adaptive_block, block_window_fraction,
-                       params_ptr, params_stride, N_SPLITS: tl.constexpr, HAS_ROW_START: tl.constexpr,
+                       temperature, shift, eotp, adaptive_block, params_ptr, params_stride, N_SPLITS: tl.constexpr, HAS_ROW_START: tl.constexpr,
                        CONF_KIND: tl.constexpr, SAMPLING: tl.constexpr, EXPLICIT_NOISE: tl.constexpr,
                        BLOCK_V: tl.constexpr, READ_FROM: tl.constexpr, TEMP_COL: tl.constexpr):
     """Grid (N_SPLITS, R, B): partial statistics of vocab [split * chunk, (split + 1) * chunk)."""
@@ -207,8 +208,8 @@ def split_stats_kernel(logits_ptr, stride_b, stride_r, gumbel_ptr, x_ptr, state_
     r = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     read, p, seed, offset, temperature = row_read_info(
-        b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift, eotp, block_length,
-        adaptive_block, block_window_fraction, temperature, params_ptr, params_stride,
+        b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift, eotp, adaptive_block,
+        temperature, params_ptr, params_stride,
         HAS_ROW_START, READ_FROM, TEMP_COL)
     if read:
         row_ptr = logits_ptr + b * stride_b + r * stride_r
@@ -238,16 +239,15 @@ def split_stats_kernel(logits_ptr, stride_b, stride_r, gumbel_ptr, x_ptr, state_
 @triton.jit
 def merge_stats_kernel(part_f_ptr, part_i_ptr, x_ptr, state_ptr, row_start_ptr, zero_conf_ptr,
                        n_zero_conf, x0_ptr, conf_ptr, pprob_ptr, L, R, V, mask_id, temperature, shift,
-                       eotp, block_length, adaptive_block, block_window_fraction, params_ptr,
-                       params_stride, N_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+                       eotp, adaptive_block, params_ptr, params_stride, N_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
                        HAS_ROW_START: tl.constexpr, CONF_KIND: tl.constexpr, SAMPLING: tl.constexpr,
                        READ_FROM: tl.constexpr, TEMP_COL: tl.constexpr):
     """Grid (R, B): merges the N_SPLITS partials of a read row and writes x0, conf, pprob."""
     r = tl.program_id(0).to(tl.int64)
     b = tl.program_id(1).to(tl.int64)
     read, p, seed, offset, temperature = row_read_info(
-        b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift, eotp, block_length,
-        adaptive_block, block_window_fraction, temperature, params_ptr, params_stride,
+        b, r, x_ptr, state_ptr, row_start_ptr, L, R, mask_id, shift, eotp, adaptive_block,
+        temperature, params_ptr, params_stride,
         HAS_ROW_START, READ_FROM, TEMP_COL)
     if read:
         k = tl.arange(0, SPLITS_PAD)

@@ -7,6 +7,8 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
+#include <map>
+#include <mutex>
 #include <tuple>
 
 #include "../fused_unmask_args.h"
@@ -24,6 +26,22 @@ cuda::LogitsDtype logits_dtype(at::ScalarType t) {
 template <typename T>
 T* opt_ptr(const std::optional<at::Tensor>& t) {
   return t ? t->data_ptr<T>() : nullptr;
+}
+
+// The pack's defaults as one [1, P] row per device, read with row stride 0 by a call without
+// `params`. Made on first use (a host-to-device copy): a CUDA graph that calls the op without
+// `params` must be warmed up outside the capture.
+const at::Tensor& default_params_row(const at::Tensor& like) {
+  static std::mutex mu;
+  static std::map<int, at::Tensor> rows;
+  const std::lock_guard<std::mutex> lock(mu);
+  at::Tensor& row = rows[like.device().index()];
+  if (!row.defined()) {
+    at::Tensor host = at::empty({1, kUnmaskParams}, at::TensorOptions().dtype(at::kDouble));
+    default_unmask_row(host.data_ptr<double>());
+    row = host.to(like.device());
+  }
+  return row;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_unmask_cuda(DLLM_FUSED_UNMASK_PARAMS) {
@@ -52,7 +70,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_unmask_cuda(DLLM_FUSED_UNMA
   p.row_start = opt_ptr<int64_t>(row_start);
   p.gumbel_u = opt_ptr<float>(gumbel_u);
   p.rank_u = opt_ptr<float>(rank_u);
-  p.temperature = static_cast<float>(temperature);
+  p.params = params ? params->data_ptr<double>() : default_params_row(x).data_ptr<double>();
+  p.params_stride = params ? kUnmaskParams : 0;
   p.suppress_ids = ids_ptr(suppress_ids);
   p.n_suppress = ids_len(suppress_ids);
   p.zero_conf_ids = ids_ptr(zero_conf_ids);

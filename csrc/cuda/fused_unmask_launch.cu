@@ -12,12 +12,10 @@ namespace dllm {
 namespace cuda {
 namespace {
 
+// Whether a row samples is decided per sequence inside the kernel (the temperature is in the pack).
 template <typename T>
 cudaError_t launch_stats(const StatsArgs& args, dim3 grid, size_t smem, cudaStream_t stream) {
-  if (args.p.temperature > 0.f)
-    unmask_stats_kernel<T, true><<<grid, kStatsThreads, smem, stream>>>(args);
-  else
-    unmask_stats_kernel<T, false><<<grid, kStatsThreads, smem, stream>>>(args);
+  unmask_stats_kernel<T><<<grid, kStatsThreads, smem, stream>>>(args);
   return cudaGetLastError();
 }
 

@@ -1,11 +1,11 @@
 // Plain-C++ interface between the CUDA binding (csrc/cuda/fused_unmask_cuda.cpp, compiled by the
 // host compiler against torch) and the kernels (compiled by nvcc): raw pointers, shapes, the
-// shared PolicyParams, and the workspace layout. No torch and no CUDA headers here.
+// shared PolicyParams and parameter pack, and the workspace layout. No torch and no CUDA headers here.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 
-#include "../include/dllm/policy.h"
+#include "../include/dllm/fused_unmask_params.h"
 
 namespace dllm {
 namespace cuda {
@@ -26,7 +26,10 @@ struct UnmaskParams {
   // Noise: explicit uniforms or Philox keyed by the state's SEED/OFFSET.
   const float* gumbel_u;  // [B, R, V] or nullptr
   const float* rank_u;    // [B, L] or nullptr
-  float temperature;
+  // The per-sequence parameter pack [B, kUnmaskParams] float64 (include/dllm/fused_unmask_params.h):
+  // sequence b's row at params + b * params_stride (stride 0: one row for the whole batch).
+  const double* params;
+  int64_t params_stride;
   // Vocabulary lists (ids outside [0, V) are ignored).
   const int64_t* suppress_ids;
   int64_t n_suppress;
@@ -108,16 +111,14 @@ inline UnmaskWorkspace unmask_workspace(void* base, int64_t B, int64_t R, int64_
 }
 
 // Grid rows per sequence for the statistics pass. A slot strides over the positions that may be
-// read, so any value is correct; this one covers the usual span (the block, or AdaBlock's
-// look-ahead window) in one pass, and every row the logits hold when EoTP may read them all.
+// read, so any value is correct. The block length lives in the device-side pack (the host never
+// reads it), so the grid is sized from the shapes alone: one slot per logits row up to
+// kMaxStatsSlots (a block of up to that many rows is read in one pass), slots that find no read
+// row return at once.
+constexpr int64_t kMaxStatsSlots = 128;
+
 inline int64_t stats_slots(const UnmaskParams& p) {
-  const PolicyParams& pp = p.policy;
-  int64_t span = pp.block_length;
-  if (pp.adaptive_block) {
-    const int64_t w = static_cast<int64_t>(pp.block_window_fraction * static_cast<float>(p.L)) + 1;
-    span = w > span ? w : span;
-  }
-  int64_t slots = pp.eotp ? p.R : (span < p.R ? span : p.R);
+  int64_t slots = p.R < kMaxStatsSlots ? p.R : kMaxStatsSlots;
   if (slots > p.L) slots = p.L;
   return slots < 1 ? 1 : slots;
 }

@@ -168,7 +168,9 @@ __global__ void __launch_bounds__(kPolicyThreads) unmask_policy_kernel(const Unm
   __shared__ bool keep[kMaxFilterWidth];
 
   const int64_t b = blockIdx.x, L = p.L;
-  const PolicyParams& pp = p.policy;
+  const double* prm = p.params + b * p.params_stride;  // this sequence's row of the pack
+  const PolicyParams pp = with_unmask_row(p.policy, prm);
+  const float temperature = unmask_temperature(prm);
   const int tid = threadIdx.x;
 
   SeqIO io;
@@ -200,7 +202,7 @@ __global__ void __launch_bounds__(kPolicyThreads) unmask_policy_kernel(const Unm
     int64_t pred = x[q];
     if (rd) {
       const int64_t r = q - (pp.shift ? 1 : 0) - io.row_start;
-      const RowResult rr = finish_row(ws.partials + (b * p.R + r) * splits, splits, p);
+      const RowResult rr = finish_row(ws.partials + (b * p.R + r) * splits, splits, p, temperature);
       pred = rr.valid ? rr.x0 : pp.mask_id;
       io.conf[q] = rr.conf;  // NaN for an invalid row
       pprob[q] = rr.pprob;

@@ -275,21 +275,73 @@ inline StatsArgs stats_args(const UnmaskParams& p, const UnmaskWorkspace& ws) {
   return args;
 }
 
+// One thread's share of tile [tile_lo, tile_hi) of one row: every group in index order.
+// kSample: also the noisy argmax (the row's sequence samples, temperature > 0).
+template <typename T, bool kSample>
+__device__ __forceinline__ StatsAcc scan_tile(const T* row, int64_t tile_lo, int64_t tile_hi,
+                                              bool top2, bool entropy, const uint32_t* suppress,
+                                              const NoiseCtx& nz) {
+  constexpr int G = Elem<T>::kGroup;
+  StatsAcc a = acc_empty();
+  const int64_t n_groups = (tile_hi > tile_lo ? tile_hi - tile_lo : 0) / G;
+  const T* base = row + tile_lo;
+  const bool aligned = (reinterpret_cast<uintptr_t>(base) & 15u) == 0;
+  int64_t g = threadIdx.x;
+  if (aligned) {
+    for (; g + (kStatsUnroll - 1) * kStatsThreads < n_groups; g += kStatsUnroll * kStatsThreads) {
+      uint4 raw[kStatsUnroll];
+#pragma unroll
+      for (int k = 0; k < kStatsUnroll; ++k)
+        raw[k] = __ldg(reinterpret_cast<const uint4*>(base) + g + k * kStatsThreads);
+#pragma unroll
+      for (int k = 0; k < kStatsUnroll; ++k) {
+        float f[G];
+        Elem<T>::unpack(raw[k], f);
+        acc_group<G, kSample>(a, f, G, tile_lo + (g + k * kStatsThreads) * G, top2, entropy,
+                              suppress, tile_lo, nz);
+      }
+    }
+    for (; g < n_groups; g += kStatsThreads) {
+      float f[G];
+      Elem<T>::unpack(__ldg(reinterpret_cast<const uint4*>(base) + g), f);
+      acc_group<G, kSample>(a, f, G, tile_lo + g * G, top2, entropy, suppress, tile_lo, nz);
+    }
+  } else {  // same groups, same order, scalar loads
+    for (; g < n_groups; g += kStatsThreads) {
+      float f[G];
+#pragma unroll
+      for (int i = 0; i < G; ++i) f[i] = Elem<T>::load(base + g * G + i);
+      acc_group<G, kSample>(a, f, G, tile_lo + g * G, top2, entropy, suppress, tile_lo, nz);
+    }
+  }
+  // The tile's last, partial group belongs to the thread that owns group n_groups, and comes
+  // after all of that thread's full groups.
+  const int64_t tail = tile_hi - (tile_lo + n_groups * G);
+  if (tail > 0 && threadIdx.x == n_groups % kStatsThreads) {
+    float f[G];
+    for (int i = 0; i < G; ++i) f[i] = i < tail ? Elem<T>::load(base + n_groups * G + i) : -INFINITY;
+    acc_group<G, kSample>(a, f, static_cast<int>(tail), tile_lo + n_groups * G, top2, entropy,
+                          suppress, tile_lo, nz);
+  }
+  return a;
+}
+
 // Grid: B * slots * splits blocks of kStatsThreads; block (b, slot, split) reduces tile `split`
 // of the rows of positions lo + slot, lo + slot + slots, ... that are read.
 // Dynamic shared memory: ceil(tile / 32) words for the suppression bitmap when n_suppress > 0.
-template <typename T, bool kSample>
+template <typename T>
 __global__ void __launch_bounds__(kStatsThreads) unmask_stats_kernel(const StatsArgs args) {
-  constexpr int G = Elem<T>::kGroup;
   extern __shared__ uint32_t suppress_bits[];
   __shared__ StatsAcc warp_buf[kStatsThreads / 32];
   const UnmaskParams& p = args.p;
-  const PolicyParams& pp = p.policy;
 
   const int64_t blk = blockIdx.x;
   const int split = static_cast<int>(blk % args.splits);
   const int64_t slot = (blk / args.splits) % args.slots;
   const int64_t b = blk / (static_cast<int64_t>(args.splits) * args.slots);
+  const double* prm = p.params + b * p.params_stride;  // this sequence's row of the pack
+  const PolicyParams pp = with_unmask_row(p.policy, prm);
+  const float temperature = unmask_temperature(prm);
 
   const SeqState st = load_state(p.state + b * kStateCols, p.L);
   const Span sp = compute_span(st, pp);
@@ -326,52 +378,13 @@ __global__ void __launch_bounds__(kStatsThreads) unmask_stats_kernel(const Stats
     nz.seed = static_cast<uint64_t>(st.seed);
     nz.offset = static_cast<uint64_t>(st.offset);
     nz.position = static_cast<uint32_t>(pos);
-    nz.temperature = p.temperature;
-    nz.slack = p.temperature * kGumbelMax;
+    nz.temperature = temperature;
+    nz.slack = temperature * kGumbelMax;
 
-    StatsAcc a = acc_empty();
-    const int64_t n_groups = (tile_hi > tile_lo ? tile_hi - tile_lo : 0) / G;
-    const T* base = row + tile_lo;
-    const bool aligned = (reinterpret_cast<uintptr_t>(base) & 15u) == 0;
-    int64_t g = threadIdx.x;
-    if (aligned) {
-      for (; g + (kStatsUnroll - 1) * kStatsThreads < n_groups; g += kStatsUnroll * kStatsThreads) {
-        uint4 raw[kStatsUnroll];
-#pragma unroll
-        for (int k = 0; k < kStatsUnroll; ++k)
-          raw[k] = __ldg(reinterpret_cast<const uint4*>(base) + g + k * kStatsThreads);
-#pragma unroll
-        for (int k = 0; k < kStatsUnroll; ++k) {
-          float f[G];
-          Elem<T>::unpack(raw[k], f);
-          acc_group<G, kSample>(a, f, G, tile_lo + (g + k * kStatsThreads) * G, top2, entropy,
-                                suppress, tile_lo, nz);
-        }
-      }
-      for (; g < n_groups; g += kStatsThreads) {
-        float f[G];
-        Elem<T>::unpack(__ldg(reinterpret_cast<const uint4*>(base) + g), f);
-        acc_group<G, kSample>(a, f, G, tile_lo + g * G, top2, entropy, suppress, tile_lo, nz);
-      }
-    } else {  // same groups, same order, scalar loads
-      for (; g < n_groups; g += kStatsThreads) {
-        float f[G];
-#pragma unroll
-        for (int i = 0; i < G; ++i) f[i] = Elem<T>::load(base + g * G + i);
-        acc_group<G, kSample>(a, f, G, tile_lo + g * G, top2, entropy, suppress, tile_lo, nz);
-      }
-    }
-    // The tile's last, partial group belongs to the thread that owns group n_groups, and comes
-    // after all of that thread's full groups.
-    const int64_t tail = tile_hi - (tile_lo + n_groups * G);
-    if (tail > 0 && threadIdx.x == n_groups % kStatsThreads) {
-      float f[G];
-      for (int i = 0; i < G; ++i) f[i] = i < tail ? Elem<T>::load(base + n_groups * G + i) : -INFINITY;
-      acc_group<G, kSample>(a, f, static_cast<int>(tail), tile_lo + n_groups * G, top2, entropy,
-                            suppress, tile_lo, nz);
-    }
-
-    a = acc_block_reduce(a, top2, entropy, warp_buf);
+    const StatsAcc scanned = nz.temperature > 0.f
+                                 ? scan_tile<T, true>(row, tile_lo, tile_hi, top2, entropy, suppress, nz)
+                                 : scan_tile<T, false>(row, tile_lo, tile_hi, top2, entropy, suppress, nz);
+    const StatsAcc a = acc_block_reduce(scanned, top2, entropy, warp_buf);
     if (threadIdx.x == 0) args.partials[(b * p.R + r) * args.splits + split] = acc_to_partial(a);
     __syncthreads();  // warp_buf is reused by the next row
   }
@@ -386,14 +399,14 @@ struct RowResult {
 };
 
 __device__ __forceinline__ RowResult finish_row(const RowPartial* parts, int splits,
-                                                const UnmaskParams& p) {
+                                                const UnmaskParams& p, float temperature) {
   const int kind = p.policy.conf_kind;
   const bool top2 = kind == kMargin, entropy = kind == kNegEntropy;
   StatsAcc a = partial_to_acc(parts[0]);
   for (int s = 1; s < splits; ++s) a = acc_merge(a, partial_to_acc(parts[s]), top2, entropy);
   RowResult out{false, -1, 0.f, NAN};
   if (a.bad || !(a.m1 > -INFINITY)) return out;
-  const bool sampling = p.temperature > 0.f;
+  const bool sampling = temperature > 0.f;
   out.valid = true;
   out.x0 = sampling ? a.noisy_idx : a.i1;
   const float lx0 = sampling ? a.noisy_clean : a.m1;

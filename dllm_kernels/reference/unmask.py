@@ -1,7 +1,8 @@
 """Float64 reference of `torch.ops.dllm.fused_unmask`: the executable spec every backend is tested against.
 
 `fused_unmask_reference` takes exactly the op's arguments (docs/fused_unmask.md, "Schema"), with
-the same names, so that one kwargs dict drives both; it mutates `x`, `conf` and `state` in place
+the same names and order, so that one call drives both (numbers in the per-sequence float64
+pack `params`, read row by row); it mutates `x`, `conf` and `state` in place
 as the op does and returns `(x0, transfer, window_stats)`. It is written for clarity, not speed:
 one sequence at a time, plain loops over positions, vectorised over the vocabulary only.
 
@@ -407,16 +408,40 @@ def _check(cond: bool, msg: str) -> None:
         raise ValueError("fused_unmask_reference: " + msg)
 
 
-def fused_unmask_reference(logits, x, conf, state, row_start=None, gumbel_u=None, rank_u=None,
-                           suppress_ids=None, zero_conf_ids=None, delimiter_ids=None,
-                           filter_w1=None, filter_b1=None, filter_w2=None, filter_b2=None, *,
-                           mask_id, eos_id, rule=0, conf_kind=0, temperature=0.0, shift=False,
-                           steps=1, threshold=0.9, factor=1.0, anchor_threshold=0.9,
-                           relaxed_threshold=0.75, window=4, graded=False, filter_threshold=0.96,
-                           random_remasking=False, block_length=32, adaptive_block=False,
-                           block_delta=0.3, block_window_fraction=0.25, eotp=False, early_stop=False):
-    """Reference of `torch.ops.dllm.fused_unmask` (docs/fused_unmask.md).
+def _pack_rows(params, B: int) -> list:
+    """Each sequence's numeric parameters {column: value} from the float64 pack (defaults if None),
+    with the types the spec compares in: whole numbers as int, the rest as Python floats."""
+    from ..unmask_params import UNMASK_PARAM_COLUMNS, UNMASK_PARAM_DEFAULTS
 
+    if params is None:
+        return [dict(zip(UNMASK_PARAM_COLUMNS, UNMASK_PARAM_DEFAULTS)) for _ in range(B)]
+    _check(tuple(params.shape) == (B, len(UNMASK_PARAM_COLUMNS)) and params.dtype == torch.float64,
+           f"params must be [B, {len(UNMASK_PARAM_COLUMNS)}] float64")
+    rows = []
+    for b, values in enumerate(params.detach().cpu().tolist()):
+        row = dict(zip(UNMASK_PARAM_COLUMNS, values))
+        for name, lo in (("steps", 1), ("block_length", 1), ("window", 0)):
+            v = row[name]
+            _check(math.isfinite(v) and v >= lo and v == int(v),
+                   f"{name} must be a whole number >= {lo}, got {v} for sequence {b}")
+            row[name] = int(v)
+        for name in ("temperature", "factor"):
+            _check(math.isfinite(row[name]) and row[name] >= 0, f"{name} must be finite and >= 0 (sequence {b})")
+        for name in ("threshold", "anchor_threshold", "relaxed_threshold", "filter_threshold", "block_delta",
+                     "block_window_fraction"):
+            _check(math.isfinite(row[name]) and 0 <= row[name] <= 1, f"{name} must be in [0, 1] (sequence {b})")
+        rows.append(row)
+    return rows
+
+
+def fused_unmask_reference(logits, x, conf, state, mask_id, eos_id, params=None, row_start=None, gumbel_u=None,
+                           rank_u=None, suppress_ids=None, zero_conf_ids=None, delimiter_ids=None,
+                           filter_w1=None, filter_b1=None, filter_w2=None, filter_b2=None, rule=0, conf_kind=0,
+                           shift=False, graded=False, random_remasking=False, adaptive_block=False, eotp=False,
+                           early_stop=False):
+    """Reference of `torch.ops.dllm.fused_unmask` (docs/fused_unmask.md): the op's signature.
+
+    `params` is the per-sequence float64 pack (columns: unmask_params.UNMASK_PARAM_COLUMNS).
     Mutates `x` [B, L] int64, `conf` [B, L] float32 and `state` [B, 11] int64 in place; returns
     `(x0 [B, L] int64, transfer [B, L] bool, window_stats [B, 3] float32)` on x's device.
     """
@@ -433,8 +458,7 @@ def fused_unmask_reference(logits, x, conf, state, row_start=None, gumbel_u=None
     _check(0 <= mask_id < V and 0 <= eos_id < V and mask_id != eos_id,
            "mask_id and eos_id must be distinct ids in [0, V)")
     _check(0 <= rule <= RULE_FILTER and 0 <= conf_kind <= CONF_NEG_ENTROPY, "bad rule or conf_kind")
-    _check(math.isfinite(temperature) and temperature >= 0, "temperature must be finite and >= 0")
-    _check(steps >= 1 and block_length >= 1 and window >= 0, "need steps >= 1, block_length >= 1, window >= 0")
+    rows = _pack_rows(params, B)
     ids = {}
     for name, t in (("suppress_ids", suppress_ids), ("zero_conf_ids", zero_conf_ids),
                     ("delimiter_ids", delimiter_ids)):
@@ -459,15 +483,11 @@ def fused_unmask_reference(logits, x, conf, state, row_start=None, gumbel_u=None
         _check(tuple(filt[1].shape) == (H,) and tuple(filt[2].shape) == (W, H) and tuple(filt[3].shape) == (W,),
                "filter shapes must be w1 [H, W], b1 [H], w2 [W, H], b2 [W]")
 
-    kw = dict(mask_id=int(mask_id), eos_id=int(eos_id), rule=int(rule), conf_kind=int(conf_kind),
-              temperature=float(temperature), shift=bool(shift), steps=int(steps), threshold=float(threshold),
-              factor=float(factor), anchor_threshold=float(anchor_threshold),
-              relaxed_threshold=float(relaxed_threshold), window=int(window), graded=bool(graded),
-              filter_threshold=float(filter_threshold), random_remasking=bool(random_remasking),
-              block_length=int(block_length), adaptive_block=bool(adaptive_block),
-              block_delta=float(block_delta), block_window_fraction=float(block_window_fraction),
-              eotp=bool(eotp), early_stop=bool(early_stop), suppress_ids=ids["suppress_ids"],
-              zero_conf_ids=ids["zero_conf_ids"], delimiter_ids=set(ids["delimiter_ids"]))
+    flags = dict(mask_id=int(mask_id), eos_id=int(eos_id), rule=int(rule), conf_kind=int(conf_kind),
+                 shift=bool(shift), graded=bool(graded), random_remasking=bool(random_remasking),
+                 adaptive_block=bool(adaptive_block), eotp=bool(eotp), early_stop=bool(early_stop),
+                 suppress_ids=ids["suppress_ids"], zero_conf_ids=ids["zero_conf_ids"],
+                 delimiter_ids=set(ids["delimiter_ids"]))
 
     logits_c = logits.detach().cpu()
     gumbel_c = gumbel_u.detach().cpu() if gumbel_u is not None else None
@@ -480,6 +500,7 @@ def fused_unmask_reference(logits, x, conf, state, row_start=None, gumbel_u=None
     for b in range(B):
         xs = [int(v) for v in x[b].tolist()]
         buffer = [float(v) for v in conf[b].tolist()]
+        kw = dict(flags, **rows[b])  # this sequence's parameters
         _sequence_step(b, logits_c, xs, buffer, state_c[b], int(starts[b]), gumbel_c, rank_c, kw, filt,
                        x0, transfer, window_stats)
         x[b].copy_(torch.tensor(xs, dtype=torch.int64))

@@ -29,7 +29,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emu(DLLM_FUSED_UNMASK_PARAMS, int
   p.row_start = row_start ? row_start->data_ptr<int64_t>() : nullptr;
   p.gumbel_u = gumbel_u ? gumbel_u->data_ptr<float>() : nullptr;
   p.rank_u = rank_u ? rank_u->data_ptr<float>() : nullptr;
-  p.temperature = static_cast<float>(temperature);
+  const at::Tensor pack = unmask_params_or_defaults(params, x);
+  p.params = pack.data_ptr<double>();
+  p.params_stride = kUnmaskParams;
   p.suppress_ids = ids_ptr(suppress_ids); p.n_suppress = ids_len(suppress_ids);
   p.zero_conf_ids = ids_ptr(zero_conf_ids); p.n_zero_conf = ids_len(zero_conf_ids);
   p.policy = a.policy;
@@ -43,13 +45,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emu(DLLM_FUSED_UNMASK_PARAMS, int
   if (p.R > 0) {
     switch (p.dtype) {
       case LogitsDtype::kFloat16:
-        emu_launch(blocks, kStatsThreads, [&] { p.temperature > 0 ? unmask_stats_kernel<__half, true>(args) : unmask_stats_kernel<__half, false>(args); });
+        emu_launch(blocks, kStatsThreads, [&] { unmask_stats_kernel<__half>(args); });
         break;
       case LogitsDtype::kBFloat16:
-        emu_launch(blocks, kStatsThreads, [&] { p.temperature > 0 ? unmask_stats_kernel<__nv_bfloat16, true>(args) : unmask_stats_kernel<__nv_bfloat16, false>(args); });
+        emu_launch(blocks, kStatsThreads, [&] { unmask_stats_kernel<__nv_bfloat16>(args); });
         break;
       default:
-        emu_launch(blocks, kStatsThreads, [&] { p.temperature > 0 ? unmask_stats_kernel<float, true>(args) : unmask_stats_kernel<float, false>(args); });
+        emu_launch(blocks, kStatsThreads, [&] { unmask_stats_kernel<float>(args); });
     }
   }
   emu_launch(p.B, kPolicyThreads, [&] { unmask_policy_kernel(p, ws, args.splits); });

@@ -9,16 +9,21 @@
 
 namespace dllm {
 
-// X(name, default): the column order of the pack.
+// X(name, default): the rules' columns, shared by select's pack and fused_unmask's
+// (fused_unmask_params.h), where they sit at the same indices: 1 .. 7, after the count column.
+#define DLLM_RULE_PARAMS(X)  \
+  X(threshold, 0.9)          \
+  X(factor, 1.0)             \
+  X(anchor_threshold, 0.9)   \
+  X(relaxed_threshold, 0.75) \
+  X(window, 4.0)             \
+  X(temperature, 0.0)        \
+  X(filter_threshold, 0.96)
+
+// The column order of select's pack: the caller's top-k count, then the rules' columns.
 #define DLLM_SELECT_PARAMS(X) \
   X(k, 1.0)                   \
-  X(threshold, 0.9)           \
-  X(factor, 1.0)              \
-  X(anchor_threshold, 0.9)    \
-  X(relaxed_threshold, 0.75)  \
-  X(window, 4.0)              \
-  X(temperature, 0.0)         \
-  X(filter_threshold, 0.96)
+  DLLM_RULE_PARAMS(X)
 
 enum SelectParam : int {
 #define DLLM_X(name, dflt) kSel_##name,
@@ -48,7 +53,8 @@ DLLM_HD SelectRow load_select_row(const double* row) {
   return r;
 }
 
-// The shared PolicyParams with one sequence's row applied (the rule's fields only).
+// The shared PolicyParams with one sequence's row applied (the rule's fields only; the
+// temperature is the statistics pass's).
 DLLM_HD PolicyParams with_select_row(PolicyParams pp, const SelectRow& r) {
   pp.threshold = r.threshold;
   pp.factor = r.factor;
