@@ -5,7 +5,7 @@ partials. The logits [B, R, V] are never materialised; results equal the unfused
 float rounding; docs/lm_head_row_stats.md)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 
@@ -13,6 +13,7 @@ from .lm_head_row_stats import lm_head_row_stats
 from .policy import Policy
 from .row_stats import row_positions
 from .select import SelectResult, _ids, noise_keys, select
+from .select_params import Value
 from .state import OFFSET, SEED, DecodeState
 from .unmask import UnmaskResult, fused_unmask
 
@@ -67,11 +68,12 @@ def select_from_hidden(hidden: torch.Tensor, lm_head: torch.Tensor, x: torch.Ten
 
 def fused_unmask_from_hidden(hidden: torch.Tensor, lm_head: torch.Tensor, x: torch.Tensor, state: DecodeState,
                              policy: Policy, *, mask_id: int, eos_id: int, row_start: Optional[torch.Tensor] = None,
-                             rank_u: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
-                             backend: str = "auto") -> UnmaskResult:
+                             rank_u: Optional[torch.Tensor] = None, params: Optional[Mapping[str, Value]] = None,
+                             bias: Optional[torch.Tensor] = None, backend: str = "auto") -> UnmaskResult:
     """`fused_unmask` (docs/fused_unmask.md) on the logits hidden [B, R, d] @ lm_head[V, d].T
     (+ bias [V]), without materialising them; the Gumbel noise is keyed by the state's SEED and
-    OFFSET as fused_unmask keys it. Other arguments are fused_unmask's (no `gumbel_u`)."""
+    OFFSET as fused_unmask keys it, at the temperature of `params` (per request) or the policy.
+    Other arguments are fused_unmask's (no `gumbel_u`)."""
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
         raise ValueError("fused_unmask_from_hidden: hidden must be a 3-D tensor [B, R, d]")
     if not isinstance(state, DecodeState):
@@ -84,7 +86,8 @@ def fused_unmask_from_hidden(hidden: torch.Tensor, lm_head: torch.Tensor, x: tor
     seed, offset = state.state[:, SEED].contiguous(), state.state[:, OFFSET].contiguous()
     suppress = _ids("suppress_ids", list(policy.suppress_ids) or None, device)
     stats = _head_stats(hidden, lm_head, bias, positions, seed, offset,
-                        _temperature(policy.temperature, B, device), suppress, policy.conf, backend)
+                        _temperature((params or {}).get("temperature", policy.temperature), B, device), suppress,
+                        policy.conf, backend)
     rows_only = hidden.new_empty((B, R, 0), dtype=torch.float32)  # with row_stats, logits give B and R only
     return fused_unmask(rows_only, x, state, policy, mask_id=mask_id, eos_id=eos_id, row_start=row_start,
-                        rank_u=rank_u, backend=backend, row_stats=stats, vocab_size=lm_head.shape[0])
+                        rank_u=rank_u, params=params, backend=backend, row_stats=stats, vocab_size=lm_head.shape[0])
