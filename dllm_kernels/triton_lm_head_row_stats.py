@@ -66,7 +66,7 @@ def lm_head_row_stats_triton(hidden, weight, bias, positions, seed=None, offset=
                                   ("temperature", temperature, torch.float64, (B,))):
         if t is not None:
             _same_device(t, hidden, name)
-            _CHECKS.tensor(t, t, name, dtype, shape)
+            _CHECKS.tensor(t, t, name, dtype, shape)  # its own device: hidden's was checked above
     if temperature is not None and temperature.device.type == "cpu":
         check(bool(torch.isfinite(temperature).all()) and bool((temperature >= 0).all()),
               "temperature must be finite and >= 0")
@@ -89,8 +89,9 @@ def lm_head_row_stats_triton(hidden, weight, bias, positions, seed=None, offset=
         h = h.contiguous()
     w = weight if weight.stride(1) == 1 else weight.contiguous()
     block_m, block_n, block_k, n_splits, span = _blocks(N, V, d)
-    if splits is not None:
-        span = -(-(-(-V // splits)) // block_n) * block_n
+    if splits is not None:  # ceil(V / splits) ids per split, rounded up to whole tiles
+        per_split = -(-V // splits)
+        span = -(-per_split // block_n) * block_n
         n_splits = -(-V // span)
     part = out if n_splits == 1 else torch.empty((n_splits, N, n_cols), dtype=torch.float64, device=hidden.device)
     n_suppress = suppress_ids.numel() if suppress_ids is not None else 0
