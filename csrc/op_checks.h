@@ -11,15 +11,17 @@
 
 namespace dllm {
 
+// `ref_name`: the argument whose device the others follow (logits, or the LM head's hidden states).
 inline void check_same_device(const char* op, const at::Tensor& t, const at::Tensor& ref,
-                              const char* name) {
+                              const char* name, const char* ref_name = "logits") {
   TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(),
-              " but logits is on ", ref.device());
+              " but ", ref_name, " is on ", ref.device());
 }
 
 inline void check_tensor(const char* op, const at::Tensor& t, const at::Tensor& logits,
-                         const char* name, at::ScalarType dtype, at::IntArrayRef shape) {
-  check_same_device(op, t, logits, name);
+                         const char* name, at::ScalarType dtype, at::IntArrayRef shape,
+                         const char* ref_name = "logits") {
+  check_same_device(op, t, logits, name, ref_name);
   TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ",
               t.scalar_type());
   TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
@@ -34,9 +36,9 @@ inline void check_unit(const char* op, double v, const char* name) {
 // Token-id lists: 1-D int64 on the logits' device; values are range-checked where they can be
 // read without a device sync (CPU), and ignored when out of range by the CUDA kernels.
 inline void check_ids(const char* op, const std::optional<at::Tensor>& t, const at::Tensor& logits,
-                      const char* name, int64_t V) {
+                      const char* name, int64_t V, const char* ref_name = "logits") {
   if (!t) return;
-  check_same_device(op, *t, logits, name);
+  check_same_device(op, *t, logits, name, ref_name);
   TORCH_CHECK(t->scalar_type() == at::kLong, op, ": ", name, " must be int64, got ",
               t->scalar_type());
   TORCH_CHECK(t->dim() == 1, op, ": ", name, " must be 1-D, got ", t->dim(), "-D");

@@ -34,6 +34,12 @@ TORCH_LIBRARY(dllm, m) {
       "row_stats(Tensor logits, Tensor positions, Tensor? seed=None, Tensor? offset=None, "
       "Tensor? temperature=None, Tensor? gumbel_u=None, Tensor? suppress_ids=None, int conf_kind=0, "
       "int vocab_start=0) -> Tensor");
+  // The LM head fused with row_stats: one merged partial per row of hidden [B, R, d] x weight
+  // [V, d]^T (+ bias), the logits computed chunk by chunk and never whole; docs/lm_head_row_stats.md.
+  m.def(
+      "lm_head_row_stats(Tensor hidden, Tensor weight, Tensor? bias, Tensor positions, Tensor? seed=None, "
+      "Tensor? offset=None, Tensor? temperature=None, Tensor? suppress_ids=None, int conf_kind=0, "
+      "int vocab_start=0) -> Tensor");
   // row_stats' layout: its column names in order, and the most partials one row merges
   // (include/dllm/row_partial.h).
   m.def("row_stats_layout() -> (str[], int)", [] {

@@ -87,3 +87,19 @@ def _speculative_verify_fake(target_logits, draft_tokens, draft_probs, draft_len
         if tuple(t.shape) != shape:
             raise RuntimeError(f"speculative_verify: {name} must have shape {list(shape)}, got {list(t.shape)}")
     return draft_tokens.new_empty((B,)), draft_tokens.new_empty((B, K1))
+
+
+@torch.library.register_fake("dllm::lm_head_row_stats")
+def _lm_head_row_stats_fake(hidden, weight, bias, positions, seed=None, offset=None, temperature=None,
+                            suppress_ids=None, conf_kind=0, vocab_start=0):
+    for name, t in (("weight", weight), ("bias", bias), ("positions", positions), ("seed", seed), ("offset", offset),
+                    ("temperature", temperature), ("suppress_ids", suppress_ids)):
+        if t is not None and t.device != hidden.device:
+            raise RuntimeError(f"lm_head_row_stats: {name} is on {t.device} but hidden is on {hidden.device}")
+    if hidden.dim() != 3 or weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
+        raise RuntimeError(f"lm_head_row_stats: weight must be [V, d = {hidden.shape[-1]}], got {list(weight.shape)}")
+    if tuple(positions.shape) != tuple(hidden.shape[:2]):
+        raise RuntimeError(f"lm_head_row_stats: positions must have shape {list(hidden.shape[:2])}, "
+                           f"got {list(positions.shape)}")
+    B, R, _ = hidden.shape
+    return hidden.new_empty((B, R, ROW_PARTIAL_COLS), dtype=torch.float64)

@@ -22,15 +22,16 @@ def has_native_kernel(op: str, key: str) -> bool:
 
 def register_triton_kernels() -> dict:
     """Registers each op's Triton launcher as its CUDA kernel where the op has none (select,
-    row_stats and speculative_verify have no native CUDA kernel; fused_unmask has one when the
-    CUDA library was built; block_attention registers its own Triton path). Decided here only, so
+    row_stats, lm_head_row_stats and speculative_verify have no native CUDA kernel; fused_unmask
+    has one when the CUDA library was built; block_attention registers its own Triton path). Decided here only, so
     no launcher module imports this one. Returns {op: whether its Triton kernel was registered}."""
     from .select_triton import select_triton
+    from .triton_lm_head_row_stats import lm_head_row_stats_triton
     from .triton_row_stats import row_stats_triton
     from .triton_speculative_verify import speculative_verify_triton
     from .triton_unmask import fused_unmask_triton
 
-    kernels = {"select": select_triton, "row_stats": row_stats_triton,
+    kernels = {"select": select_triton, "row_stats": row_stats_triton, "lm_head_row_stats": lm_head_row_stats_triton,
                "speculative_verify": speculative_verify_triton, "fused_unmask": fused_unmask_triton}
     registered = {}
     for op, kernel in kernels.items():

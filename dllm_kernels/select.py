@@ -66,6 +66,21 @@ def _bounds(bounds, batch: int, device) -> Optional[torch.Tensor]:
     return torch.stack([start, end], dim=1).contiguous()
 
 
+def noise_keys(batch: int, device, *, seed, offset, temperature: Value, random_remasking: bool,
+               generator: Optional[torch.Generator], explicit: bool = False):
+    """The [B] int64 Philox (seed, offset) of a step (either may be None): the caller's, or, when the
+    step draws noise (temperature > 0 or random remasking) with neither seeds nor `explicit`
+    uniforms, seeds drawn from `generator` (default: torch's)."""
+    seed_t = _per_sequence_ids("seed", seed, batch, device)
+    offset_t = _per_sequence_ids("offset", offset, batch, device)
+    random = random_remasking or not (isinstance(temperature, (int, float)) and temperature == 0)
+    if random and seed_t is None and not explicit:
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        seed_t = torch.randint(-2 ** 63, 2 ** 63 - 1, (batch,), generator=generator, dtype=torch.int64,
+                               device=gen_device).to(device)
+    return seed_t, offset_t
+
+
 def select(logits: torch.Tensor, x: torch.Tensor, candidates: Optional[torch.Tensor] = None, *,
            rule: str = "threshold", k: Optional[Value] = None, threshold: Optional[Value] = None,
            factor: Optional[Value] = None, anchor_threshold: Optional[Value] = None,
@@ -129,13 +144,9 @@ def select(logits: torch.Tensor, x: torch.Tensor, candidates: Optional[torch.Ten
 
     B, device = logits.shape[0], logits.device
     params = pack_select_params(B, device, dict(given, temperature=temperature))
-    seed_t = _per_sequence_ids("seed", seed, B, device)
-    offset_t = _per_sequence_ids("offset", offset, B, device)
-    random = random_remasking or not (isinstance(temperature, (int, float)) and temperature == 0)
-    if random and seed_t is None and gumbel_u is None and rank_u is None:
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        seed_t = torch.randint(-2 ** 63, 2 ** 63 - 1, (B,), generator=generator, dtype=torch.int64,
-                               device=gen_device).to(device)
+    seed_t, offset_t = noise_keys(B, device, seed=seed, offset=offset, temperature=temperature,
+                                  random_remasking=random_remasking, generator=generator,
+                                  explicit=gumbel_u is not None or rank_u is not None)
     filt = learned_filter.tensors(device) if learned_filter is not None else (None,) * 4
     args = (logits, x, candidates, params, _bounds(bounds, B, device), row_start, seed_t, offset_t, gumbel_u,
             rank_u, prev_conf, _ids("suppress_ids", suppress_ids, device),

@@ -336,7 +336,7 @@ def test_register_triton_cuda_kernel():
     (in a child process: the registration is global), and a second call changes nothing."""
     code = ("import torch, dllm_kernels\n"
             "from dllm_kernels import _native\n"
-            "ops = ('fused_unmask', 'select', 'row_stats', 'speculative_verify')\n"
+            "ops = ('fused_unmask', 'select', 'row_stats', 'lm_head_row_stats', 'speculative_verify')\n"
             "had = {op: _native.has_native_kernel(op, 'CUDA') for op in ops}\n"
             "got = _native.register_triton_kernels()\n"
             "assert got == {op: not had[op] for op in ops}, (got, had)\n"

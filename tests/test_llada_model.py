@@ -157,6 +157,26 @@ def test_dense_forward_matches_span_forward(tmp_path):
     torch.testing.assert_close(dense[1, :5], full[1, 16:21], atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_hidden_rows_through_the_head_are_the_logits(tmp_path, tied):
+    """forward_span(hidden=True) gives the LM head's input: through `lm_head` (the embedding when
+    tied) it is the logits, and select_from_hidden on it picks select's tokens on them."""
+    import dllm_kernels as dk
+
+    write_checkpoint(tmp_path, tied=tied)
+    model = LLaDA.from_pretrained(str(tmp_path), dtype=torch.float32)
+    x = torch.randint(0, 298, (2, 20), generator=torch.Generator().manual_seed(5))
+    span = dict(q_start=[0, 0], q_len=[20, 17], kv_len=[20, 17], row_start=[4, 2], n_rows=9)
+    logits = model.forward_span(x, **span)
+    hidden = model.forward_span(x, hidden=True, **span)
+    assert hidden.shape == (2, 9, 64) and (model.lm_head is model.wte) == tied
+    torch.testing.assert_close(hidden @ model.lm_head.T, logits, atol=1e-5, rtol=1e-5)
+    rs = torch.tensor(span["row_start"])
+    got = dk.select_from_hidden(hidden, model.lm_head, x.clone(), rule="topk", k=3, row_start=rs)
+    want = dk.select(logits, x.clone(), rule="topk", k=3, row_start=rs)
+    assert torch.equal(got.x0, want.x0) and torch.equal(got.transfer, want.transfer)
+
+
 def test_checkpoint_errors(tmp_path):
     cfg, sd = write_checkpoint(tmp_path)
     bad = dict(cfg, block_type="sequential")

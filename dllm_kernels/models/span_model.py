@@ -235,8 +235,12 @@ class SpanModel(torch.nn.Module):
             self._rope_cache = rope_tables(self._inv_freq, max(length, 256))
         return self._rope_cache
 
+    def _final_hidden(self, h_rows: torch.Tensor) -> torch.Tensor:
+        """The LM head's input: the final norm of the last layer's rows."""
+        return rms_norm(h_rows, self.ln_f, self.config.rms_norm_eps)
+
     def _logits(self, h_rows: torch.Tensor) -> torch.Tensor:
-        return F.linear(rms_norm(h_rows, self.ln_f, self.config.rms_norm_eps), self.lm_head)
+        return F.linear(self._final_hidden(h_rows), self.lm_head)
 
     def layer(self, i: int) -> LayerWeights:
         """Block i's weights (fused q|k|v and gate|up)."""
@@ -273,8 +277,10 @@ class SpanModel(torch.nn.Module):
 
     @torch.no_grad()
     def forward_span(self, x: torch.Tensor, *, q_start: List[int], q_len: List[int], kv_len: List[int],
-                     row_start: List[int], n_rows: int, cache=None) -> torch.Tensor:
-        """Logits [B, n_rows, V] of positions `row_start[b] + r` after a forward of each sequence's span.
+                     row_start: List[int], n_rows: int, cache=None, hidden: bool = False) -> torch.Tensor:
+        """Logits [B, n_rows, V] of positions `row_start[b] + r` after a forward of each sequence's span;
+        with `hidden=True` the LM head's input [B, n_rows, d] instead (logits = it @ `lm_head`.T),
+        for a decoder that fuses the head with its statistics pass (dllm_kernels.from_hidden).
 
         Host lists (the decoder knows the spans). With `cache=None` every active span must be the
         whole sequence (`q_start = 0`, `q_len = kv_len`): a scratch K/V buffer serves all layers.
@@ -338,9 +344,11 @@ class SpanModel(torch.nn.Module):
         h = self._layers(h, pos, to_padded, from_padded, cache, scratch, idx(q_start), idx(q_len),
                          idx(kv_len), B, q_max)
         if not active:
-            return torch.zeros(B, n_rows, self.vocab_size, dtype=self.dtype, device=dev)
+            width = self.ln_f.shape[0] if hidden else self.vocab_size
+            return torch.zeros(B, n_rows, width, dtype=self.dtype, device=dev)
         h_rows = torch.cat([h, cache.carry]) if carry else h
-        logits = self._logits(h_rows.index_select(0, row_idx)).view(B, n_rows, -1)
+        head = self._final_hidden if hidden else self._logits
+        logits = head(h_rows.index_select(0, row_idx)).view(B, n_rows, -1)
         if carry:  # keep the hidden state of each sequence's first row when the span holds it
             keep = [b for b in active if q_start[b] <= row_start[b] < q_start[b] + q_len[b]]
             if keep:
