@@ -2,7 +2,6 @@
 the same tokens as `select` on the materialised logits hidden @ W.T (+ bias), the sampled ones
 too; confidences to float rounding; decisions equal except in a sequence with a near-tie
 (counted); the partials against the float64 reference; bad inputs; opcheck."""
-import inspect
 
 import pytest
 import torch
@@ -222,11 +221,6 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.dllm.lm_head_row_stats.default, args)
 
 
-_FUSED_UNMASK_TAKES_ROW_STATS = "row_stats" in inspect.signature(dk.fused_unmask).parameters
-
-
-@pytest.mark.skipif(not _FUSED_UNMASK_TAKES_ROW_STATS,
-                    reason="fused_unmask does not take row_stats= yet (its argument list is being rewritten)")
 @pytest.mark.parametrize("conf", CONF_NAMES)
 def test_fused_unmask_from_hidden_equals_fused_unmask_on_the_logits(conf):
     gen = torch.Generator().manual_seed(21)
