@@ -11,6 +11,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .policy import CONF_KINDS
+from .row_stats import per_row_inputs
 
 
 def lm_head_row_stats(hidden: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, *,
@@ -31,13 +32,6 @@ def lm_head_row_stats(hidden: torch.Tensor, weight: torch.Tensor, positions: tor
         raise ValueError(f"lm_head_row_stats: conf must be one of {sorted(CONF_KINDS)}, got {conf!r}")
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
         raise ValueError("lm_head_row_stats: hidden must be a 3-D tensor [B, R, d]")
-    B, device = hidden.shape[0], hidden.device
-    if temperature is not None and not isinstance(temperature, torch.Tensor):
-        temperature = torch.full((B,), float(temperature), dtype=torch.float64, device=device)
-    elif temperature is not None:
-        temperature = temperature.to(device=device, dtype=torch.float64).reshape(B).contiguous()
-    if suppress_ids is not None and not isinstance(suppress_ids, torch.Tensor):
-        ids = [suppress_ids] if isinstance(suppress_ids, int) else [int(i) for i in suppress_ids]
-        suppress_ids = torch.tensor(ids, dtype=torch.int64, device=device) if ids else None
+    temperature, suppress_ids = per_row_inputs(hidden.shape[0], hidden.device, temperature, suppress_ids)
     return torch.ops.dllm.lm_head_row_stats(hidden, weight, bias, positions, seed, offset, temperature,
                                             suppress_ids, CONF_KINDS[conf], int(vocab_start))

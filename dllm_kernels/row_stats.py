@@ -31,6 +31,37 @@ def row_positions(batch: int, rows: int, *, row_start: Optional[torch.Tensor] = 
     return (pos + int(bool(shift))).contiguous()
 
 
+def logits_or_row_stats(op: str, logits, row_stats, vocab_size, backend: str):
+    """The Python checks of `row_stats=` / `vocab_size=` (select, fused_unmask): the logits to pass
+    the op, a [B, R, 0] stand-in when only partials are given (the op reads B and R from it)."""
+    if row_stats is None:
+        if vocab_size is not None:
+            raise ValueError(f"{op}: vocab_size goes with row_stats")
+        return logits
+    if not isinstance(row_stats, torch.Tensor) or row_stats.dim() != 4:
+        raise ValueError(f"{op}: row_stats must be a 4-D tensor [W, B, R, C] (dllm_kernels.row_stats)")
+    if vocab_size is None:
+        raise ValueError(f"{op}: row_stats needs vocab_size (the whole vocabulary)")
+    if backend == "reference":
+        raise ValueError(f"{op}: the reference backend reads logits; row_stats needs 'auto' or 'triton'")
+    if logits is None:
+        logits = row_stats.new_empty((row_stats.shape[1], row_stats.shape[2], 0), dtype=torch.float32)
+    return logits
+
+
+def per_row_inputs(batch: int, device, temperature, suppress_ids):
+    """The ops' forms of a temperature (a number or [B] -> [B] float64) and of an id list (a
+    sequence -> int64 tensor, None when empty), shared by row_stats and lm_head_row_stats."""
+    if temperature is not None and not isinstance(temperature, torch.Tensor):
+        temperature = torch.full((batch,), float(temperature), dtype=torch.float64, device=device)
+    elif temperature is not None:
+        temperature = temperature.to(device=device, dtype=torch.float64).reshape(batch).contiguous()
+    if suppress_ids is not None and not isinstance(suppress_ids, torch.Tensor):
+        ids = [suppress_ids] if isinstance(suppress_ids, int) else [int(i) for i in suppress_ids]
+        suppress_ids = torch.tensor(ids, dtype=torch.int64, device=device) if ids else None
+    return temperature, suppress_ids
+
+
 def row_stats(logits: torch.Tensor, positions: torch.Tensor, *, seed: Optional[torch.Tensor] = None,
               offset: Optional[torch.Tensor] = None, temperature: Union[float, torch.Tensor, None] = None,
               gumbel_u: Optional[torch.Tensor] = None,
@@ -49,13 +80,6 @@ def row_stats(logits: torch.Tensor, positions: torch.Tensor, *, seed: Optional[t
         raise ValueError(f"row_stats: conf must be one of {sorted(CONF_KINDS)}, got {conf!r}")
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         raise ValueError("row_stats: logits must be a 3-D tensor [B, R, V]")
-    B, device = logits.shape[0], logits.device
-    if temperature is not None and not isinstance(temperature, torch.Tensor):
-        temperature = torch.full((B,), float(temperature), dtype=torch.float64, device=device)
-    elif temperature is not None:
-        temperature = temperature.to(device=device, dtype=torch.float64).reshape(B).contiguous()
-    if suppress_ids is not None and not isinstance(suppress_ids, torch.Tensor):
-        ids = [suppress_ids] if isinstance(suppress_ids, int) else [int(i) for i in suppress_ids]
-        suppress_ids = torch.tensor(ids, dtype=torch.int64, device=device) if ids else None
+    temperature, suppress_ids = per_row_inputs(logits.shape[0], logits.device, temperature, suppress_ids)
     return torch.ops.dllm.row_stats(logits, positions, seed, offset, temperature, gumbel_u, suppress_ids,
                                     CONF_KINDS[conf], int(vocab_start))

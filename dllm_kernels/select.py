@@ -14,6 +14,7 @@ import torch
 
 from .policy import CONF_KINDS, RULES, LearnedFilter
 from .policy import RULE_FIELDS as POLICY_RULE_FIELDS
+from .row_stats import logits_or_row_stats
 from .select_params import SELECT_PARAM_COLUMNS, Value, pack_select_params
 from .state import per_sequence_int64
 
@@ -113,17 +114,7 @@ def select(logits: torch.Tensor, x: torch.Tensor, candidates: Optional[torch.Ten
         raise ValueError(f"select: rule must be one of {sorted(RULES)}, got {rule!r}")
     if conf not in CONF_KINDS:
         raise ValueError(f"select: conf must be one of {sorted(CONF_KINDS)}, got {conf!r}")
-    if row_stats is not None:
-        if not isinstance(row_stats, torch.Tensor) or row_stats.dim() != 4:
-            raise ValueError("select: row_stats must be a 4-D tensor [W, B, R, C] (dllm_kernels.row_stats)")
-        if vocab_size is None:
-            raise ValueError("select: row_stats needs vocab_size (the whole vocabulary)")
-        if backend == "reference":
-            raise ValueError("select: the reference backend reads logits; row_stats needs 'auto' or 'triton'")
-        if logits is None:  # only B and R are read from it
-            logits = row_stats.new_empty((row_stats.shape[1], row_stats.shape[2], 0), dtype=torch.float32)
-    elif vocab_size is not None:
-        raise ValueError("select: vocab_size goes with row_stats")
+    logits = logits_or_row_stats("select", logits, row_stats, vocab_size, backend)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         raise ValueError("select: logits must be a 3-D tensor [B, R, V]")
     if not isinstance(x, torch.Tensor) or x.dim() != 2:

@@ -6,6 +6,7 @@ from typing import Mapping, NamedTuple, Optional
 import torch
 
 from .policy import Policy
+from .row_stats import logits_or_row_stats
 from .select_params import Value
 from .state import DecodeState
 
@@ -43,21 +44,12 @@ def fused_unmask(logits: torch.Tensor, x: torch.Tensor, state: DecodeState, poli
         raise TypeError(f"fused_unmask: policy must be a dllm_kernels.Policy, got {type(policy).__name__}")
     if not isinstance(state, DecodeState):
         raise TypeError(f"fused_unmask: state must be a dllm_kernels.DecodeState, got {type(state).__name__}")
+    logits = logits_or_row_stats("fused_unmask", logits, row_stats, vocab_size, backend)
     extra = {}
     if row_stats is not None:
-        if not isinstance(row_stats, torch.Tensor) or row_stats.dim() != 4:
-            raise ValueError("fused_unmask: row_stats must be a 4-D tensor [W, B, R, C] (dllm_kernels.row_stats)")
-        if vocab_size is None:
-            raise ValueError("fused_unmask: row_stats needs vocab_size (the whole vocabulary)")
-        if backend == "reference":
-            raise ValueError("fused_unmask: the reference backend reads logits; row_stats needs 'auto' or 'triton'")
-        if logits is None:  # only B and R are read from it
-            logits = row_stats.new_empty((row_stats.shape[1], row_stats.shape[2], 0), dtype=torch.float32)
         if logits.device.type == "cuda":
             backend = "triton"  # the native CUDA kernel reads logits only
         extra = dict(row_stats=row_stats, vocab_size=int(vocab_size))
-    elif vocab_size is not None:
-        raise ValueError("fused_unmask: vocab_size goes with row_stats")
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         raise ValueError("fused_unmask: logits must be a 3-D tensor [B, R, V]")
     V = int(vocab_size) if row_stats is not None else logits.shape[-1]
