@@ -75,9 +75,18 @@ if want_cuda():
         )
     )
 
+class BuildExtensionInTree(BuildExtension.with_options(use_ninja=True)):
+    """Objects always go to build/temp: pip's editable install would otherwise compile into a
+    throw-away directory, and the Makefile's `build_ext --inplace` would compile everything again."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = os.path.join(HERE, "build", "temp")
+
+
 setup(
     packages=find_packages(include=["dllm_kernels", "dllm_kernels.*"]) + ["dllm_kernels.triton_kernels"],
     package_dir={"dllm_kernels.triton_kernels": "triton_kernels"},
     ext_modules=ext_modules,
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtensionInTree},
 )
