@@ -24,7 +24,7 @@ demo: build
 	$(PY) examples/demo.py
 
 bench: build
-	$(PY) bench/bench_unmask.py
+	$(PY) bench/bench_fused_unmask.py
 
 clean:
 	rm -rf build dllm_kernels/*.so

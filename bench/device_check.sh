@@ -129,7 +129,7 @@ if [ -z "$SAN" ]; then
 else
   # Without the caching allocator every tensor is its own allocation: out-of-bounds at its edge.
   run_stage memcheck 100 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool memcheck \
-    --error-exitcode 1 --print-limit 50 "$PY" bench/sanitize_unmask.py
+    --error-exitcode 1 --print-limit 50 "$PY" bench/sanitize_fused_unmask.py
 fi
 
 # ---- benchmarks ------------------------------------------------------------------------------------------
@@ -152,22 +152,22 @@ run_bench() {  # run_bench NAME LIMIT_S
 run_stage pytest_cuda_rest 130 "$PY" -m pytest -m cuda -q -rfE --continue-on-collection-errors \
   -p no:cacheprovider --durations=10 --junitxml="$RESULTS_DIR/pytest_cuda_rest.xml" \
   --ignore=tests/test_fused_unmask_cuda.py tests
-run_bench bench_unmask 90
+run_bench bench_fused_unmask 90
 
 if [ -n "$SAN" ]; then
   run_stage racecheck 90 "$SAN" --tool racecheck --error-exitcode 1 --print-limit 50 \
-    "$PY" bench/sanitize_unmask.py
+    "$PY" bench/sanitize_fused_unmask.py
 fi
-run_bench bench_attention 70
+run_bench bench_block_attention 70
 run_bench bench_decode 60
 run_bench bench_speculative 60
 
 # The Triton block_attention kernels under the sanitizer, after the benchmarks (lower value).
 if [ -n "$SAN" ]; then
   run_stage memcheck_attention 80 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool memcheck \
-    --error-exitcode 1 --print-limit 50 "$PY" bench/sanitize_attention.py
+    --error-exitcode 1 --print-limit 50 "$PY" bench/sanitize_block_attention.py
   run_stage racecheck_attention 60 "$SAN" --tool racecheck --error-exitcode 1 --print-limit 50 \
-    "$PY" bench/sanitize_attention.py
+    "$PY" bench/sanitize_block_attention.py
 fi
 
 # ---- the CPU suite, last (it also runs on every CPU machine) -----------------------------------------------

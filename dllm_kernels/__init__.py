@@ -12,13 +12,12 @@ from . import _native  # noqa: F401  (loads the native ops)
 from . import _fake  # noqa: F401  (meta implementations)
 from .policy import CONF_KINDS, RULES, LearnedFilter, Policy
 from .state import DecodeState
-from .unmask import UnmaskResult, fused_unmask
+from .fused_unmask import UnmaskResult, fused_unmask
 from .select import SelectResult, select
 from .row_stats import row_stats  # noqa: E402
 from .lm_head_row_stats import lm_head_row_stats  # noqa: E402
 from .from_hidden import fused_unmask_from_hidden, select_from_hidden  # noqa: E402
-from . import attention  # noqa: E402  (block_attention: registers its CPU/Triton/fake kernels)
-from .attention import block_attention
+from .block_attention import block_attention  # noqa: E402  (importing it registers its CPU/Triton/fake kernels)
 from .generate import GenerateOutput, generate  # noqa: E402
 from .speculative_verify import VerifyResult, speculative_verify  # noqa: E402
 from . import models  # noqa: E402,F401

@@ -25,13 +25,13 @@ def register_triton_kernels() -> dict:
     row_stats, lm_head_row_stats and speculative_verify have no native CUDA kernel; fused_unmask
     has one when the CUDA library was built; block_attention registers its own Triton path). Decided here only, so
     no launcher module imports this one. Returns {op: whether its Triton kernel was registered}."""
-    from .select_triton import select_triton
+    from .triton_select import triton_select
     from .triton_lm_head_row_stats import lm_head_row_stats_triton
     from .triton_row_stats import row_stats_triton
     from .triton_speculative_verify import speculative_verify_triton
-    from .triton_unmask import fused_unmask_triton
+    from .triton_fused_unmask import fused_unmask_triton
 
-    kernels = {"select": select_triton, "row_stats": row_stats_triton, "lm_head_row_stats": lm_head_row_stats_triton,
+    kernels = {"select": triton_select, "row_stats": row_stats_triton, "lm_head_row_stats": lm_head_row_stats_triton,
                "speculative_verify": speculative_verify_triton, "fused_unmask": fused_unmask_triton}
     registered = {}
     for op, kernel in kernels.items():

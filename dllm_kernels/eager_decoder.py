@@ -93,7 +93,7 @@ def eager_generate(model, prompts: Sequence, *, gen_length: int, policy: Policy,
     engine: "reference" (float64 `fused_unmask_reference`) or "fused" (the native op), the same
     decisions (docs/policies.md §1 excepts near-ties only).
     """
-    from .unmask import fused_unmask
+    from .fused_unmask import fused_unmask
 
     if cache not in ("none", "prefix", "dual"):
         raise ValueError(f"eager_generate: cache must be 'none', 'prefix' or 'dual', got {cache!r}")

@@ -15,7 +15,7 @@ from .row_stats import row_positions
 from .select import SelectResult, _ids, noise_keys, select
 from .select_params import Value
 from .state import OFFSET, SEED, DecodeState
-from .unmask import UnmaskResult, fused_unmask
+from .fused_unmask import UnmaskResult, fused_unmask
 
 
 def _head_stats(hidden, lm_head, bias, positions, seed, offset, temperature, suppress_ids, conf, backend):

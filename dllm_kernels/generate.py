@@ -43,7 +43,7 @@ from .decoding.plan import StateReader
 from .decoding.timing import Progress, StepTimer
 from .policy import Policy
 from .state import BLOCK_START, DONE, DecodeState
-from .unmask import fused_unmask
+from .fused_unmask import fused_unmask
 
 __all__ = ["CACHE_MODES", "GenerateOutput", "generate", "prepare_prompts"]
 

@@ -17,7 +17,7 @@ from typing import Mapping, Optional
 import torch
 
 from .select_params import Value
-from .unmask_params import UNMASK_DEFAULTS, UNMASK_PARAM_COLUMNS, pack_unmask_params  # defined once in C++
+from .fused_unmask_params import UNMASK_DEFAULTS, UNMASK_PARAM_COLUMNS, pack_unmask_params  # defined once in C++
 
 RULES = {"topk": 0, "threshold": 1, "factor": 2, "localleap": 3, "filter": 4}
 CONF_KINDS = {"prob": 0, "margin": 1, "neg_entropy": 2}

@@ -151,7 +151,7 @@ def select(logits: torch.Tensor, x: torch.Tensor, candidates: Optional[torch.Ten
 
         return SelectResult(*select_reference(*args, **flags))
     if backend == "triton":
-        from .select_triton import select_triton
+        from .triton_select import triton_select
 
-        return SelectResult(*select_triton(*args, **flags))
+        return SelectResult(*triton_select(*args, **flags))
     return SelectResult(*torch.ops.dllm.select(*args, **flags))

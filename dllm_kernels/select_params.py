@@ -22,7 +22,7 @@ SELECT_PARAM_DEFAULTS: tuple = tuple(_defaults)
 SELECT_DEFAULTS: Mapping[str, float] = dict(zip(SELECT_PARAM_COLUMNS, SELECT_PARAM_DEFAULTS))
 
 # Columns holding whole numbers (with their least value), and those in [0, 1]; any other column
-# is finite and >= 0. One table for both packs (select's, and fused_unmask's in unmask_params.py).
+# is finite and >= 0. One table for both packs (select's, and fused_unmask's in fused_unmask_params.py).
 WHOLE_COLUMNS = {"k": 0, "window": 0, "steps": 1, "block_length": 1}
 UNIT_COLUMNS = ("threshold", "anchor_threshold", "relaxed_threshold", "filter_threshold", "block_delta",
                 "block_window_fraction")

@@ -13,7 +13,7 @@ import torch
 from ._triton_pkg import triton_kernels_module
 from .row_stats import MAX_MERGED_PARTIALS, ROW_STATS_COLUMNS
 from .triton_checks import LOGITS_DTYPES, ArgChecks
-from .triton_unmask import _interpreting, _next_pow2
+from .triton_fused_unmask import _interpreting, _next_pow2
 
 _kernels = triton_kernels_module("lm_head_row_stats")
 

@@ -12,7 +12,7 @@ import torch
 from ._triton_pkg import triton_kernels_module
 from .row_stats import ROW_STATS_COLUMNS
 from .triton_checks import ArgChecks
-from .triton_unmask import N_PART_F, N_PART_I, _interpreting, _next_pow2
+from .triton_fused_unmask import N_PART_F, N_PART_I, _interpreting, _next_pow2
 
 _kernels = triton_kernels_module("row_stats")
 assert tuple(ROW_STATS_COLUMNS) == _kernels.ROW_STATS_COLUMNS, (
@@ -66,7 +66,7 @@ def row_stats_triton(logits, positions, seed=None, offset=None, temperature=None
 
 def row_partials_for_merge(row_stats: torch.Tensor):
     """[W, B, R, C] float64 partials -> the split-row merge's (part_f [B, R, W, N_PART_F] float32,
-    part_i [B, R, W, N_PART_I] int32) (triton_kernels/unmask_stats.py). Device ops only."""
+    part_i [B, R, W, N_PART_I] int32) (triton_kernels/fused_unmask_stats.py). Device ops only."""
     by_row = row_stats.permute(1, 2, 0, 3)
     part_f = by_row[..., :N_PART_F].to(torch.float32).contiguous()
     part_i = by_row[..., N_PART_F:N_PART_F + N_PART_I].to(torch.int32).contiguous()

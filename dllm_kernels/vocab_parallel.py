@@ -25,7 +25,7 @@ from .policy import CONF_KINDS, Policy
 from .row_stats import row_positions, row_stats
 from .select import SelectResult, _bounds, _ids, _per_sequence_ids, select
 from .state import DONE, END_POS, GEN_START, OFFSET, SEED, DecodeState
-from .unmask import UnmaskResult, fused_unmask
+from .fused_unmask import UnmaskResult, fused_unmask
 
 __all__ = ["vocab_parallel_select", "vocab_parallel_fused_unmask", "vocab_shard", "exchange_row_stats"]
 

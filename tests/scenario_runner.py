@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from unmask_cases import (Scenario, ambiguous_sequences, assert_same_decisions, boost_token, make_batch,
+from fused_unmask_cases import (Scenario, ambiguous_sequences, assert_same_decisions, boost_token, make_batch,
                           peaked_logits, run_both)
 
 

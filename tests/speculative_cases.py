@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from dllm_kernels.reference.speculative_verify import speculative_verify_reference
-from unmask_cases import peaked_logits
+from fused_unmask_cases import peaked_logits
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MARGIN = 1e-3  # decisions closer than this to their threshold may differ between float32 and float64

@@ -20,6 +20,7 @@ rejected call writes nothing (x, conf, state, caches unchanged).
 """
 from __future__ import annotations
 
+import importlib
 import math
 import re
 
@@ -27,10 +28,11 @@ import pytest
 import torch
 
 import dllm_kernels as dk
-from dllm_kernels import attention as attn_mod
-from dllm_kernels.triton_unmask import fused_unmask_triton
+from dllm_kernels.triton_fused_unmask import fused_unmask_triton
 from test_fused_unmask_bad_inputs import B, CASES, L, V, good_args
-from unmask_cases import op_positional
+from fused_unmask_cases import op_positional
+
+attn_mod = importlib.import_module("dllm_kernels.block_attention")  # the module: the package's attribute is the op
 
 # ---------------------------------------------------------------------------------------------
 # fused_unmask

@@ -1,10 +1,11 @@
-"""dllm::block_attention against the SDPA reference (dllm_kernels/reference/attention.py).
+"""dllm::block_attention against the SDPA reference (dllm_kernels/reference/block_attention.py).
 
 Accuracy rule (flash-attention's): a backend's max error against the float64 reference is at most
 2x PyTorch's own error (SDPA in the same dtype against the same float64 reference), plus a tiny
 floor for float32 where both are at rounding level. Backends: the registered CPU kernel, the Triton
 kernel under the interpreter on CPU tensors, and (cuda-marked) the op on a GPU.
 """
+import importlib
 import math
 
 import pytest
@@ -12,8 +13,8 @@ import torch
 
 import dllm_kernels  # noqa: F401  (registers the op's kernels)
 from dllm_kernels import block_attention
-from dllm_kernels.attention import triton_kernel_module
-from dllm_kernels.reference.attention import block_attention_key_limits, block_attention_ref
+from dllm_kernels.block_attention import triton_kernel_module
+from dllm_kernels.reference.block_attention import block_attention_key_limits, block_attention_ref
 
 TK = triton_kernel_module()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -318,7 +319,7 @@ def test_cuda_no_sync_and_graph_capture():
 
 def test_interleaved_kv_buffer_is_not_mistaken_for_overlap():
     """A [B, L, 2, H, D] buffer holding K and V side by side is a valid (non-overlapping) cache layout."""
-    import dllm_kernels.attention as A
+    A = importlib.import_module("dllm_kernels.block_attention")  # the module, not the op of that name
 
     kv = torch.zeros(2, 12, 2, 2, 64)
     assert not A._caches_overlap(kv[:, :, 0], kv[:, :, 1])

@@ -15,7 +15,7 @@ import torch
 
 import dllm_kernels  # noqa: F401  (defines the op whose schema ORDER reads)
 import test_fused_unmask_cuda as cuda_tests
-from unmask_cases import DTYPES, make_batch, op_positional, peaked_logits
+from fused_unmask_cases import DTYPES, make_batch, op_positional, peaked_logits
 
 pytestmark = pytest.mark.skipif(os.environ.get("DLLM_CUDA_EMULATION") != "1",
                                 reason="opt-in: set DLLM_CUDA_EMULATION=1")
@@ -37,8 +37,8 @@ def _sync_sources():
     extension is rebuilt only when a source changed) with the dynamic shared array made static."""
     dst = os.path.join(BUILD_DIR, "src")
     shutil.copytree(os.path.join(ROOT, "csrc"), dst, dirs_exist_ok=True)
-    stats = os.path.join(dst, "kernels", "unmask_stats.cuh")
-    with open(os.path.join(ROOT, "csrc", "kernels", "unmask_stats.cuh")) as f:
+    stats = os.path.join(dst, "kernels", "fused_unmask_stats.cuh")
+    with open(os.path.join(ROOT, "csrc", "kernels", "fused_unmask_stats.cuh")) as f:
         text = f.read()
     assert text.count(SHARED_DECL) == 1, "update tests/test_cuda_emulated.py: the shared declaration changed"
     text = text.replace(SHARED_DECL, "static uint32_t suppress_bits[1 << 16];  // emulation")

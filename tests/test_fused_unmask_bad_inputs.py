@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dllm_kernels as dk
-from unmask_cases import op_positional
+from fused_unmask_cases import op_positional
 
 B, L, V = 2, 6, 20
 def good_args():

@@ -7,7 +7,7 @@ import torch
 import dllm_kernels as dk
 from dllm_kernels.reference.philox import noise_uniform
 from scenario_runner import run_scenario
-from unmask_cases import DTYPES, Scenario, cpu_op  # noqa: F401  (cpu_op: also used by other test files)
+from fused_unmask_cases import DTYPES, Scenario, cpu_op  # noqa: F401  (cpu_op: also used by other test files)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -13,7 +13,7 @@ import dllm_kernels  # noqa: F401  (loads the ops)
 from dllm_kernels import _native
 from dllm_kernels import state as S
 from scenario_runner import filter_probabilities, run_scenario, step_inputs
-from unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, boost_token,
+from fused_unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, boost_token,
                           make_batch, op_positional, peaked_logits)
 
 pytestmark = pytest.mark.cuda

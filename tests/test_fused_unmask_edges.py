@@ -7,8 +7,8 @@ import torch
 import dllm_kernels as dk
 from dllm_kernels import state as S
 from test_fused_unmask_cpu import cpu_op
-from dllm_kernels.unmask_params import UNMASK_PARAM_COLUMNS
-from unmask_cases import assert_same_decisions, make_batch, peaked_logits, run_both, unmask_pack
+from dllm_kernels.fused_unmask_params import UNMASK_PARAM_COLUMNS
+from fused_unmask_cases import assert_same_decisions, make_batch, peaked_logits, run_both, unmask_pack
 
 MASK, EOS = 9, 8  # ids for V = 10
 

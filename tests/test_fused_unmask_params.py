@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import dllm_kernels as dk
-from dllm_kernels.unmask_params import UNMASK_DEFAULTS, UNMASK_PARAM_COLUMNS, pack_unmask_params
-from unmask_cases import make_batch, peaked_logits
+from dllm_kernels.fused_unmask_params import UNMASK_DEFAULTS, UNMASK_PARAM_COLUMNS, pack_unmask_params
+from fused_unmask_cases import make_batch, peaked_logits
 
 B, L, V = 3, 24, 48
 MASK, EOS = V - 1, V - 2

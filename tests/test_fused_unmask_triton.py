@@ -1,4 +1,4 @@
-"""The Triton fused_unmask (dllm_kernels/triton_unmask.py) against the C++ CPU op and the float64
+"""The Triton fused_unmask (dllm_kernels/triton_fused_unmask.py) against the C++ CPU op and the float64
 reference, decision for decision. Without a GPU the kernels run under the Triton interpreter
 (tests/conftest.py), so shapes stay small."""
 import dataclasses
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import dllm_kernels as dk
-from dllm_kernels.triton_unmask import FusedUnmaskArgumentError, fused_unmask_triton
+from dllm_kernels.triton_fused_unmask import FusedUnmaskArgumentError, fused_unmask_triton
 from scenario_runner import step_inputs
-from unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, cpu_op, make_batch,
+from fused_unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, cpu_op, make_batch,
                           op_positional, peaked_logits)
 
 CPU_OP = torch.ops.dllm.fused_unmask
@@ -354,7 +354,7 @@ def test_register_triton_cuda_kernel():
 def test_cuda_matches_cpu_op(V, R):
     """On the GPU with the launcher's own layout choice: few rows of a LLaDA-size vocabulary take
     the split layout, more rows of a small one the per-row layout."""
-    from dllm_kernels.triton_unmask import stats_layout
+    from dllm_kernels.triton_fused_unmask import stats_layout
 
     sc = Scenario.draw(42, rule=3, conf_kind=0, dtype=torch.bfloat16)
     sc.kw.update(temperature=0.7)
@@ -433,7 +433,7 @@ def test_sorted_ranks_equal_the_cpu_op_and_tile_pairs(block, fields):
     never reorder them; inside a group the lower position wins on every backend. The long block's
     logits cover its last 64-70 positions only (the interpreter runs one program per row): the sort
     still spans the whole 1,024-wide vector, and top-k takes fewer than all candidates."""
-    from dllm_kernels.triton_unmask import policy_sort_n
+    from dllm_kernels.triton_fused_unmask import policy_sort_n
 
     B, V = 2, 6
     L = max(block, 40)

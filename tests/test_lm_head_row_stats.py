@@ -12,14 +12,14 @@ from dllm_kernels.from_hidden import fused_unmask_from_hidden, select_from_hidde
 from dllm_kernels.reference.lm_head_row_stats import lm_head_row_stats_reference
 from dllm_kernels.row_stats import ROW_STATS_COLUMNS, row_positions
 from test_select import CONF_NAMES, RULE_NAMES, _draw, _thresholds_of
-from unmask_cases import ambiguous_sequences
+from fused_unmask_cases import ambiguous_sequences
 
 COL = {name: i for i, name in enumerate(ROW_STATS_COLUMNS)}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
 def peaked_head(B, R, V, d, gen, *, spread=12.0, bias=False):
-    """hidden [B, R, d], weight [V, d] (float32) whose logits are peaked like unmask_cases.peaked_logits:
+    """hidden [B, R, d], weight [V, d] (float32) whose logits are peaked like fused_unmask_cases.peaked_logits:
     spread ~2 with one token per row raised by up to `spread`; optional bias [V]."""
     weight = torch.randn(V, d, generator=gen) * (2.0 / d ** 0.5)
     hidden = torch.randn(B, R, d, generator=gen)

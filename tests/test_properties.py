@@ -8,7 +8,7 @@ must sanitise exactly as the reference does), row windows, noise, non-finite row
 logits, and the seed of the tensor contents; for block_attention the modes, GQA ratios, head dims,
 ragged blocks, kv lengths, scales and strided views.
 
-fused_unmask: the decisions must be identical to the float64 reference (tests/unmask_cases.py,
+fused_unmask: the decisions must be identical to the float64 reference (tests/fused_unmask_cases.py,
 the same comparison and ambiguity exclusion as the scenario tests: a sequence-step whose confidence
 sits within 1e-5 of a threshold or a tie is excused and counted; at most a small fraction may be).
 block_attention: flash-attention's error rule and the bit-exact cache update of
@@ -35,10 +35,10 @@ from hypothesis import HealthCheck, Phase, given, note, seed as hyp_seed, settin
 import dllm_kernels as dk
 from dllm_kernels import state as S
 from dllm_kernels.reference import noise_uniform, row_statistics
-from unmask_cases import fused_unmask_reference  # the flat keyword form
+from fused_unmask_cases import fused_unmask_reference  # the flat keyword form
 from scenario_runner import filter_probabilities
 from test_block_attention import check_against_reference
-from unmask_cases import (DTYPES, TOL, in_flat_form, ambiguous_sequences, assert_same_decisions, boost_token, cpu_op,
+from fused_unmask_cases import (DTYPES, TOL, in_flat_form, ambiguous_sequences, assert_same_decisions, boost_token, cpu_op,
                           peaked_logits)
 
 EXAMPLES = int(os.environ.get("DLLM_PROPERTY_EXAMPLES", "1000"))
@@ -113,7 +113,7 @@ UNIT = st.one_of(st.sampled_from([0.0, 1.0, 0.3, 0.5, 0.75, 0.9, 0.96]), st.floa
 
 
 @st.composite
-def unmask_cases(draw, max_B=4, max_L=40, big_V=(257, 1000, 2049), max_steps=3):
+def fused_unmask_cases(draw, max_B=4, max_L=40, big_V=(257, 1000, 2049), max_steps=3):
     B = draw(st.integers(1, max_B))
     L = draw(st.integers(1, max_L))
     V = draw(st.one_of(st.integers(2, 40), st.sampled_from(big_V)))
@@ -318,7 +318,7 @@ def check_unmask_case(op, c: UnmaskCase, name: str):
 def device_op(device, triton=False):
     """The op on `device` (CUDA: whatever is registered; triton=True: the Triton wrapper, under
     the interpreter on CPU), inputs copied there, in-place updates copied back."""
-    from dllm_kernels.triton_unmask import fused_unmask_triton
+    from dllm_kernels.triton_fused_unmask import fused_unmask_triton
 
     def op(logits, x, conf, state, row_start=None, gumbel_u=None, rank_u=None, suppress_ids=None,
            zero_conf_ids=None, delimiter_ids=None, filter_w1=None, filter_b1=None, filter_w2=None,
@@ -343,7 +343,7 @@ def _check_figures(fig):
 
 
 def test_fused_unmask_cpu_matches_reference():
-    @given(unmask_cases())
+    @given(fused_unmask_cases())
     def inner(c):
         check_unmask_case(cpu_op, c, "fused_unmask_cpu")
 
@@ -355,7 +355,7 @@ def test_fused_unmask_triton_matches_reference():
     device = "cuda" if HAS_CUDA else "cpu"
     small = dict(max_B=2, max_L=12, big_V=(67,), max_steps=2) if not HAS_CUDA else {}
 
-    @given(unmask_cases(**small))
+    @given(fused_unmask_cases(**small))
     def inner(c):
         check_unmask_case(device_op(device, triton=True), c, "fused_unmask_triton")
 
@@ -364,7 +364,7 @@ def test_fused_unmask_triton_matches_reference():
 
 @pytest.mark.cuda
 def test_fused_unmask_cuda_matches_reference():
-    @given(unmask_cases())
+    @given(fused_unmask_cases())
     def inner(c):
         check_unmask_case(device_op("cuda"), c, "fused_unmask_cuda")
 

@@ -22,7 +22,7 @@ from dllm_kernels.reference import (
     BLOCK_END, BLOCK_MASKED, BLOCK_REMAINING, BLOCK_START, CONF_KINDS, DONE, END_POS, GEN_END, GEN_START,
     OFFSET, RANK_STREAM, RULES, SEED, STATE_COLUMN_NAMES, STATE_COLUMNS, STEP, bits_to_uniform,
     noise_uniform, philox4x32_10, rank_uniform, row_statistics)
-from unmask_cases import fused_unmask_reference  # the flat keyword form
+from fused_unmask_cases import fused_unmask_reference  # the flat keyword form
 
 V, MASK, EOS, DELIM = 8, 7, 6, 5
 M = MASK

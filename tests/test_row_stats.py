@@ -8,7 +8,7 @@ import torch
 import dllm_kernels as dk
 from dllm_kernels.row_stats import ROW_STATS_COLUMNS, row_positions
 from test_select import CONF_NAMES, RULE_NAMES, _draw, _thresholds_of
-from unmask_cases import ambiguous_sequences, peaked_logits
+from fused_unmask_cases import ambiguous_sequences, peaked_logits
 
 COL = {name: i for i, name in enumerate(ROW_STATS_COLUMNS)}
 
@@ -204,7 +204,7 @@ def test_fused_unmask_from_slices_follows_the_logits_decode(policy_kw):
     step (conf to rounding); a step whose decisions differ must be a near-tie (counted)."""
     import dllm_kernels.state as S
 
-    from unmask_cases import make_batch
+    from fused_unmask_cases import make_batch
 
     gen = torch.Generator().manual_seed(len(str(policy_kw)))
     B, L, V = 3, 24, 301

@@ -9,7 +9,7 @@ from dllm_kernels.row_stats import ROW_STATS_COLUMNS, row_positions
 from dllm_kernels.triton_row_stats import row_stats_triton
 from test_row_stats import _cuts, _positions, sliced_row_stats
 from test_select import CONF_NAMES, RULE_NAMES, _draw
-from unmask_cases import peaked_logits
+from fused_unmask_cases import peaked_logits
 
 COL = {name: i for i, name in enumerate(ROW_STATS_COLUMNS)}
 SMALL = dict(B=2, L=12, V=97)
@@ -70,7 +70,7 @@ def test_triton_bad_inputs_match_the_cpu_messages():
 def test_triton_fused_unmask_from_slices_equals_cpu(policy_kw):
     import dllm_kernels.state as S
 
-    from unmask_cases import make_batch
+    from fused_unmask_cases import make_batch
 
     gen = torch.Generator().manual_seed(3)
     B, L, V = 2, 12, 61

@@ -9,7 +9,7 @@ import torch
 import dllm_kernels as dk
 from dllm_kernels.reference.select import select_reference
 from dllm_kernels.select_params import SELECT_PARAM_COLUMNS, SELECT_PARAM_DEFAULTS
-from unmask_cases import DTYPES, TOL, ambiguous_sequences, peaked_logits
+from fused_unmask_cases import DTYPES, TOL, ambiguous_sequences, peaked_logits
 
 RULE_NAMES = ["topk", "threshold", "factor", "localleap", "filter"]
 CONF_NAMES = ["prob", "margin", "neg_entropy"]

@@ -1,4 +1,4 @@
-"""The Triton `select` (dllm_kernels/select_triton.py) against the C++ CPU op and the float64
+"""The Triton `select` (dllm_kernels/triton_select.py) against the C++ CPU op and the float64
 reference, on the draws tests/test_select.py uses. Without a GPU the kernels run under the Triton
 interpreter (tests/conftest.py), so shapes stay small."""
 import functools
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import dllm_kernels as dk
-from dllm_kernels import select_triton as st
+from dllm_kernels import triton_select as st
 from dllm_kernels.select_params import SELECT_PARAM_COLUMNS, pack_select_params
 from test_select import CONF_NAMES, RULE_NAMES, _compare, _draw, _filter
-from unmask_cases import DTYPES, peaked_logits
+from fused_unmask_cases import DTYPES, peaked_logits
 
 SMALL = dict(B=2, L=12, V=97)
 
@@ -44,8 +44,8 @@ def test_odd_vocabulary_one_position_one_and_no_candidate(rule):
 
 def test_split_vocabulary_layout(monkeypatch):
     """Each row's vocabulary over three programs plus the merge launch, sampling included."""
-    forced = functools.partial(st.select_triton, block_v=32, vocab_splits=3)
-    monkeypatch.setattr(st, "select_triton", forced)
+    forced = functools.partial(st.triton_select, block_v=32, vocab_splits=3)
+    monkeypatch.setattr(st, "triton_select", forced)
     for rule, conf in (("threshold", "neg_entropy"), ("topk", "margin")):
         logits, x, cand, kw = _draw(41, rule, conf, torch.float32, B=2, L=10, V=150)
         kw["temperature"] = torch.tensor([0.0, 0.8])
@@ -130,7 +130,7 @@ def test_invalid_rows_keep_x_and_are_never_candidates():
 def test_raw_op_defaults_without_params():
     logits = peaked_logits(2, 8, 30, torch.float32, torch.Generator().manual_seed(2))
     x = torch.zeros(2, 8, dtype=torch.int64)
-    got = st.select_triton(logits, x.clone())
+    got = st.triton_select(logits, x.clone())
     ref = torch.ops.dllm.select(logits, x.clone())
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, equal_nan=True, rtol=2e-5, atol=2e-6)
@@ -164,7 +164,7 @@ def test_bad_inputs_name_the_argument_like_the_cpu_op(make, kw, match):
     with pytest.raises(RuntimeError, match=match):
         torch.ops.dllm.select(l, xx, **kw)
     with pytest.raises(RuntimeError, match=match):
-        st.select_triton(l, xx, **kw)
+        st.triton_select(l, xx, **kw)
 
 
 @pytest.mark.cuda

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import dllm_kernels as dk
 from dllm_kernels import state as S
 from test_properties import (attention_cases, case_extra, cpu_op, initial_batch, make_attention_case, step_tensors,
-                             unmask_cases)
-from unmask_cases import peaked_logits, unmask_pack
+                             fused_unmask_cases)
+from fused_unmask_cases import peaked_logits, unmask_pack
 
 OP = torch.ops.dllm.fused_unmask
 ATTN = torch.ops.dllm.block_attention
@@ -52,7 +52,7 @@ def _bitwise_equal(a, b):
 # Determinism
 
 
-@given(unmask_cases())
+@given(fused_unmask_cases())
 @FAST
 def test_fused_unmask_deterministic_and_thread_count_independent(c):
     """Same inputs and seed: bit-identical outputs, whatever the number of threads."""
@@ -125,7 +125,7 @@ def _permute_inputs(ins, perm, c):
     return out
 
 
-@given(unmask_cases(), st.randoms(use_true_random=False))
+@given(fused_unmask_cases(), st.randoms(use_true_random=False))
 @FAST
 def test_fused_unmask_batch_permutation_invariance(c, rnd):
     """A sequence's result depends only on its own rows: permuting the batch permutes the outputs,
@@ -161,7 +161,7 @@ def test_fused_unmask_batch_permutation_invariance(c, rnd):
 def test_block_attention_batch_invariance(backend):
     """Each sequence alone gives bit for bit what it gets inside the batch (a ragged batch: idle,
     length-1, full blocks, every mode)."""
-    from dllm_kernels.attention import triton_kernel_module
+    from dllm_kernels.block_attention import triton_kernel_module
 
     tk = triton_kernel_module()
     base = dict(B=4, q_max=5, hq=4, hkv=2, d=32, l_max=21, starts=[0, 7, 3, 16], lens=[5, 1, 0, 5],
@@ -304,7 +304,7 @@ def test_cuda_no_memory_growth_over_10000_calls():
 # The decode loop terminates: progress every step
 
 
-@given(unmask_cases(max_B=3, max_L=24, big_V=(257,), max_steps=1))
+@given(fused_unmask_cases(max_B=3, max_L=24, big_V=(257,), max_steps=1))
 @settings(max_examples=60, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 def test_every_step_commits_or_finishes(c):

@@ -12,7 +12,7 @@ import dllm_kernels as dk
 from dllm_kernels.vocab_parallel import _all_gather, vocab_parallel_select, vocab_shard
 from distributed_cases import run_ranks
 from test_select import CONF_NAMES, RULE_NAMES, _draw, _thresholds_of
-from unmask_cases import ambiguous_sequences, peaked_logits
+from fused_unmask_cases import ambiguous_sequences, peaked_logits
 
 
 def _cuts(V, world, seed):

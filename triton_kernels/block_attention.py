@@ -245,7 +245,7 @@ def write_block_kv_triton(k_new, v_new, k_cache, v_cache, block_start, block_len
 def block_attention_triton(q, k_new, v_new, k_cache, v_cache, block_start, block_len, kv_len, mode: int,
                            scale: float, block_size: int, num_splits: int | None = None) -> torch.Tensor:
     """Triton implementation of dllm::block_attention. Inputs are assumed validated (shapes,
-    dtypes, devices, last-dim contiguity; see dllm_kernels.attention). `num_splits` overrides the
+    dtypes, devices, last-dim contiguity; see dllm_kernels.block_attention). `num_splits` overrides the
     flash-decoding split count (tests use it to exercise the combine path on CPU)."""
     B, q_max, hq, d = q.shape
     l_max, hkv = k_cache.shape[1], k_cache.shape[2]

@@ -5,14 +5,14 @@ hidden states and walks its split of the vocabulary in tiles of BLOCK_N, each ti
 tl.dot(hidden, weight^T) accumulated in float32 over d and rounded to the input dtype (the logits
 the unfused head would hold), then folded into each row's online statistics in registers: max and
 first argmax, second max, sum of exp and entropy terms relative to the running max, the Gumbel-max
-winner (Philox keyed by global ids, unmask_common.philox_uniform), NaN/+inf. No logits reach
+winner (Philox keyed by global ids, fused_unmask_common.philox_uniform), NaN/+inf. No logits reach
 memory. Each (split, row) writes its partial (row_stats' layout); `merge_partials_kernel` merges a
 row's splits in order with the rule of row_stats.cpp merge_row_partials.
 """
 import triton
 import triton.language as tl
 
-from .unmask_common import philox_uniform
+from .fused_unmask_common import philox_uniform
 
 NEG_INF = tl.constexpr(float("-inf"))
 POS_INF = tl.constexpr(float("inf"))

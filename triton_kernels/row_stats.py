@@ -1,13 +1,13 @@
 """row_stats: the partial statistics of each logits row of a vocabulary slice (docs/row_stats.md).
 
-One program per row; the row's pass is fused_unmask's (unmask_stats.scan_vocab) run over global
+One program per row; the row's pass is fused_unmask's (fused_unmask_stats.scan_vocab) run over global
 ids: the row pointer is shifted back by `vocab_start`, so the ids it scans, the Philox counter of
 each value and the suppressed ids all are global, and a slice draws the noise the whole row would.
 """
 import triton
 import triton.language as tl
 
-from .unmask_stats import NEG_INF, scan_vocab
+from .fused_unmask_stats import NEG_INF, scan_vocab
 
 # Columns of a partial (include/dllm/row_partial.h DLLM_ROW_PARTIAL_COLS).
 ROW_STATS_COLUMNS = ("m1", "m2", "sum_exp", "entropy", "noisy_best", "noisy_clean", "idx", "noisy_idx", "bad")

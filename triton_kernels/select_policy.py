@@ -2,16 +2,16 @@
 
 One program per sequence (grid (B,)). The block is the caller's [start, end) and the candidates
 are the rows the statistics pass read there with a valid conf (the same read rule, READ_FROM);
-the rule is fused_unmask's (unmask_policy.mark_selection). Its numbers are loaded from that
+the rule is fused_unmask's (fused_unmask_policy.mark_selection). Its numbers are loaded from that
 sequence's row of the float64 parameter pack and compared in float32, as the C++ op does, so a
 new threshold needs neither a recompile nor a new CUDA-graph capture.
 """
 import triton
 import triton.language as tl
 
-from .unmask_common import (COL_ANCHOR, COL_COUNT, COL_FACTOR, COL_FILTER_THRESHOLD, COL_RELAXED, COL_THRESHOLD,
+from .fused_unmask_common import (COL_ANCHOR, COL_COUNT, COL_FACTOR, COL_FILTER_THRESHOLD, COL_RELAXED, COL_THRESHOLD,
                             COL_WINDOW, SELECT_PARAM_COLUMNS, load_select_seq)  # noqa: F401 (columns: launcher)
-from .unmask_policy import count_candidates, mark_selection
+from .fused_unmask_policy import count_candidates, mark_selection
 
 @triton.jit
 def select_kernel(flags_ptr, x_ptr, x0_ptr, conf_ptr, rank_u_ptr, transfer_ptr, seq_ptr, params_ptr,

@@ -4,7 +4,7 @@ Semantics: docs/speculative_verify.md. Accumulation in float32 whatever the inpu
 import triton
 import triton.language as tl
 
-from .unmask_common import philox_uniform
+from .fused_unmask_common import philox_uniform
 
 NEG_INF = tl.constexpr(float("-inf"))
 POS_INF = tl.constexpr(float("inf"))

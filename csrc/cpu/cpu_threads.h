@@ -14,7 +14,7 @@ namespace cpu {
 // Fan-out pays only when the work outweighs waking another thread, and on a shared machine that
 // thread may have to wait for a core another process holds (a timeslice, milliseconds): below
 // min_parallel_values() logits values (about 1 ms on one core) a step runs on the calling thread.
-// Measured with bench/bench_unmask.py --contention (docs/fused_unmask.md, "Threads");
+// Measured with bench/bench_fused_unmask.py --contention (docs/fused_unmask.md, "Threads");
 // DLLM_CPU_MIN_PARALLEL_VALUES=N (read once) overrides it, 0 fans out always.
 inline int64_t min_parallel_values() {
   static const int64_t value = [] {

@@ -54,7 +54,7 @@ RowPartial row_partial(const void* row, const RowStatsParams& params, const RowN
   return chosen().fn(row, params, noise);
 }
 
-// The same merge as the Triton split-row merge (triton_kernels/unmask_stats.py), so every backend
+// The same merge as the Triton split-row merge (triton_kernels/fused_unmask_stats.py), so every backend
 // merges shards alike. A single partial merges to itself, bit for bit.
 RowPartial merge_row_partials(const RowPartial* parts, int64_t n, bool top2, bool entropy) {
   const float neg_inf = -__builtin_inff();

@@ -12,7 +12,7 @@
 #include <tuple>
 
 #include "../fused_unmask_args.h"
-#include "../kernels/unmask_params.h"
+#include "../kernels/fused_unmask_launch.h"
 
 namespace dllm {
 namespace {

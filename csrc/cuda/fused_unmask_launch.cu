@@ -4,9 +4,9 @@
 // fused_unmask_cuda.cpp.
 #include <cuda_runtime.h>
 
-#include "../kernels/unmask_params.h"
-#include "../kernels/unmask_policy.cuh"
-#include "../kernels/unmask_stats.cuh"
+#include "../kernels/fused_unmask_launch.h"
+#include "../kernels/fused_unmask_policy.cuh"
+#include "../kernels/fused_unmask_stats.cuh"
 
 namespace dllm {
 namespace cuda {

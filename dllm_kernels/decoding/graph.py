@@ -8,7 +8,7 @@ import torch
 
 from ..policy import Policy
 from ..state import BLOCK_END, BLOCK_START, DONE
-from ..unmask import fused_unmask
+from ..fused_unmask import fused_unmask
 
 __all__ = ["DenseDualStep", "dense_rows"]
 

@@ -12,7 +12,7 @@ from typing import List
 import numpy as np
 
 from ..policy import Policy
-from ..reference.unmask import topk_count
+from ..reference.fused_unmask import topk_count
 from ..state import BLOCK_END, BLOCK_MASKED, BLOCK_REMAINING, BLOCK_START, DONE, END_POS, GEN_END, GEN_START, STEP
 
 __all__ = ["StateReader", "opening_end"]

@@ -37,7 +37,7 @@ from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from ..attention import block_attention
+from ..block_attention import block_attention
 
 __all__ = ["KVCache", "LayerWeights", "SpanModel", "rms_norm", "rope", "rope_tables", "transformer_block"]
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .philox import noise_uniform
-from .unmask import CONF_MARGIN, CONF_NEG_ENTROPY, _id_list
+from .fused_unmask import CONF_MARGIN, CONF_NEG_ENTROPY, _id_list
 
 
 def lm_head_row_stats_reference(hidden, weight, bias, positions, seed=None, offset=None, temperature=None,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .philox import noise_uniform, rank_uniform
-from .unmask import RULE_FILTER, RULE_TOPK, _id_list, row_statistics, select_positions
+from .fused_unmask import RULE_FILTER, RULE_TOPK, _id_list, row_statistics, select_positions
 
 __all__ = ["select_reference"]
 

@@ -5,9 +5,9 @@
 #include <torch/extension.h>
 #include "cuda_emu.h"
 #include "fused_unmask_args.h"
-#include "kernels/unmask_params.h"
-#include "kernels/unmask_stats.cuh"
-#include "kernels/unmask_policy.cuh"
+#include "kernels/fused_unmask_launch.h"
+#include "kernels/fused_unmask_stats.cuh"
+#include "kernels/fused_unmask_policy.cuh"
 
 using namespace dllm;
 using namespace dllm::cuda;

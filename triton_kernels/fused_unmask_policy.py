@@ -6,7 +6,7 @@ transfer and window_stats follow policy.h step by step. Its numbers come from th
 of the float64 parameter pack.
 
 The candidate and rule stage (count_candidates, mark_selection) is shared with `select`
-(triton_kernels/select_policy.py), whose candidates are the caller's (READ_FROM, unmask_common.py).
+(triton_kernels/select_policy.py), whose candidates are the caller's (READ_FROM, fused_unmask_common.py).
 Ranks: rows of up to POLICY_SORT_MAX positions (the launcher's SORT_N, a power of two >= L) hold
 the whole block in one vector and rank it by two bitonic sorts of packed (key, offset) words, O(n
 log^2 n) work; LocalLeap's anchor distances come from two scans. Longer rows fall back to O(n^2)
@@ -19,7 +19,7 @@ tl.debug_barrier() between phases.
 import triton
 import triton.language as tl
 
-from .unmask_common import (BLOCK_END, BLOCK_MASKED, BLOCK_REMAINING, BLOCK_START, COL_ANCHOR, COL_COUNT,
+from .fused_unmask_common import (BLOCK_END, BLOCK_MASKED, BLOCK_REMAINING, BLOCK_START, COL_ANCHOR, COL_COUNT,
                             COL_FACTOR, COL_FILTER_THRESHOLD, COL_RELAXED, COL_THRESHOLD, COL_WINDOW, DONE,
                             END_POS, GEN_END, GEN_START, OFFSET, READ_MASKED, SEED, STEP, compute_span,
                             load_block_params, load_state, pack_count, philox_uniform, position_is_read,

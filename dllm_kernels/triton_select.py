@@ -1,12 +1,12 @@
 """Triton implementation of `torch.ops.dllm.select`, the stateless selection step (docs/select.md).
 
-`select_triton` takes exactly the op's arguments (csrc/ops.cpp), checks them as the C++ op does
+`triton_select` takes exactly the op's arguments (csrc/ops.cpp), checks them as the C++ op does
 (csrc/select_args.h) and runs in two or three launches with no host synchronisation, so it can be
 captured in a CUDA graph:
 
-1. statistics of the caller's candidate rows: fused_unmask's kernels (triton_kernels/unmask_stats.py)
+1. statistics of the caller's candidate rows: fused_unmask's kernels (triton_kernels/fused_unmask_stats.py)
    with READ_FROM set to the caller's candidates and the per-sequence temperature read from the
-   parameter pack, one program per row or the split-vocabulary layout (triton_unmask.stats_layout);
+   parameter pack, one program per row or the split-vocabulary layout (triton_fused_unmask.stats_layout);
 2. the rule per sequence (triton_kernels/select_policy.py), its numbers read from the pack.
 
 The pack's values (and bounds, token ids) are checked on CPU only, as the C++ op does: on a GPU a
@@ -23,7 +23,7 @@ from ._triton_pkg import triton_kernels_module
 from .select_params import SELECT_PARAM_COLUMNS, SELECT_PARAM_DEFAULTS
 from .triton_checks import ArgChecks
 from .triton_row_stats import row_partials_for_merge
-from .triton_unmask import (N_PART_F, N_PART_I, _interpreting, _next_pow2, merge_stats_kernel, policy_sort_n,
+from .triton_fused_unmask import (N_PART_F, N_PART_I, _interpreting, _next_pow2, merge_stats_kernel, policy_sort_n,
                             row_stats_kernel, split_stats_kernel, stats_layout)
 
 _policy = triton_kernels_module("select_policy")
@@ -31,8 +31,8 @@ select_kernel = _policy.select_kernel
 assert tuple(SELECT_PARAM_COLUMNS) == _policy.SELECT_PARAM_COLUMNS, (
     "select_policy.py's pack columns differ from csrc/include/dllm/select_params.h")
 _COL = {name: i for i, name in enumerate(SELECT_PARAM_COLUMNS)}
-READ_FLAGS, READ_ALL = 1, 2  # unmask_common.py READ_FROM
-SEQ_COLS = 4                 # unmask_common.py: start, end, seed, offset
+READ_FLAGS, READ_ALL = 1, 2  # fused_unmask_common.py READ_FROM
+SEQ_COLS = 4                 # fused_unmask_common.py: start, end, seed, offset
 # ATen's names of the dtypes, as the C++ op's messages print them.
 _DTYPE_NAMES = {torch.bool: "Bool", torch.int64: "Long", torch.float32: "Float", torch.float64: "Double",
                 torch.int32: "Int", torch.float16: "Half", torch.bfloat16: "BFloat16", torch.int8: "Char",
@@ -106,7 +106,7 @@ def _sequence_rows(B, L, bounds, seed, offset, device) -> torch.Tensor:
     return seq
 
 
-def select_triton(logits, x, candidates=None, params=None, bounds=None, row_start=None, seed=None,
+def triton_select(logits, x, candidates=None, params=None, bounds=None, row_start=None, seed=None,
                   offset=None, gumbel_u=None, rank_u=None, prev_conf=None, suppress_ids=None,
                   zero_conf_ids=None, filter_w1=None, filter_b1=None, filter_w2=None, filter_b2=None,
                   rule=1, conf_kind=0, shift=False, graded=False, random_remasking=False, commit=False,

@@ -1,4 +1,4 @@
-"""Block-length sweep of one unmasking step (`bench_unmask.py --block-sweep`): how the step scales
+"""Block-length sweep of one unmasking step (`bench_fused_unmask.py --block-sweep`): how the step scales
 with the number of positions in one block, as LLaDA-style whole-sequence blocks (1,024 and more)
 need.
 

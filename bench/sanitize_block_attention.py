@@ -7,7 +7,7 @@ key tile), the split-K (flash-decoding) combine path forced on, and strided view
 caches. Each case's output and caches are checked against the CPU op on the same inputs, so a
 silent miscomputation under the sanitizer also fails. Exit code 0 when all pass.
 
-Run: PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python bench/sanitize_attention.py
+Run: PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python bench/sanitize_block_attention.py
 On a machine without CUDA it runs the Triton kernels under the interpreter (a smoke run of the script).
 """
 import math
@@ -20,7 +20,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dllm_kernels  # noqa: E402,F401  (registers the op)
-from dllm_kernels.attention import MODES, triton_kernel_module  # noqa: E402
+from dllm_kernels.block_attention import MODES, triton_kernel_module  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 2e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}

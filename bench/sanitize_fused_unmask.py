@@ -7,7 +7,7 @@ row_start with shift, EoTP, early stop, AdaBlock, the learned filter, an open bl
 the statistics grid, and no logits rows at all. Each case's predictions are checked against the
 CPU op, so a silent miscomputation under the sanitizer also fails. Exit code 0 when all pass.
 
-Run: PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python bench/sanitize_unmask.py
+Run: PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python bench/sanitize_fused_unmask.py
 (without the caching allocator every tensor is its own allocation, so out-of-bounds accesses are
 caught at the tensor's edge).
 """
@@ -21,7 +21,7 @@ import dllm_kernels  # noqa: E402,F401  (loads the ops)
 from dllm_kernels import _native  # noqa: E402
 from dllm_kernels import state as S  # noqa: E402
 
-from dllm_kernels.unmask_params import UNMASK_PARAM_COLUMNS, pack_unmask_params  # noqa: E402
+from dllm_kernels.fused_unmask_params import UNMASK_PARAM_COLUMNS, pack_unmask_params  # noqa: E402
 
 OP = torch.ops.dllm.fused_unmask
 
@@ -121,7 +121,7 @@ def main():
     torch.cuda.synchronize()
     assert not torch.isnan(dev[1][0, 3:60]).any(), "every row of the open block must be read"
     print("  ok  open block longer than the grid")
-    print(f"sanitize_unmask: {len(cases) + 1} cases OK on {torch.cuda.get_device_name()}")
+    print(f"sanitize_fused_unmask: {len(cases) + 1} cases OK on {torch.cuda.get_device_name()}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ _SCRIPT = textwrap.dedent(r"""
     import triton, triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from dllm_kernels.attention import triton_kernel_module
+    from dllm_kernels.block_attention import triton_kernel_module
 
     mod = triton_kernel_module()
     arch = int(sys.argv[1])

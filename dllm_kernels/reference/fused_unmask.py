@@ -411,7 +411,7 @@ def _check(cond: bool, msg: str) -> None:
 def _pack_rows(params, B: int) -> list:
     """Each sequence's numeric parameters {column: value} from the float64 pack (defaults if None),
     with the types the spec compares in: whole numbers as int, the rest as Python floats."""
-    from ..unmask_params import UNMASK_PARAM_COLUMNS, UNMASK_PARAM_DEFAULTS
+    from ..fused_unmask_params import UNMASK_PARAM_COLUMNS, UNMASK_PARAM_DEFAULTS
 
     if params is None:
         return [dict(zip(UNMASK_PARAM_COLUMNS, UNMASK_PARAM_DEFAULTS)) for _ in range(B)]
@@ -441,7 +441,7 @@ def fused_unmask_reference(logits, x, conf, state, mask_id, eos_id, params=None,
                            early_stop=False):
     """Reference of `torch.ops.dllm.fused_unmask` (docs/fused_unmask.md): the op's signature.
 
-    `params` is the per-sequence float64 pack (columns: unmask_params.UNMASK_PARAM_COLUMNS).
+    `params` is the per-sequence float64 pack (columns: fused_unmask_params.UNMASK_PARAM_COLUMNS).
     Mutates `x` [B, L] int64, `conf` [B, L] float32 and `state` [B, 11] int64 in place; returns
     `(x0 [B, L] int64, transfer [B, L] bool, window_stats [B, 3] float32)` on x's device.
     """

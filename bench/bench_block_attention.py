@@ -15,8 +15,8 @@ above the resident inputs during one call. Shapes: LLaDA-8B attention (32 heads,
 MHA), prefix 512-4096, blocks 8-64, batch 1-16, bf16; prefix (Fast-dLLM prefix cache) and dual
 (Fast-dLLM dual cache, 256 cached suffix slots) modes; a ragged batch where (a) and (b) need masks.
 
-    python bench/bench_attention.py [--quick] [--budget-s S] [--results-dir DIR]   # GPU
-    python bench/bench_attention.py --cpu-smoke                      # tiny shapes on CPU, checks the script
+    python bench/bench_block_attention.py [--quick] [--budget-s S] [--results-dir DIR]   # GPU
+    python bench/bench_block_attention.py --cpu-smoke                      # tiny shapes on CPU, checks the script
 """
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 import dllm_kernels  # noqa: E402,F401
-from dllm_kernels.reference.attention import block_attention_mask  # noqa: E402
+from dllm_kernels.reference.block_attention import block_attention_mask  # noqa: E402
 
-BENCH = "bench_attention"
+BENCH = "bench_block_attention"
 PEAK_BW = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}  # bytes/s, SXM parts
 
 
@@ -199,7 +199,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on CPU (checks the script)")
     ap.add_argument("--quick", action="store_true", help="fewer GPU cases")
-    ap.add_argument("--results-dir", default=None, help="where bench_attention.jsonl goes (default bench/results)")
+    ap.add_argument("--results-dir", default=None, help="where bench_block_attention.jsonl goes (default bench/results)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (--cpu-smoke)")
     ap.add_argument("--budget-s", type=float, default=60.0,
                     help="stop starting new cases after this many seconds (device_check.sh gives 70)")

@@ -1,5 +1,5 @@
 """Compiles the select Triton kernels to real GPU code (sm_90 and sm_80) without a GPU, like
-tests/test_triton_compile_unmask.py: the statistics kernels in select's modes (caller's flags or
+tests/test_fused_unmask_triton_compile.py: the statistics kernels in select's modes (caller's flags or
 every position, per-sequence temperature from the float64 pack) and the rule kernel."""
 import textwrap
 
@@ -13,7 +13,7 @@ _SCRIPT = textwrap.dedent(r"""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from dllm_kernels import select_triton as stt
+    from dllm_kernels import triton_select as stt
 
     arch = int(sys.argv[1])
     target = GPUTarget("cuda", arch, 32)

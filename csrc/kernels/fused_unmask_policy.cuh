@@ -10,8 +10,8 @@
 #include <cstdint>
 
 #include "../include/dllm/policy.h"
-#include "unmask_params.h"
-#include "unmask_stats.cuh"
+#include "fused_unmask_launch.h"
+#include "fused_unmask_stats.cuh"
 
 namespace dllm {
 namespace cuda {

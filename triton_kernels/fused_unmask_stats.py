@@ -13,14 +13,14 @@ Two layouts, chosen by shape on the host:
   writing partial statistics, merged by a second tiny launch (few rows, e.g. one block at batch 1).
 Both write x0, conf (in place, read positions only) and pprob (clean probability of x0).
 
-The same kernels serve `select` (READ_FROM != READ_MASKED, unmask_common.py): the rows read are
+The same kernels serve `select` (READ_FROM != READ_MASKED, fused_unmask_common.py): the rows read are
 then the caller's candidates inside per-sequence bounds, each sequence's temperature comes from
 its row of the parameter pack (column TEMP_COL), and an invalid row leaves x0 at x.
 """
 import triton
 import triton.language as tl
 
-from .unmask_common import (READ_MASKED, compute_span, load_block_params, load_select_seq, load_state,
+from .fused_unmask_common import (READ_MASKED, compute_span, load_block_params, load_select_seq, load_state,
                             philox_uniform, position_is_read, read_token)
 
 NEG_INF = tl.constexpr(float("-inf"))

@@ -1,7 +1,7 @@
 // Statistics pass of fused_unmask (docs/fused_unmask.md §2-4): one read of each logits row that
 // this step reads, computing every statistic every policy needs. Raw pointers; no torch headers.
 //
-// Work split: a row's vocabulary is cut into tiles (unmask_params.h: stats_splits/stats_tile, a
+// Work split: a row's vocabulary is cut into tiles (fused_unmask_launch.h: stats_splits/stats_tile, a
 // function of V only); one 256-thread block reduces one tile of one row to a RowPartial, and the
 // policy kernel merges a row's partials in tile order. Inside a tile, thread t owns the 16-byte
 // groups t, t + 256, ... and folds them in ascending order, whether the row is 16-byte aligned
@@ -16,7 +16,7 @@
 
 #include "../include/dllm/philox.h"
 #include "../include/dllm/policy.h"
-#include "unmask_params.h"
+#include "fused_unmask_launch.h"
 
 namespace dllm {
 namespace cuda {

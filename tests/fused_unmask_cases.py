@@ -10,7 +10,7 @@ import dllm_kernels as dk
 from dllm_kernels import state as S
 from dllm_kernels.reference import fused_unmask_reference as _reference_op
 from dllm_kernels.reference import noise_uniform, row_statistics
-from dllm_kernels.unmask_params import UNMASK_PARAM_COLUMNS, UNMASK_PARAM_DEFAULTS
+from dllm_kernels.fused_unmask_params import UNMASK_PARAM_COLUMNS, UNMASK_PARAM_DEFAULTS
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

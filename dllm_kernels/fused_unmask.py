@@ -58,7 +58,7 @@ def fused_unmask(logits: torch.Tensor, x: torch.Tensor, state: DecodeState, poli
     if backend == "reference":
         from .reference import fused_unmask_reference as op
     elif backend == "triton":
-        from .triton_unmask import fused_unmask_triton as op
+        from .triton_fused_unmask import fused_unmask_triton as op
     # Every backend takes the op's own signature (csrc/fused_unmask_args.h).
     out = op(logits, x, state.conf, state.state, mask_id, eos_id, row_start=row_start, gumbel_u=gumbel_u,
              rank_u=rank_u, **kwargs, **extra)

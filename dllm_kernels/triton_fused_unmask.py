@@ -4,9 +4,9 @@
 the C++ op does, reads every number from the per-sequence float64 parameter pack on the device, and runs the step in two or three kernel launches with no host
 synchronisation, so it can be captured in a CUDA graph:
 
-1. statistics of every read row (triton_kernels/unmask_stats.py): one program per row, or, when
+1. statistics of every read row (triton_kernels/fused_unmask_stats.py): one program per row, or, when
    rows are few, each row split over several programs plus a tiny merge launch;
-2. the per-sequence policy (triton_kernels/unmask_policy.py).
+2. the per-sequence policy (triton_kernels/fused_unmask_policy.py).
 
 On CPU tensors it runs only under the Triton interpreter (TRITON_INTERPRET=1), which is how the
 tests check it against the C++ op on machines without a GPU.
@@ -22,15 +22,15 @@ import torch
 
 from ._triton_pkg import triton_kernels_module
 from .triton_checks import ArgChecks
-from .unmask_params import UNMASK_PARAM_COLUMNS, UNMASK_PARAM_DEFAULTS
+from .fused_unmask_params import UNMASK_PARAM_COLUMNS, UNMASK_PARAM_DEFAULTS
 
-policy_kernel = triton_kernels_module("unmask_policy").policy_kernel
-_stats = triton_kernels_module("unmask_stats")
+policy_kernel = triton_kernels_module("fused_unmask_policy").policy_kernel
+_stats = triton_kernels_module("fused_unmask_stats")
 row_stats_kernel, split_stats_kernel, merge_stats_kernel = (
     _stats.row_stats_kernel, _stats.split_stats_kernel, _stats.merge_stats_kernel)
 N_PART_F, N_PART_I = _stats.N_PART_F, _stats.N_PART_I
-assert tuple(UNMASK_PARAM_COLUMNS) == triton_kernels_module("unmask_common").UNMASK_PARAM_COLUMNS, (
-    "unmask_common.py's pack columns differ from csrc/include/dllm/fused_unmask_params.h")
+assert tuple(UNMASK_PARAM_COLUMNS) == triton_kernels_module("fused_unmask_common").UNMASK_PARAM_COLUMNS, (
+    "fused_unmask_common.py's pack columns differ from csrc/include/dllm/fused_unmask_params.h")
 _COL = {name: i for i, name in enumerate(UNMASK_PARAM_COLUMNS)}
 
 STATE_COLUMNS = 11

@@ -16,7 +16,7 @@ _SCRIPT = textwrap.dedent(r"""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from dllm_kernels import triton_unmask as tu
+    from dllm_kernels import triton_fused_unmask as tu
 
     arch = int(sys.argv[1])
     target = GPUTarget("cuda", arch, 32)
