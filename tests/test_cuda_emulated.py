@@ -1,4 +1,4 @@
-"""The CUDA fused_unmask kernels (csrc/kernels/unmask_*.cuh) on a host emulation of CUDA thread
+"""The CUDA fused_unmask kernels (csrc/kernels/fused_unmask_*.cuh) on a host emulation of CUDA thread
 blocks (tests/cuda_emu/): their logic checked on machines without a GPU, against the CPU op and the
 float64 reference, and for bit-for-bit batch, alignment and grid-shape invariance.
 

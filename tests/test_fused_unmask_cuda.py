@@ -1,4 +1,4 @@
-"""The CUDA fused_unmask (csrc/kernels/unmask_*.cuh) against the C++ CPU op and the float64
+"""The CUDA fused_unmask (csrc/kernels/fused_unmask_*.cuh) against the C++ CPU op and the float64
 reference, plus the GPU-only guarantees: CUDA-graph capture and replay with fresh noise, batch
 invariance and determinism (bit for bit), and independence from the rows' memory alignment.
 

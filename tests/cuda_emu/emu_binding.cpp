@@ -1,5 +1,5 @@
 // Host emulation of the CUDA fused_unmask for CPU-only machines: the real kernel sources
-// (csrc/kernels/unmask_*.cuh, copied with the one line emulation cannot take rewritten; see
+// (csrc/kernels/fused_unmask_*.cuh, copied with the one line emulation cannot take rewritten; see
 // tests/test_cuda_emulated.py) run on emulated thread blocks, launched the way
 // csrc/cuda/fused_unmask_launch.cu launches them. Outputs start as garbage, as on the device.
 #include <torch/extension.h>
