@@ -1,7 +1,7 @@
 // Argument checking for fused_unmask, shared by the CPU and CUDA bindings: every bad input is a
 // clear error naming the argument, before any kernel runs.
 #pragma once
-#include <torch/types.h>
+#include "aten_deps.h"
 
 #include <cmath>
 #include <optional>

@@ -1,7 +1,7 @@
 // Argument checking for lm_head_row_stats (the LM head fused with the row-statistics pass),
 // shared by its bindings.
 #pragma once
-#include <torch/types.h>
+#include "aten_deps.h"
 
 #include <optional>
 

@@ -1,7 +1,7 @@
 // Argument checks shared by every op binding: each bad input is a clear error naming the op and
 // the argument, raised before any kernel runs.
 #pragma once
-#include <torch/types.h>
+#include "aten_deps.h"
 
 #include <cmath>
 #include <optional>

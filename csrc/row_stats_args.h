@@ -1,6 +1,6 @@
 // Argument checking for row_stats (partial statistics of logits rows), shared by its bindings.
 #pragma once
-#include <torch/types.h>
+#include "aten_deps.h"
 
 #include <optional>
 

@@ -1,6 +1,6 @@
 // Argument checking for select (the stateless selection op), shared by its bindings.
 #pragma once
-#include <torch/types.h>
+#include "aten_deps.h"
 
 #include <cmath>
 #include <optional>

@@ -1,7 +1,7 @@
 // Thread fan-out of the CPU ops: split work over threads only when it pays.
 #pragma once
 #include <ATen/Parallel.h>
-#include <torch/types.h>
+#include "../aten_deps.h"
 
 #include <algorithm>
 #include <atomic>

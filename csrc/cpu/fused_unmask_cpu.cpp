@@ -2,7 +2,7 @@
 // (parallel over rows), then the shared policy stage (parallel over sequences).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
-#include <torch/types.h>
+#include "../aten_deps.h"
 
 #include <algorithm>
 #include <tuple>

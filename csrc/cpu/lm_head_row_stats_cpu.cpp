@@ -3,9 +3,8 @@
 // GEMM of a row block by a chunk of the head, sized so the chunk of weights stays in cache), each
 // chunk's rows go through the vectorised pass as a slice at vocab_start = chunk start, and the
 // slices' partials merge in order: one merged partial per row, never the whole logits.
-#include <ATen/ATen.h>
 #include <torch/library.h>
-#include <torch/types.h>
+#include "../aten_deps.h"
 
 #include <cstdlib>
 #include <vector>

@@ -2,7 +2,7 @@
 // threads only when the rows add up to enough work (cpu_threads.h).
 #pragma once
 #include <ATen/Parallel.h>
-#include <torch/types.h>
+#include "../aten_deps.h"
 
 #include <limits>
 #include <vector>

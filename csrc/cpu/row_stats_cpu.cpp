@@ -2,7 +2,7 @@
 // for a caller that merges rows split across processes or chunks (docs/row_stats.md). The same
 // vectorised pass serves fused_unmask and select; here its partial leaves the op unfinished.
 #include <torch/library.h>
-#include <torch/types.h>
+#include "../aten_deps.h"
 
 #include "../row_stats_args.h"
 #include "cpu_threads.h"

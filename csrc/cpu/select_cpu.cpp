@@ -3,7 +3,7 @@
 // sequence over [start, end) with that sequence's parameters (policy_cpu.h select_step).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
-#include <torch/types.h>
+#include "../aten_deps.h"
 
 #include <algorithm>
 #include <limits>

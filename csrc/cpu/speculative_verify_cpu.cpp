@@ -4,7 +4,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
-#include <torch/types.h>
+#include "../aten_deps.h"
 
 #include <cmath>
 #include <tuple>

@@ -5,7 +5,7 @@
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/library.h>
-#include <torch/types.h>
+#include "../aten_deps.h"
 
 #include <map>
 #include <mutex>
