@@ -88,3 +88,27 @@ def test_tp_qwen_two_ranks(tmp_path):
     bad.mkdir()
     write_qwen_checkpoint(bad, "DreamModel", **QWEN2, kv_heads=1, d=32, layers=1, mlp=32, vocab=64)
     run_ranks(_body, 2, {k: str(v) for k, v in paths.items()}, seed, str(bad), tmp_path=tmp_path)
+
+
+def test_load_model_picks_the_class(tmp_path):
+    """examples/tp_generate.py's dispatch on config.json's architectures (LLaDA when absent)."""
+    import json
+    import os
+
+    from dllm_kernels.models import LLaDA, load_model, model_class
+
+    for name, (cls, arch, blocks, opts) in CASES.items():
+        path = tmp_path / name
+        path.mkdir()
+        write_qwen_checkpoint(path, arch, **blocks, **opts, d=32, layers=1, mlp=32)
+        assert model_class(str(path)) is cls
+    assert type(load_model(str(tmp_path / "sdar"), dtype=torch.float32)) is BlockDiffusion
+    assert model_class(os.path.join(os.path.dirname(__file__), "..", "models", "shakespeare")) is LLaDA
+    cfg = json.loads((tmp_path / "dream" / "config.json").read_text())
+    for arch in (None, ["Qwen2ForCausalLM"]):
+        (tmp_path / "dream" / "config.json").write_text(json.dumps({**cfg, "architectures": arch}))
+        if arch is None:
+            assert model_class(str(tmp_path / "dream")) is LLaDA
+        else:
+            with pytest.raises(ValueError, match="architectures \\['Qwen2ForCausalLM'\\]: expected one of"):
+                model_class(str(tmp_path / "dream"))
