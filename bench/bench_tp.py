@@ -5,8 +5,10 @@ Per step and per rank, on a vocabulary of V ids split over W ranks:
                    float64 partials (+ a metadata tail), select / fused_unmask merging them;
   all-gather     : all_gather of the [B, R, V/W] logits shards, the [B, R, V] logits rebuilt
                    (one copy), then select / fused_unmask on them (what engines do today).
-Reports the bytes each rank sends per step, the median step time of each path (both measured in
-the same run, side by side, interleaved), and `uptime` load before and after.
+Reports the bytes each rank sends per step, the median step time of each path (measured in the
+same run, side by side, interleaved), the vocab-parallel step's cost of its default size check (on
+CPU tensors the shapes are gathered first: vocab-parallel with size_check=False beside it), and
+`uptime` load before and after.
 
     torchrun --nproc-per-node 2 bench/bench_tp.py                 # CPU, gloo (2 threads per rank: --threads)
     python bench/bench_tp.py --spawn 2                            # the same without torchrun
@@ -65,12 +67,16 @@ def _case(rank, world, B, R, V, dtype, temperature, op, repeats, device):
     def fresh_state():
         return dk.DecodeState.new(B, R, gen_start=0, seed=0, device=device), x.clone()
 
-    def vp():
+    def vp(size_check=None):  # default: the shapes are gathered first on CPU tensors (gloo)
         if op == "select":
-            return vocab_parallel_select(shard, x, group=None, vocab_start=lo, vocab_size=V, **kw).x0
+            return vocab_parallel_select(shard, x, group=None, vocab_start=lo, vocab_size=V, size_check=size_check,
+                                         **kw).x0
         state, xx = fresh_state()
         return vocab_parallel_fused_unmask(shard, xx, state, policy, group=None, vocab_start=lo, vocab_size=V,
-                                           mask_id=MASK, eos_id=EOS).x0
+                                           mask_id=MASK, eos_id=EOS, size_check=size_check).x0
+
+    def vp1():  # one collective: no size check
+        return vp(size_check=False)
 
     def ag():
         full, sent["ag"] = _gather_logits(shard, world, V)
@@ -81,9 +87,10 @@ def _case(rank, world, B, R, V, dtype, temperature, op, repeats, device):
 
     a, b = vp(), ag()
     assert torch.equal(a, b), "the two paths disagree"
-    times = {"vp": [], "ag": []}
+    times = {"vp": [], "vp1": [], "ag": []}
+    paths = [("vp", vp), ("vp1", vp1), ("ag", ag)]
     for i in range(repeats):
-        for name, fn in (("vp", vp), ("ag", ag)) if i % 2 == 0 else (("ag", ag), ("vp", vp)):
+        for name, fn in paths[i % 3:] + paths[:i % 3]:  # interleaved, each order in turn
             dist.barrier()
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -95,12 +102,14 @@ def _case(rank, world, B, R, V, dtype, temperature, op, repeats, device):
     vp_bytes = (B * R * len(ROW_STATS_COLUMNS) + len(META)) * 8  # what exchange_row_stats sends
     med = {k: statistics.median(v) for k, v in times.items()}
     # Rank 0 reports the slowest rank's median (the step waits for it).
-    t = torch.tensor([med["vp"], med["ag"]], dtype=torch.float64, device=device)
+    t = torch.tensor([med["vp"], med["ag"], med["vp1"]], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return dict(B=B, R=R, V=V, world=world, dtype=str(dtype).replace("torch.", ""), temperature=temperature, op=op,
                 bytes_sent_vocab_parallel=vp_bytes, bytes_sent_all_gather=sent["ag"],
                 bytes_ratio=sent["ag"] / vp_bytes, step_us_vocab_parallel=float(t[0]), step_us_all_gather=float(t[1]),
-                time_ratio_all_gather_over_vp=float(t[1] / t[0]), repeats=repeats)
+                time_ratio_all_gather_over_vp=float(t[1] / t[0]), size_check=device.type == "cpu",
+                step_us_vocab_parallel_one_collective=float(t[2]), time_ratio_vp_over_one_collective=float(t[0] / t[2]),
+                repeats=repeats)
 
 
 def run(rank, world, args):
@@ -121,7 +130,9 @@ def run(rank, world, args):
                               f"{r['bytes_sent_vocab_parallel']:>8,} vs {r['bytes_sent_all_gather']:>11,} "
                               f"({r['bytes_ratio']:,.0f}x fewer); step {r['step_us_vocab_parallel']:>9.0f} us vs "
                               f"{r['step_us_all_gather']:>9.0f} us (all-gather / vocab-parallel "
-                              f"{r['time_ratio_all_gather_over_vp']:.2f}x)", flush=True)
+                              f"{r['time_ratio_all_gather_over_vp']:.2f}x); size check "
+                              f"{'on' if r['size_check'] else 'off'}: vocab-parallel / one collective "
+                              f"{r['time_ratio_vp_over_one_collective']:.2f}x", flush=True)
     if rank == 0:
         env = dict(environment(str(device)), load_before=load_before, load_after=load(), threads_per_rank=args.threads,
                    backend=dist.get_backend())

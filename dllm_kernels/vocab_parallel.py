@@ -101,14 +101,8 @@ def _check_meta(meta: torch.Tensor, op: str) -> None:
                            f"(a shard of the wrong width, or vocab_start out of order): {_describe(meta)}")
 
 
-def exchange_row_stats(local: torch.Tensor, *, group, vocab_start: int, vocab_local: int, vocab_size: int,
-                       policy_hash: float, checksum: torch.Tensor, op: str = "vocab_parallel") -> torch.Tensor:
-    """[W, B, R, C]: every rank's partials in rank order, from one all_gather of the local [B, R, C]
-    partials with the metadata tail, checked (see the module docstring)."""
-    B, R, C = local.shape
-    world = dist.get_world_size(group)
-    head = torch.tensor([_TAG, B, R, vocab_start, vocab_local, vocab_size, policy_hash], dtype=torch.float64)
-    send = torch.cat([local.reshape(-1), head.to(local.device), checksum.to(local.device)])
+def _gather(send: torch.Tensor, group, world: int, op: str, B: int, R: int) -> torch.Tensor:
+    """[W, n]: every rank's `send` [n] in rank order."""
     recv = send.new_empty(world * send.numel())  # the concatenation form (gloo takes no other)
     try:
         _all_gather(recv, send, group=group)
@@ -116,7 +110,27 @@ def exchange_row_stats(local: torch.Tensor, *, group, vocab_start: int, vocab_lo
         raise RuntimeError(f"{op}: the all_gather of row statistics failed: a peer died or did not join within "
                            "the group's timeout (init_process_group(timeout=...)), or ranks sent different "
                            f"B x R ({B} x {R} here): {e}") from e
-    recv = recv.view(world, -1)
+    return recv.view(world, -1)
+
+
+def exchange_row_stats(local: torch.Tensor, *, group, vocab_start: int, vocab_local: int, vocab_size: int,
+                       policy_hash: float, checksum: torch.Tensor, op: str = "vocab_parallel",
+                       size_check: Optional[bool] = None) -> torch.Tensor:
+    """[W, B, R, C]: every rank's partials in rank order, from one all_gather of the local [B, R, C]
+    partials with the metadata tail, checked (see the module docstring). `size_check`: gather the
+    shapes first (one more small collective and a host read), so that ranks of different B x R
+    raise instead of sending payloads of different sizes, which gloo answers by aborting the
+    process; default: on for CPU tensors (gloo), off on the device (one collective per step)."""
+    B, R, C = local.shape
+    world = dist.get_world_size(group)
+    if size_check if size_check is not None else local.device.type == "cpu":
+        shapes = _gather(torch.tensor([B, R, C], dtype=torch.float64, device=local.device), group, world, op, B, R)
+        if not bool((shapes == shapes[:1]).all()):
+            raise RuntimeError(f"{op}: ranks disagree on the shape of the row statistics (B, R, columns): " +
+                               "; ".join(f"rank {r}: {[int(v) for v in row]}" for r, row in enumerate(shapes.tolist())))
+    head = torch.tensor([_TAG, B, R, vocab_start, vocab_local, vocab_size, policy_hash], dtype=torch.float64)
+    recv = _gather(torch.cat([local.reshape(-1), head.to(local.device), checksum.to(local.device)]), group, world,
+                   op, B, R)
     _check_meta(recv[:, B * R * C:], op)
     return recv[:, :B * R * C].reshape(world, B, R, C).contiguous()
 
@@ -142,13 +156,14 @@ def vocab_parallel_select(logits: torch.Tensor, x: torch.Tensor, candidates: Opt
                           conf: str = "prob", temperature=0.0, seed=None, offset=None,
                           generator: Optional[torch.Generator] = None, gumbel_u: Optional[torch.Tensor] = None,
                           suppress_ids=None, zero_conf_ids=None, shift: bool = False,
-                          row_start: Optional[torch.Tensor] = None, bounds=None, **select_kwargs) -> SelectResult:
+                          row_start: Optional[torch.Tensor] = None, bounds=None, size_check: Optional[bool] = None,
+                          **select_kwargs) -> SelectResult:
     """`select` (docs/select.md) where `logits` [B, R, V_local] is this rank's shard of the
     vocabulary, ids [vocab_start, vocab_start + V_local) of `vocab_size`; call it on every rank
     of `group` with the same arguments otherwise. Returns what one process would (tokens exact,
     conf to float rounding) on every rank. `suppress_ids` / `zero_conf_ids` are global ids;
     `gumbel_u` is this rank's slice of the uniforms. Seeds drawn from `generator` (when sampling
-    without `seed`) must agree across ranks: the check sees them."""
+    without `seed`) must agree across ranks: the check sees them. `size_check`: exchange_row_stats'."""
     op = "vocab_parallel_select"
     _check_shard(op, logits, vocab_start, vocab_size)
     if conf not in CONF_KINDS:
@@ -190,7 +205,8 @@ def vocab_parallel_select(logits: torch.Tensor, x: torch.Tensor, candidates: Opt
                                None if isinstance(temperature, torch.Tensor) else float(temperature))
     checksum = _checksum([x, candidates, bnd, row_start, seed_t, offset_t, temp, sup, zero] + tensors, device)
     stats = exchange_row_stats(local, group=group, vocab_start=vocab_start, vocab_local=V_local,
-                               vocab_size=vocab_size, policy_hash=policy_hash, checksum=checksum, op=op)
+                               vocab_size=vocab_size, policy_hash=policy_hash, checksum=checksum, op=op,
+                               size_check=size_check)
     return select(None, x, candidates, rule=rule, conf=conf, temperature=temperature, seed=seed_t, offset=offset_t,
                   suppress_ids=sup, zero_conf_ids=zero, shift=shift, row_start=row_start, bounds=bnd,
                   row_stats=stats, vocab_size=vocab_size, **select_kwargs)
@@ -206,11 +222,13 @@ def _policy_key(policy: Policy, numbers) -> float:
 def vocab_parallel_fused_unmask(logits: torch.Tensor, x: torch.Tensor, state: DecodeState, policy: Policy, *,
                                 group, vocab_start: int, vocab_size: int, mask_id: int, eos_id: int,
                                 row_start: Optional[torch.Tensor] = None, gumbel_u: Optional[torch.Tensor] = None,
-                                rank_u: Optional[torch.Tensor] = None, params=None, backend: str = "auto") -> UnmaskResult:
+                                rank_u: Optional[torch.Tensor] = None, params=None, backend: str = "auto",
+                                size_check: Optional[bool] = None) -> UnmaskResult:
     """`fused_unmask` (docs/fused_unmask.md) where `logits` [B, R, V_local] is this rank's shard of
     the vocabulary; every rank of `group` calls it with the same x, state and policy and ends with
     the same x and state as one process would. `policy`'s id lists are global ids; `gumbel_u` is
-    this rank's slice; `params` (per-request overrides) goes to fused_unmask as given."""
+    this rank's slice; `params` (per-request overrides) goes to fused_unmask as given;
+    `size_check`: exchange_row_stats'."""
     op = "vocab_parallel_fused_unmask"
     _check_shard(op, logits, vocab_start, vocab_size)
     if not isinstance(policy, Policy):
@@ -244,7 +262,7 @@ def vocab_parallel_fused_unmask(logits: torch.Tensor, x: torch.Tensor, state: De
                          device)
     stats = exchange_row_stats(local, group=group, vocab_start=vocab_start, vocab_local=V_local,
                                vocab_size=vocab_size, policy_hash=_policy_key(policy, numbers), checksum=checksum,
-                               op=op)
+                               op=op, size_check=size_check)
     extra = {} if params is None else dict(params=params)
     return fused_unmask(logits[..., :0], x, state, policy, mask_id=mask_id, eos_id=eos_id, row_start=row_start,
                         rank_u=rank_u, backend=backend, row_stats=stats, vocab_size=vocab_size, **extra)

@@ -52,7 +52,7 @@ class BlockDiffusion(QwenSpanModel):
 
     attn_mode = "block_causal"
 
-    def __init__(self, config: QwenConfig, state_dict: dict, *, dtype=None, device=None):
+    def __init__(self, config: QwenConfig, state_dict: dict, *, dtype=None, device=None, tp=None):
         if config.architecture not in FAMILIES or config.block_size is None:
             raise ValueError(f"BlockDiffusion: config.architecture must be one of {sorted(FAMILIES)} with a "
                              f"block_size, got {config.architecture!r}, {config.block_size!r}")
@@ -60,7 +60,7 @@ class BlockDiffusion(QwenSpanModel):
         if (config.qk_norm, config.qkv_bias) != (fam["qk_norm"], fam["qkv_bias"]):
             raise ValueError(f"BlockDiffusion: {config.architecture} has qk_norm={fam['qk_norm']}, "
                              f"qkv_bias={fam['qkv_bias']}, the config says {config.qk_norm}, {config.qkv_bias}")
-        super().__init__(config, state_dict, dtype=dtype, device=device)
+        super().__init__(config, state_dict, dtype=dtype, device=device, tp=tp)
         self.block_size = config.block_size
         self.shift = fam["shift"]
 

@@ -180,8 +180,7 @@ class LLaDA(SpanModel):
         """`state_dict`: the checkpoint's tensors, or with `tp` this rank's slices of them."""
         super().__init__()
         self.config = c = config
-        if tp is not None:
-            self.tp, self.vocab_start = tp, tp.shard(c.embedding_size)[0]
+        self._init_tp(tp, c.embedding_size)
         p = "model.transformer."
         first = state_dict[p + "wte.weight"]
         dtype = dtype or first.dtype

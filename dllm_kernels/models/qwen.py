@@ -14,8 +14,10 @@ import torch
 
 from .checkpoint import check_config_keys, check_load_dtype, check_stored_dtype, read_config, read_tensors, require_id
 from .span_model import SpanModel
+from .tensor_parallel import TensorParallel
 
-__all__ = ["QwenConfig", "QwenSpanModel", "ids_from", "qwen_tensor_names", "qwen_layers", "random_qwen_state_dict"]
+__all__ = ["QwenConfig", "QwenSpanModel", "ids_from", "qwen_tensor_names", "qwen_layers", "qwen_tp_slices",
+           "random_qwen_state_dict"]
 
 # config.json name -> QwenConfig field
 HF_FIELDS = {"hidden_size": "d_model", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads",
@@ -133,6 +135,26 @@ def qwen_tensor_names(c: QwenConfig) -> dict:
     return names
 
 
+def qwen_tp_slices(c: QwenConfig, tp: TensorParallel) -> dict:
+    """name -> (dim, start, stop): the slice of each tensor rank `tp.rank` holds. The q/k/v biases
+    go with their heads; norms (the q/k norms too: one weight per head_dim, shared by all heads)
+    are whole; tied embeddings: the LM head's shard is the embedding's."""
+    dims = dict(n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, hidden=c.mlp_hidden_size,
+                vocab=c.vocab_size)
+    names = {"wte": "model.embed_tokens.weight"}
+    if not c.tie_word_embeddings:
+        names["lm_head"] = "lm_head.weight"
+    out = tp.slices(**dims, names=names)
+    for i in range(c.n_layers):
+        a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
+        layer = dict(q=a + "q_proj", k=a + "k_proj", v=a + "v_proj", o=a + "o_proj", gate=m + "gate_proj",
+                     up=m + "up_proj", down=m + "down_proj")
+        out.update(tp.slices(**dims, names={role: n + ".weight" for role, n in layer.items()}))
+        if c.qkv_bias:
+            out.update(tp.slices(**dims, names={role: layer[role] + ".bias" for role in ("q", "k", "v")}))
+    return out
+
+
 def qwen_layers(c: QwenConfig, sd: dict, get) -> list:
     """Per-layer weights in SpanModel's fused layout; `get(name)` casts a state-dict tensor."""
     layers = []
@@ -171,9 +193,12 @@ class QwenSpanModel(SpanModel):
     """A SpanModel with Qwen2 / Qwen3 weights under Hugging Face names (subclasses: Dream,
     BlockDiffusion). Weights are stored fused (q|k|v with their biases, gate|up)."""
 
-    def __init__(self, config: QwenConfig, state_dict: dict, *, dtype=None, device=None):
+    def __init__(self, config: QwenConfig, state_dict: dict, *, dtype=None, device=None,
+                 tp: Optional[TensorParallel] = None):
+        """`state_dict`: the checkpoint's tensors, or with `tp` this rank's slices of them."""
         super().__init__()
         self.config = c = config
+        self._init_tp(tp, c.vocab_size)
         first = state_dict["model.embed_tokens.weight"]
         dtype = dtype or first.dtype
         device = torch.device(device) if device is not None else first.device
@@ -192,15 +217,21 @@ class QwenSpanModel(SpanModel):
         raise NotImplementedError
 
     @classmethod
-    def from_pretrained(cls, path: str, *, dtype=None, device="cpu", **overrides):
+    def from_pretrained(cls, path: str, *, dtype=None, device="cpu", tp_group=None, **overrides):
         """Loads `path`/config.json and its safetensors (one file, shards, or shards with an
         index), strictly: see docs/models.md; in the stored dtype unless `dtype` is given.
-        `overrides` (e.g. mask_token_id=) fill ids the config lacks."""
-        check_load_dtype(dtype, cls.__name__)
-        config = cls.config_from_dict(read_config(path, cls.__name__), **overrides)
-        sd = read_tensors(path, qwen_tensor_names(config), cls.__name__, dtype=dtype, device=device)
-        check_stored_dtype(sd, cls.__name__)
-        return cls(config, sd, dtype=dtype, device=device)
+        `overrides` (e.g. mask_token_id=) fill ids the config lacks. `tp_group`: a
+        torch.distributed ProcessGroup (or torch.distributed.group.WORLD) to run tensor-parallel
+        over: this rank reads only its slices (docs/vocab_parallel.md); the attention heads and the
+        KV heads must divide by the group's size."""
+        who = cls.__name__
+        check_load_dtype(dtype, who)
+        config = cls.config_from_dict(read_config(path, who), **overrides)
+        tp = TensorParallel(tp_group, who=f"{who}.from_pretrained") if tp_group is not None else None
+        slices = qwen_tp_slices(config, tp) if tp is not None else None
+        sd = read_tensors(path, qwen_tensor_names(config), who, dtype=dtype, device=device, slices=slices)
+        check_stored_dtype(sd, who)
+        return cls(config, sd, dtype=dtype, device=device, tp=tp)
 
     @classmethod
     def random(cls, config: QwenConfig, *, seed: int = 0, dtype=torch.float32, device="cpu", std: float = 0.02):

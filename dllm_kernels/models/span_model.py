@@ -198,7 +198,14 @@ class SpanModel(torch.nn.Module):
 
     @property
     def full_vocab_size(self) -> int:
-        return self.config.embedding_size if self.tp is not None else self.vocab_size
+        return self._full_vocab if self.tp is not None else self.vocab_size
+
+    def _init_tp(self, tp, full_vocab: int) -> None:
+        """Run tensor-parallel over `tp` (a TensorParallel; None: one process): the embedding and LM
+        head are this rank's shard of the `full_vocab` ids."""
+        if tp is not None:
+            self.tp, self._full_vocab = tp, full_vocab
+            self.vocab_start = tp.shard(full_vocab)[0]
 
     @property
     def unmask_op(self):
