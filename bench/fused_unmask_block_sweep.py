@@ -59,7 +59,7 @@ def run(time_cpu, repeats, env, blocks=SWEEP_BLOCKS, vocabs=SWEEP_V):
                                    setup(V), max(3, repeats // 3))["median_us"]
             growth = t_fused / previous if previous else None
             previous = t_fused
-            row = {"bench": "bench_unmask_block_sweep", "V": V, "block": n, "dtype": "bfloat16",
+            row = {"bench": "bench_fused_unmask_block_sweep", "V": V, "block": n, "dtype": "bfloat16",
                    "rule": "topk", "k": n // 8, "fused_us": t_fused, "eager_float64_us": t_eager,
                    "ratio_vs_eager_float64": t_eager / t_fused if t_eager else None,
                    "policy_bound_us": t_policy, "policy_share": min(1.0, t_policy / t_fused),
