@@ -19,7 +19,7 @@ namespace {
 
 // Bytes of weights per vocabulary chunk: every row block of a chunk re-reads its weights, so they
 // should stay in cache (4 MiB: a core's share of the 32 MiB L3 here, with room for the rows);
-// smaller chunks cost more GEMM calls of less work each (bench/bench_lm_head.py measured both).
+// smaller chunks cost more GEMM calls of less work each (bench/bench_lm_head_row_stats.py measured both).
 // DLLM_LM_HEAD_CHUNK_BYTES=N (read once) overrides it.
 int64_t chunk_bytes() {
   static const int64_t value = [] {
