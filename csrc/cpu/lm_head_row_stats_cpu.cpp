@@ -35,54 +35,64 @@ bool widen_to_float(at::ScalarType dt) {
   return !(has("avx512_fp16") || has("amx_fp16"));
 }
 
-// Bytes of (compute-dtype) weights per vocabulary chunk: a chunk is re-read by each row of its
-// block, so it should stay in L2 (256 KiB of the 512 KiB here, with room for the rows' block).
-// DLLM_LM_HEAD_CHUNK_BYTES=N (read once) overrides it.
-int64_t chunk_bytes() {
+// Bytes of weights per vocabulary chunk, by path. Widened: the float32 chunk is re-read by every
+// row of its block, so it should stay in L2 (256 KiB of the 512 KiB here, beside the row block).
+// Native: 4 MiB (a core's share of L3; ATen's 16-bit GEMM does its own blocking), with row
+// blocks of at most 65,536 logits. DLLM_LM_HEAD_CHUNK_BYTES=N (read once) overrides both.
+int64_t chunk_bytes(bool widen) {
   static const int64_t value = [] {
     const char* env = std::getenv("DLLM_LM_HEAD_CHUNK_BYTES");
-    if (env == nullptr || *env == '\0') return int64_t{256} << 10;
+    if (env == nullptr || *env == '\0') return int64_t{0};
     char* end = nullptr;
     const long long v = std::strtoll(env, &end, 10);
     TORCH_CHECK(end != env && *end == '\0' && v > 0, "DLLM_LM_HEAD_CHUNK_BYTES must be an integer > 0, got '",
                 env, "'");
     return static_cast<int64_t>(v);
   }();
-  return value;
+  return value > 0 ? value : widen ? int64_t{256} << 10 : int64_t{4} << 20;
 }
 
-constexpr int64_t kMaxBlockRows = 64;  // rows per GEMM: enough to amortise the chunk's packing
-constexpr int64_t kGroupIds = 8192;    // vocabulary ids per task (chunks merged in order within it)
+constexpr int64_t kMaxBlockRows = 64;    // widened: rows per GEMM, enough to amortise a chunk's widening
+constexpr int64_t kMinBlockRows = 16;    // widened: fewer (within the memory bound) -> the native path
+constexpr int64_t kBlockLogits = 65536;  // native: logits of one row block x chunk
+constexpr int64_t kGroupIds = 8192;      // vocabulary ids per task (chunks merged in order within it)
 
 struct Blocking {
-  int64_t chunk, group;  // vocabulary ids per chunk and per group: they fix the merge order, so they
-                         // depend on d, the dtype and V only, never on the rows or threads
-  int64_t rows, threads; // rows per block and threads used: free (a row's result is the same)
+  bool widen;             // the GEMM in float32 (widen_to_float and the scratch fits the bound)
+  int64_t chunk, group;   // vocabulary ids per chunk and per group: they fix the merge order
+  int64_t rows, threads;  // rows per block and threads used: free (a row's result is the same)
 };
 
-// Scratch of one thread: the widened head chunk and row block, the GEMM's output and (widened)
-// its rounding to the dtype.
-int64_t thread_bytes(const Blocking& k, int64_t d, int64_t elem, int64_t celem, bool widen) {
-  int64_t b = k.rows * k.chunk * celem;
-  if (widen) b += (k.chunk + k.rows) * d * celem + k.rows * k.chunk * elem + k.chunk * celem;  // + bias
-  return b;
+// Scratch of one thread: the GEMM's output; widened also the head chunk, the row block, the bias
+// chunk (float32) and the output rounded to the dtype.
+int64_t thread_bytes(const Blocking& k, int64_t d, int64_t elem) {
+  if (!k.widen) return k.rows * k.chunk * elem;
+  return (k.chunk + k.rows) * d * 4 + k.chunk * 4 + k.rows * k.chunk * (4 + elem);
 }
 
-// The scratch stays within 1/16 of the logits the unfused head would write (rows x V x elem):
-// fewer rows per block first, then fewer threads. Tiny heads (under a chunk's weights) may exceed it.
-Blocking blocking(int64_t V, int64_t d, int64_t elem, int64_t celem, bool widen, int64_t n_rows) {
+// Widened, the scratch stays within 1/16 of the logits the unfused head would write
+// (rows x V x elem): fewer rows per block, then fewer threads; when even kMinBlockRows rows on one
+// thread do not fit (few rows, large d), or fit on one thread only, the native path runs instead
+// (its scratch is at most threads x 65,536 logits).
+Blocking blocking(int64_t V, int64_t d, int64_t elem, bool widen, int64_t n_rows) {
   Blocking k;
-  k.chunk = std::min(V, std::max<int64_t>(16, chunk_bytes() / (d * celem) / 16 * 16));
+  k.widen = widen;
+  const int64_t celem = widen ? 4 : elem;
+  k.chunk = std::min(V, std::max<int64_t>(16, chunk_bytes(widen) / (d * celem) / 16 * 16));
   k.group = std::min(V, (kGroupIds + k.chunk - 1) / k.chunk * k.chunk);
-  k.rows = std::min(n_rows, kMaxBlockRows);
-  const int64_t n_groups = (V + k.group - 1) / k.group;
-  k.threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_groups * ((n_rows + k.rows - 1) / k.rows)));
+  k.rows = widen ? std::min(n_rows, kMaxBlockRows) : std::max<int64_t>(1, std::min(n_rows, kBlockLogits / k.chunk));
+  const int64_t n_groups = (V + k.group - 1) / k.group, n_blocks = (n_rows + k.rows - 1) / k.rows;
+  k.threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_groups * n_blocks));
+  if (!widen) return k;
   const int64_t budget = n_rows * V * elem / 16;
-  const auto over = [&] { return k.threads * thread_bytes(k, d, elem, celem, widen) > budget; };
-  while (k.rows > 8 && over()) k.rows = (k.rows + 1) / 2;
+  const auto over = [&] { return k.threads * thread_bytes(k, d, elem) > budget; };
+  const int64_t min_rows = std::min(n_rows, kMinBlockRows);
+  while (k.rows > min_rows && over()) k.rows = std::max(min_rows, (k.rows + 1) / 2);
   while (k.threads > 1 && over()) --k.threads;
-  while (k.rows > 1 && over()) k.rows = (k.rows + 1) / 2;
-  return k;
+  // One widened thread on a multi-threaded pool runs on the calling thread, where each small
+  // sgemm fans out over the BLAS's threads (measured 4x slower than the native path at 32 rows).
+  const bool lone = k.threads < 2 && at::get_num_threads() > 1;
+  return over() || lone ? blocking(V, d, elem, false, n_rows) : k;
 }
 
 cpu::RowPartial empty_partial() {
@@ -98,10 +108,10 @@ at::Tensor lm_head_row_stats_cpu(DLLM_LM_HEAD_ROW_STATS_PARAMS) {
   at::Tensor out = at::empty({a.B, a.R, cpu::kPartialCols}, hidden.options().dtype(at::kDouble));
   if (n_rows == 0) return out;
   const at::Tensor h = hidden.reshape({n_rows, d});  // a view when hidden is contiguous
-  const bool widen = widen_to_float(hidden.scalar_type());
+  const int64_t elem = hidden.element_size();
+  const Blocking k = blocking(V, d, elem, widen_to_float(hidden.scalar_type()), n_rows);
+  const bool widen = k.widen;
   const at::ScalarType cdt = widen ? at::kFloat : hidden.scalar_type();  // the GEMM's dtype
-  const int64_t elem = hidden.element_size(), celem = widen ? 4 : elem;
-  const Blocking k = blocking(V, d, elem, celem, widen, n_rows);
   const int64_t n_groups = (V + k.group - 1) / k.group, n_blocks = (n_rows + k.rows - 1) / k.rows;
 
   cpu::RowStatsParams prm{};
