@@ -196,8 +196,8 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
         fused_lm_head: a model class gives the final hidden states and the step unmasks them with the
             LM head fused into the statistics pass (`fused_unmask_from_hidden`): the logits
             [B, rows, V] are never formed; the tokens are those of the unfused step. None (default):
-            on where it measured faster (CUDA; CPU since the head's GEMM runs widened to float32,
-            docs/lm_head_row_stats.md), off for a tensor-parallel model and for plain callables.
+            on for CUDA; off on CPU (faster there only for 16-bit heads with enough rows,
+            docs/lm_head_row_stats.md), for a tensor-parallel model and for plain callables.
             True on a model without `forward_span(hidden=True)` and `lm_head` raises. CUDA-graph
             steps keep the logits.
     """

@@ -19,10 +19,10 @@ __all__ = ["CallableForward", "SpanForward", "fused_head"]
 
 def fused_head(model, requested: Optional[bool], native: bool, device: torch.device) -> bool:
     """Whether the decoder hands the LM head's input to fused_unmask_from_hidden instead of forming
-    the logits. None: on CUDA, and on CPU where the fused step measured faster (the head's GEMM
-    widened to float32, bench/results/bench_lm_head_row_stats.txt), off for a tensor-parallel model
-    (its vocabulary shards go through the vocab-parallel op on logits). True: an error when the
-    model cannot give hidden states or is tensor-parallel."""
+    the logits. None: on CUDA only (on CPU it is faster only for 16-bit heads with enough rows,
+    docs/lm_head_row_stats.md, "In the decoder"), off for a tensor-parallel model (its vocabulary
+    shards go through the vocab-parallel op on logits). True: an error when the model cannot give
+    hidden states or is tensor-parallel."""
     if requested is not None and not isinstance(requested, bool):
         raise TypeError(f"generate: fused_lm_head must be None, True or False, got {requested!r}")
     can = native and isinstance(getattr(model, "lm_head", None), torch.Tensor) and \
