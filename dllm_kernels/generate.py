@@ -37,7 +37,8 @@ from typing import List, Optional
 import torch
 
 from .decoding.caches import MODES, cache_mode, step_spans
-from .decoding.forwards import CallableForward, SpanForward
+from .decoding.forwards import CallableForward, SpanForward, fused_head
+from .from_hidden import fused_unmask_from_hidden
 from .decoding.graph import DenseDualStep, dense_rows
 from .decoding.plan import StateReader
 from .decoding.timing import Progress, StepTimer
@@ -164,7 +165,8 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
              seed=0, mask_id: Optional[int] = None, eos_id: Optional[int] = None,
              pad_id: Optional[int] = None, attention_mask=None, pass_attention_mask: bool = False,
              cuda_graph: bool = False, progress: bool = False, timing: bool = False,
-             max_steps: Optional[int] = None, backend: str = "auto") -> GenerateOutput:
+             max_steps: Optional[int] = None, backend: str = "auto",
+             fused_lm_head: Optional[bool] = None) -> GenerateOutput:
     """Decode `gen_length` tokens after each prompt with `policy` (docs/decoder.md).
 
     Args:
@@ -191,6 +193,13 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
         progress: a progress bar (tqdm if installed, else a line every 10%).
         timing: measure the time inside forwards and of whole steps (CUDA events on a GPU).
         max_steps: safety limit on steps (default 2 * gen_length + 8); `finished` says if it was hit.
+        fused_lm_head: a model class gives the final hidden states and the step unmasks them with the
+            LM head fused into the statistics pass (`fused_unmask_from_hidden`): the logits
+            [B, rows, V] are never formed; the tokens are those of the unfused step. None (default):
+            on for CUDA; off on CPU (faster there only for 16-bit heads with enough rows,
+            docs/lm_head_row_stats.md), for a tensor-parallel model and for plain callables.
+            True on a model without `forward_span(hidden=True)` and `lm_head` raises. CUDA-graph
+            steps keep the logits.
     """
     native = hasattr(model, "forward_span")
     policy, shift, block_model = _checked_policy(model, policy, cache, gen_length, block_length, temperature, native)
@@ -210,7 +219,8 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
     gen_start = [p // policy.block_length * policy.block_length for p in P] if block_model else P
     state = DecodeState.new(B, L, gen_start=gen_start, gen_end=lens, seed=seed, device=dev)
     mode = cache_mode(cache, B)
-    forward = SpanForward(model, mode, B, L, cache != "none", policy.eotp) if native else \
+    fuse_head = fused_head(model, fused_lm_head, native, dev)
+    forward = SpanForward(model, mode, B, L, cache != "none", policy.eotp, hidden=fuse_head) if native else \
         CallableForward(model, lens, pass_attention_mask, dev)
     # A tensor-parallel model's logits are its vocabulary shard: it names the op that unmasks them.
     unmask = (getattr(model, "unmask_op", None) if native else None) or fused_unmask
@@ -250,8 +260,12 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
             logits, row_start, n_calls = forward(x, st, spans, todo)
             calls += n_calls
             timer.forward_end()
-            res = unmask(logits, x, state, policy, mask_id=mask_id, eos_id=eos_id, row_start=row_start,
-                         backend=backend)
+            if fuse_head:  # `logits` holds the LM head's input here
+                res = fused_unmask_from_hidden(logits, model.lm_head, x, state, policy, mask_id=mask_id,
+                                               eos_id=eos_id, row_start=row_start, backend=backend)
+            else:
+                res = unmask(logits, x, state, policy, mask_id=mask_id, eos_id=eos_id, row_start=row_start,
+                             backend=backend)
             commits.append(res.transfer.sum(1))
             del logits, res
             timer.step_end()

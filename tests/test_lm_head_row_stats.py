@@ -239,3 +239,24 @@ def test_fused_unmask_from_hidden_equals_fused_unmask_on_the_logits(conf):
                                            bias=bias)
             assert torch.equal(got.x0, whole.x0)
             assert torch.equal(xs[0], xs[1]) and torch.equal(states[0].state, states[1].state)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_widened_gemm_many_rows(dtype):
+    """Enough rows (384) for the CPU op's float32-widened GEMM on two threads (the path taken on a
+    CPU without a native 16-bit GEMM; elsewhere the native one): tokens of the logits, confidences
+    to float rounding, sampling and bias included."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = torch.Generator().manual_seed(int(torch.randint(0, 10000, ())))
+        B, R, V, d = 12, 32, 20011, 32
+        hidden, weight, bias = _in(dtype, *peaked_head(B, R, V, d, gen, bias=True))
+        x = torch.zeros(B, R, dtype=torch.int64)
+        kw = dict(rule="threshold", threshold=0.5, conf="prob", temperature=0.7,
+                  seed=torch.arange(B), offset=torch.zeros(B, dtype=torch.int64))
+        whole = dk.select(F.linear(hidden, weight, bias), x.clone(), **kw)
+        got = select_from_hidden(hidden, weight, x.clone(), bias=bias, **kw)
+        _assert_same_tokens(got, whole)
+    finally:
+        torch.set_num_threads(threads)

@@ -1,34 +1,67 @@
 """One step's logits, from a model class of `dllm_kernels.models` or from a plain callable.
 
 Each returns (logits, row_start tensor or None, model calls made). A model class computes only the
-rows the step needs (`forward_span`, with the cache of its mode); a plain callable gives every
+rows the step needs (`forward_span`, with the cache of its mode), or with the LM head fused into
+the unmasking (`fused_head`) those rows' final hidden states instead; a plain callable gives every
 position's logits.
 """
 from __future__ import annotations
 
+import inspect
 from typing import List, Optional
 
 import torch
 
 from .caches import Spans
 
-__all__ = ["CallableForward", "SpanForward"]
+__all__ = ["CallableForward", "SpanForward", "fused_head"]
+
+
+def fused_head(model, requested: Optional[bool], native: bool, device: torch.device) -> bool:
+    """Whether the decoder hands the LM head's input to fused_unmask_from_hidden instead of forming
+    the logits. None: on CUDA only (on CPU it is faster only for 16-bit heads with enough rows,
+    docs/lm_head_row_stats.md, "In the decoder"), off for a tensor-parallel model (its vocabulary
+    shards go through the vocab-parallel op on logits). True: an error when the model cannot give
+    hidden states or is tensor-parallel."""
+    if requested is not None and not isinstance(requested, bool):
+        raise TypeError(f"generate: fused_lm_head must be None, True or False, got {requested!r}")
+    can = native and isinstance(getattr(model, "lm_head", None), torch.Tensor) and \
+        "hidden" in inspect.signature(model.forward_span).parameters
+    tp = getattr(model, "unmask_op", None) is not None
+    if requested:
+        if not can:
+            raise ValueError(f"generate: fused_lm_head=True needs a model whose forward_span(hidden=True) gives the "
+                             f"LM head's input and an `lm_head` weight (dllm_kernels.models); {type(model).__name__} "
+                             "has neither")
+        if tp:
+            raise ValueError("generate: fused_lm_head=True is not supported for a tensor-parallel model (its logits "
+                             "shards are unmasked by the vocab-parallel op); pass None or False")
+        return True
+    if requested is None:
+        return can and not tp and device.type in FUSED_HEAD_DEFAULT_DEVICES
+    return False
+
+
+# Device types where the fused head is the default (docs/lm_head_row_stats.md, "In the decoder").
+FUSED_HEAD_DEFAULT_DEVICES = ("cuda",)
 
 
 class SpanForward:
     """`model.forward_span` over each sequence's query span, keeping the cache `mode` says."""
 
-    def __init__(self, model, mode, batch: int, length: int, cached: bool, eotp: bool):
-        self.model, self.mode, self.eotp = model, mode, eotp
+    def __init__(self, model, mode, batch: int, length: int, cached: bool, eotp: bool, hidden: bool = False):
+        self.model, self.mode, self.eotp, self.hidden = model, mode, eotp, hidden
         self.kv = model.new_cache(batch, length) if cached else None
 
     def __call__(self, x: torch.Tensor, st: list, spans: Spans, todo: List[int]):
         logits = self.model.forward_span(x, q_start=spans.q_start, q_len=spans.q_len, kv_len=spans.kv_len,
-                                         row_start=spans.row_start, n_rows=max(spans.n_rows), cache=self.kv)
+                                         row_start=spans.row_start, n_rows=max(spans.n_rows), cache=self.kv,
+                                         **({"hidden": True} if self.hidden else {}))
         self.mode.after_forward(st, spans.opening)
         rs = torch.tensor(spans.row_start, dtype=torch.int64).to(x.device, non_blocking=True)
-        if self.eotp:  # EoTP reads every masked row it is given: rows past a sequence's
-            r_max = logits.shape[1]  # own need (another sequence set R) must read as invalid
+        if self.eotp:  # EoTP reads every masked row it is given: rows past a sequence's own
+            r_max = logits.shape[1]  # need (another sequence set R) must read as invalid (NaN hidden
+            # states give NaN logits, so the same holds for the fused head)
             for b in todo:
                 if spans.n_rows[b] < r_max:
                     logits[b, spans.n_rows[b]:].fill_(float("nan"))

@@ -9,9 +9,9 @@ calls do not count; glibc's mmap threshold is fixed at 64 KiB (MALLOC_MMAP_THRES
 every buffer of 64 KiB or more is resident exactly while it is allocated. The fused step's own buffers (docs/lm_head_row_stats.md, "Memory") are
 printed beside it. Linux only for the memory column.
 
-    python bench/bench_lm_head.py                        # CPU: batch 1/8/32 x 32 rows, V = 126,464
-    python bench/bench_lm_head.py --d 1024 --dtype float32
-    python bench/bench_lm_head.py --quick                # small smoke run
+    python bench/bench_lm_head_row_stats.py              # CPU: batch 1/8/32 x 32 rows, V = 126,464
+    python bench/bench_lm_head_row_stats.py --d 1024 --dtype float32
+    python bench/bench_lm_head_row_stats.py --quick      # small smoke run
 """
 import argparse
 import os
@@ -137,7 +137,7 @@ def main():
         med, mem, logits_bytes = run_case(B, args.rows, args.V, args.d, dtype, args.repeats)
         load_after = uptime()
         f = med["fused_select_from_hidden"]
-        row = dict(env, bench="lm_head", B=B, rows=args.rows, V=args.V, d=args.d, dtype=args.dtype,
+        row = dict(env, bench="lm_head_row_stats", B=B, rows=args.rows, V=args.V, d=args.d, dtype=args.dtype,
                    repeats=args.repeats, time_ms=med, peak_extra_bytes=mem, logits_bytes=logits_bytes,
                    time_ratio_vs_matmul_fused_unmask=f / med["matmul+fused_unmask"],
                    time_ratio_vs_matmul_select=f / med["matmul+select"],
@@ -150,7 +150,7 @@ def main():
               f"({row['memory_ratio_vs_logits']:.4f})  | {load_before.split('load average:')[1].strip()} -> "
               f"{load_after.split('load average:')[1].strip()}", flush=True)
     if not args.no_save:
-        print("appended to", append_results("bench_lm_head", rows))
+        print("appended to", append_results("bench_lm_head_row_stats", rows))
 
 
 if __name__ == "__main__":
