@@ -42,7 +42,7 @@ def main():
                                             dtype=None if cuda else torch.float32)
     tok = None
     if os.path.exists(os.path.join(args.model, "tokenizer.json")):
-        from dllm_kernels.training.data import CharTokenizer
+        from dllm_kernels.training.tokenizer import CharTokenizer
 
         tok = CharTokenizer.load(args.model)
     if args.prompt_ids is not None:

@@ -17,7 +17,7 @@ import shakespeare_words as SW  # noqa: E402
 import sudoku as S  # noqa: E402
 from dllm_kernels import Policy, generate  # noqa: E402
 from dllm_kernels.models import LLaDA  # noqa: E402
-from dllm_kernels.training.data import CharTokenizer  # noqa: E402
+from dllm_kernels.training.tokenizer import CharTokenizer  # noqa: E402
 from dllm_kernels.training.objective import forward_mask, unigram_loss  # noqa: E402
 
 

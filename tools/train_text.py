@@ -3,7 +3,7 @@
     python tools/train_text.py --out models/shakespeare_words              # train (one CPU thread)
     python tools/train_text.py --out models/shakespeare_words --finalize   # evaluate, prompts, RECIPE facts
 
-Model, objective and schedule are dllm_kernels.training's (TinyLLaDA; LLaDA pretraining loss on every
+Model, objective and loop are dllm_kernels.training's (TinyLLaDA, fit; LLaDA pretraining loss on every
 token of 64-token windows at uniform random offsets; AdamW, warm-up, cosine). The held-out evaluation
 reports masked-token cross-entropy per token and per character (the nats of the masked tokens over the
 characters they spell), beside the same measure for the character model models/shakespeare and a
@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -27,10 +26,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import shakespeare_words as W  # noqa: E402
 from dllm_kernels.models.llada import LLaDA, LLaDAConfig  # noqa: E402
-from dllm_kernels.training import data as D  # noqa: E402
+import tiny_data as D  # noqa: E402
+from dllm_kernels.training.fit import fit  # noqa: E402
 from dllm_kernels.training.model import TinyLLaDA, save_llada_checkpoint  # noqa: E402
-from dllm_kernels.training.objective import forward_mask, masked_diffusion_loss  # noqa: E402
-from dllm_kernels.training.train import lr_at  # noqa: E402
+from dllm_kernels.training.objective import forward_mask  # noqa: E402
 
 PRESET = dict(d_model=128, n_layers=4, n_heads=4, mlp_hidden_size=352, batch=32, seq_len=64, steps=1500,
               lr=3e-3, warmup=80)
@@ -82,48 +81,33 @@ def train(out: str, seed: int = 0, eval_every: int = 250, cache_dir: str = "/tmp
     counts = torch.bincount(stream, minlength=tok.embedding_size)
     torch.manual_seed(seed)
     model = TinyLLaDA(config(tok, p))
-    opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], betas=(0.9, 0.98), weight_decay=0.1)
-    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    data_hash, history, t0, c0 = hashlib.sha256(), [], time.time(), time.process_time()
     os.makedirs(out, exist_ok=True)
     h = lambda t: hashlib.sha256(t.numpy().astype("<i2").tobytes()).hexdigest()  # noqa: E731
     recipe = {"task": "shakespeare_words", "source_sha256": D.SHAKESPEARE_SHA256,
               "held_out_texts": list(D.SHAKESPEARE_HELD_OUT), "word_pieces": len(tok.words),
               "train_tokens": int(stream.numel()), "held_out_tokens": int(held.numel()),
               "train_stream_sha256": h(stream), "held_out_stream_sha256": h(held), "seq_len": p["seq_len"]}
-    for step in range(p["steps"]):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, p["steps"], p["lr"], p["warmup"])
-        x = D.text_windows(stream, rng, p["batch"], p["seq_len"])
-        data_hash.update(x.numpy().astype("<i2").tobytes())
-        loss = masked_diffusion_loss(model, x, torch.ones_like(x, dtype=torch.bool), tok.mask_id, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        history.append(loss.item())
-        # the CPU-time budget ends a run early, at the last finished step (recorded as stop_after)
-        over = cpu_budget_s is not None and time.process_time() - c0 > cpu_budget_s
-        last = step == p["steps"] - 1 or step + 1 == stop_after or over
-        if (step + 1) % eval_every == 0 or last:
-            model.eval()
-            entry = {"step": step + 1, "train_loss_avg": float(np.mean(history[-eval_every:])),
-                     **masked_ce(model, held, tok.char_lengths, counts, tok.mask_id, p["seq_len"], n_batches=2),
-                     "elapsed_s": time.time() - t0, "cpu_s": time.process_time() - c0}
-            model.train()
-            print(json.dumps(entry), flush=True)
-            log = {"preset": p, "seed": seed, "recipe": recipe, "training_data_sha256": data_hash.hexdigest(),
-                   "parameters": model.num_parameters(), "last_eval": entry,
-                   "train_loss_curve": [float(np.mean(history[i:i + 50])) for i in range(0, len(history), 50)],
-                   "complete": last, "torch": torch.__version__}
-            save_llada_checkpoint(model, out, extra_config={"dllm_task": "shakespeare_words"})
-            tok.save(out)
-            with open(os.path.join(out, "train_log.json"), "w") as f:
-                json.dump(log, f, indent=2)
-                f.write("\n")
-        if last:
-            break
 
+    def on_eval(st):
+        entry = {"step": st.step, "train_loss_avg": float(np.mean(st.history[-eval_every:])),
+                 **masked_ce(model, held, tok.char_lengths, counts, tok.mask_id, p["seq_len"], n_batches=2),
+                 "elapsed_s": st.elapsed_s, "cpu_s": st.cpu_s}
+        print(json.dumps(entry), flush=True)
+        log = {"preset": p, "seed": seed, "recipe": recipe, "training_data_sha256": st.data_hash.hexdigest(),
+               "parameters": model.num_parameters(), "last_eval": entry, "train_loss_curve": st.loss_curve(),
+               "complete": st.last, "torch": torch.__version__}
+        save_llada_checkpoint(model, out, extra_config={"dllm_task": "shakespeare_words"})
+        tok.save(out)
+        with open(os.path.join(out, "train_log.json"), "w") as f:
+            json.dump(log, f, indent=2)
+            f.write("\n")
+
+    def next_batch(rng):
+        x = D.text_windows(stream, rng, p["batch"], p["seq_len"])
+        return x, torch.ones_like(x, dtype=torch.bool), None  # pretraining: every token is in the loss
+
+    fit(model, next_batch, steps=p["steps"], lr=p["lr"], warmup=p["warmup"], mask_id=tok.mask_id, seed=seed,
+        eval_every=eval_every, on_eval=on_eval, stop_after=stop_after, cpu_budget_s=cpu_budget_s)
 
 def char_model_ce(path: str, cache_dir: str, n_batches: int, seed: int) -> dict:
     """The same held-out measure for the character model in `path` (models/shakespeare): per token =
