@@ -131,37 +131,42 @@ DECODINGS = {
     "temperature 0.8, random remasking, blocks of 8": dict(rule="topk", block_length=8, temperature=0.8,
                                                            random_remasking=True),
 }
-READING = "temperature 0.8, random remasking, blocks of 8"
+READING = "temperature 0.8, low-confidence remasking, blocks of 8"
 DIAGNOSIS = (
-    "The repeats are a decoding artefact first: greedy top-k commits, at every step, the position whose "
-    "prediction is most confident, and for this small model those are the frequent layout pieces (speaker "
-    "names, newlines, `[Enter`), which it then predicts again at the neighbouring masked positions, so "
-    "one token per step and threshold 0.9 give the same loops of one speaker name. Greedy decoding one "
-    "position at a time, left to right (blocks of 1), loops as well, on spelled-out syllables, so part "
-    "of it is the model. Sampling (Gumbel noise at temperature 0.8) with random remasking (positions "
-    "committed in random order, not by confidence) removes the loops; what remains is the model's "
-    "weakness: mostly real words in verse-like lines, with invented words spelled in characters.")
+    "Greedy decoding repeats: top-k commits, at every step, the position whose prediction is most confident, "
+    "and for this small model those are frequent layout and filler pieces (speaker names, `[Exeunt`, `sir`, "
+    "`not`), which it then predicts again further on, so one token per step and threshold 0.9 give the same "
+    "loops (`KING.` / `KING.`, `sir, sir`). Greedy decoding one position at a time, left to right (blocks of "
+    "1), loops too (`not not not`) and invents more words, so part of it is the model. Sampling at "
+    "temperature 0.8 (Gumbel noise on the logits) breaks the loops; with LLaDA's low-confidence remasking it "
+    "keeps the known words of greedy decoding (the demo's setting), while random remasking commits positions "
+    "before their neighbours and spells more invented words. What remains is the model's size: the samples "
+    "read as short lines of English dialogue with speaker names, not as metred verse, and a prompt that ends "
+    "in a space can get only spaces (the indentation runs of the texts).")
 SAMPLE_LENGTH = 48
 
 
-def repetition(tok, rows) -> dict:
-    """Distinct words per sample (mean over samples) and the fraction of generated tokens equal to the
-    one before: the measures of the repeats greedy decoding shows."""
+def repetition(tok, rows, known: set) -> dict:
+    """Distinct words per sample (mean over samples with words), the fraction of generated tokens equal
+    to the one before (whitespace pieces, the layout, left out), and the fraction of generated words
+    that occur in the training plays (`known`, lower case): the measures of repeats and of invented words."""
     import re
 
-    distinct, same, n = [], 0, 0
+    distinct, same, n, words_all = [], 0, 0, []
     for r in rows:
         ids = [i for i in r.tolist() if i < tok.eos_id]
         words = re.findall(r"[A-Za-z]+", tok.decode(ids))
+        words_all += words
         if words:  # a sample of punctuation and newlines only has no words to repeat
             distinct.append(len(set(words)) / len(words))
-        same += sum(a == b for a, b in zip(ids, ids[1:]))
+        same += sum(a == b and tok.pieces[a].strip() != "" for a, b in zip(ids, ids[1:]))
         n += len(ids)
     return {"distinct_words": float(np.mean(distinct)) if distinct else float("nan"),
-            "adjacent_repeats": same / max(1, n)}
+            "adjacent_repeats": same / max(1, n),
+            "known_words": sum(w.lower() in known for w in words_all) / max(1, len(words_all))}
 
 
-def samples(model, tok, prompts, gen_length=SAMPLE_LENGTH):
+def samples(model, tok, prompts, known: set, gen_length=SAMPLE_LENGTH):
     """{decoding: (texts, repetition measures)} over `prompts` (seed i + 1 for prompt i)."""
     from dllm_kernels.generate import generate
     from dllm_kernels.policy import Policy
@@ -170,7 +175,7 @@ def samples(model, tok, prompts, gen_length=SAMPLE_LENGTH):
     for name, kw in DECODINGS.items():
         got = generate(model, prompts, gen_length=gen_length, policy=Policy(**kw), mask_id=tok.mask_id,
                        eos_id=tok.eos_id, seed=list(range(1, len(prompts) + 1)))
-        out[name] = ([tok.decode(r) for r in got.tokens], repetition(tok, got.tokens))
+        out[name] = ([tok.decode(r) for r in got.tokens], repetition(tok, got.tokens, known))
     return out
 
 
@@ -201,7 +206,9 @@ def finalize(out: str, cache_dir: str = "/tmp/dllm_data", char_model: str = os.p
     with open(os.path.join(out, "heldout_prompts.jsonl"), "w") as f:
         for w in wins:
             f.write(json.dumps({"ids": w.tolist(), "text": tok.decode(w, stop_at_eos=False)}) + "\n")
-    got = samples(model, tok, [w.tolist() for w in wins[:16]])
+    import re
+    known = {w.lower() for w in re.findall(r"[A-Za-z]+", tok.decode(stream, stop_at_eos=False))}
+    got = samples(model, tok, [w.tolist() for w in wins[:16]], known)
     tlog["final_eval"] = {"model": mine, "character_model": chars, "previous_model": prev,
                           "samples": {k: texts[:4] for k, (texts, _) in got.items()},
                           "repetition": {k: rep for k, (_, rep) in got.items()},
@@ -248,7 +255,8 @@ def write_recipe(out: str):
              f"- Optimiser: AdamW (betas 0.9/0.98, weight decay 0.1), peak lr {p['lr']}, {p['warmup']} warm-up steps, "
              f"cosine to 10% over {p['steps']} steps" + (f", stopped after step {le['step']} (the time budget)" if stop else "")
              + f", grad-norm clip 1.0, batch {p['batch']} windows of {p['seq_len']} tokens, seed {tlog['seed']}, one CPU "
-             f"thread (torch {tlog['torch']}); {le['elapsed_s'] / 60:.1f} min wall on a shared 2-core machine.",
+             f"thread (torch {tlog['torch']}); {le['elapsed_s'] / 60:.1f} min wall on a shared 2-core machine"
+             + (f", {le['cpu_s'] / 60:.1f} min of CPU." if "cpu_s" in le else "."),
              f"- SHA-256 of the training token stream actually consumed (every batch's int16 tokens, in order): "
              f"`{tlog['training_data_sha256']}`.", "",
              "## Data recipe", "",
@@ -276,9 +284,12 @@ def write_recipe(out: str):
              "frequencies (add-one) on the same masked tokens.", "",
              "## Decoding: why the samples below are sampled", "",
              f"Repeats over 16 held-out prompts ({SAMPLE_LENGTH} tokens each, prompt i decoded with seed i + 1): "
-             "distinct words per sample (1.0: no word twice; samples without words left out) and the fraction of generated tokens equal to the one before.", "",
-             "| decoding | distinct words per sample | adjacent repeats |", "|---|---:|---:|"]
-    lines += [f"| {name}{' (the demo)' if name == READING else ''} | {v['distinct_words']:.2f} | {v['adjacent_repeats']:.3f} |"
+             "distinct words per sample (1.0: no word twice; samples without words left out), the fraction of "
+             "generated tokens equal to the one before (newlines and spaces left out), and the fraction of generated "
+             "words that occur in the training plays (invented words are not).", "",
+             "| decoding | distinct words per sample | adjacent repeats | known words |", "|---|---:|---:|---:|"]
+    lines += [f"| {name}{' (the demo)' if name == READING else ''} | {v['distinct_words']:.2f} | {v['adjacent_repeats']:.3f} | "
+              f"{v['known_words']:.2f} |"
               for name, v in fe["repetition"].items()]
     lines += ["", DIAGNOSIS, "", f"Samples (the first 4 of those prompts, {SAMPLE_LENGTH} tokens):", ""]
     for i, prompt in enumerate(fe["sample_prompts"]):
