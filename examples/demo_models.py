@@ -44,7 +44,7 @@ def sudoku_part():
     chosen = ("one token per step", "top-k 8", "threshold 0.9", "LocalLeap", "learned filter")
     prompts, check = BQ.held_out_prompts("sudoku", tok, 3)
     print(f"## sudoku (held-out 4x4 puzzles, '.' blank; {spec.gen_length} positions: 16 cells, newline, eos)")
-    for i, p in enumerate(prompts, start=1):
+    for i, p in enumerate(prompts):
         puzzle = tok.decode(p)
         print(f"puzzle {i + 1}: {puzzle.count('.')} blank cells")
         outs = {name: decode(model, tok, spec, [p], dataclasses.replace(pols[name], eotp=True)) for name in chosen}
