@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import dllm_kernels as dk  # noqa: E402
 import shakespeare_words as SW  # noqa: E402
 import sudoku as S  # noqa: E402
-from dllm_kernels.training import data as D  # noqa: E402
+import tiny_data as D  # noqa: E402
 from dllm_kernels.training.learn2pd import load_filter  # noqa: E402
 
 

@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import dllm_kernels as dk  # noqa: E402
 from dllm_kernels.models import BlockDiffusion, Dream, LLaDA, QwenConfig, random_qwen_state_dict  # noqa: E402
-from dllm_kernels.training import data as D  # noqa: E402
+from dllm_kernels.training.tokenizer import CharTokenizer  # noqa: E402
 
 V = 512
 TINY = dict(d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden_size=256, vocab_size=V,
@@ -57,7 +57,7 @@ def main():
     print("\n# Part 3: one prompt through each model class (dllm_kernels.models)\n")
     path = os.path.join(ROOT, "models", "shakespeare")
     if os.path.exists(os.path.join(path, "model.safetensors")):
-        model, tok = LLaDA.from_pretrained(path, dtype=torch.float32), D.CharTokenizer.load(path)
+        model, tok = LLaDA.from_pretrained(path, dtype=torch.float32), CharTokenizer.load(path)
         prompt = tok.encode("ROMEO:\nWhat light through yonder window")
         policy = dk.Policy(rule="threshold", threshold=0.9, block_length=16)
         print("## LLaDA, models/shakespeare (trained weights), threshold 0.9, 48 positions, blocks of 16")

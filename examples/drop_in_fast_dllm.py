@@ -138,10 +138,11 @@ def held_out(name, n):
     if name == "shakespeare":
         with open(os.path.join(path, "heldout_prompts.jsonl")) as f:
             return torch.tensor([json.loads(line)["ids"] for line in f if line.strip()][:n])
-    from dllm_kernels.training import data
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import tiny_data as D
 
-    tok = data.CharTokenizer.load(path)
-    return torch.tensor([tok.encode(p) for p, _ in data.addition_eval_set(n)])
+    tok = D.CharTokenizer.load(path)
+    return torch.tensor([tok.encode(p) for p, _ in D.addition_eval_set(n)])
 
 
 def main():

@@ -48,7 +48,7 @@ def main():
     block_model = model.attn_mode == "block_causal"
     tok = None
     if isinstance(model, dk.models.LLaDA) and os.path.exists(os.path.join(args.model, "tokenizer.json")):
-        from dllm_kernels.training.data import CharTokenizer
+        from dllm_kernels.training.tokenizer import CharTokenizer
 
         tok = CharTokenizer.load(args.model)
     if args.prompt_ids is not None:

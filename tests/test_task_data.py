@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import shakespeare_words as SW  # noqa: E402
 import sudoku as S  # noqa: E402

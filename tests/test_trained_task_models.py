@@ -17,7 +17,7 @@ import shakespeare_words as SW  # noqa: E402
 import sudoku as S  # noqa: E402
 from dllm_kernels import Policy, generate  # noqa: E402
 from dllm_kernels.models import LLaDA  # noqa: E402
-from dllm_kernels.training.data import CharTokenizer  # noqa: E402
+from dllm_kernels.training.tokenizer import CharTokenizer  # noqa: E402
 from dllm_kernels.training.objective import forward_mask, unigram_loss  # noqa: E402
 
 
@@ -66,7 +66,8 @@ def test_word_piece_model_loads_and_beats_unigram():
     # unigram of these very windows: a baseline stronger than the training frequencies
     counts = torch.tensor(np.bincount(x.flatten().numpy(), minlength=tok.embedding_size))
     assert ce < 0.9 * unigram_loss(counts, x[masked]), ce
-    out = generate(model, [rows[0]["ids"]], gen_length=32, policy=Policy(rule="threshold", block_length=16),
-                   mask_id=tok.mask_id, eos_id=tok.eos_id)
-    text = tok.decode(out.tokens[0])
-    assert out.finished and re.search(r"[A-Za-z]{2}", text), text
+    # greedy continuations hold words; a prompt ending in a space may get only spaces (RECIPE.md)
+    out = generate(model, [r["ids"] for r in rows[:4]], gen_length=32,
+                   policy=Policy(rule="threshold", block_length=16), mask_id=tok.mask_id, eos_id=tok.eos_id)
+    texts = [tok.decode(t) for t in out.tokens]
+    assert out.finished and sum(bool(re.search(r"[A-Za-z]{2}", t)) for t in texts) >= 3, texts

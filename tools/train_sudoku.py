@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -26,11 +25,10 @@ import sudoku as S  # noqa: E402
 from dllm_kernels.generate import generate  # noqa: E402
 from dllm_kernels.models.llada import LLaDA, LLaDAConfig  # noqa: E402
 from dllm_kernels.policy import Policy  # noqa: E402
-from dllm_kernels.training.data import CharTokenizer  # noqa: E402
+from dllm_kernels.training.fit import fit  # noqa: E402
 from dllm_kernels.training.model import TinyLLaDA, save_llada_checkpoint  # noqa: E402
-from dllm_kernels.training.objective import (forward_mask, masked_diffusion_loss, masked_token_loss,  # noqa: E402
-                                             unigram_loss)
-from dllm_kernels.training.train import lr_at  # noqa: E402
+from dllm_kernels.training.objective import forward_mask, masked_token_loss, unigram_loss  # noqa: E402
+from dllm_kernels.training.tokenizer import CharTokenizer  # noqa: E402
 
 PRESET = dict(d_model=128, n_layers=4, n_heads=4, mlp_hidden_size=384, batch=64, steps=6000, lr=2e-3, warmup=100)
 
@@ -89,47 +87,32 @@ def train(out: str, seed: int = 0, eval_every: int = 500, **overrides):
     tok = tokenizer()
     torch.manual_seed(seed)
     model = TinyLLaDA(config(tok, p))
-    opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], betas=(0.9, 0.98), weight_decay=0.1)
-    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     xs, el = batch(np.random.default_rng(seed + 1), 20000, tok)
     counts = torch.bincount(xs[el], minlength=tok.embedding_size)
-    data_hash, history, t0 = hashlib.sha256(), [], time.time()
     evals, evals_so_far = S.eval_set(200), []
     os.makedirs(out, exist_ok=True)
-    for step in range(p["steps"]):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, p["steps"], p["lr"], p["warmup"])
-        x, elig = batch(rng, p["batch"], tok)
-        data_hash.update(x.numpy().astype("<i2").tobytes())
-        loss = masked_diffusion_loss(model, x, elig, tok.mask_id, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        history.append(loss.item())
-        last = step == p["steps"] - 1
-        if (step + 1) % eval_every == 0 or last:
-            model.eval()
-            ce, uni, n = held_out_eval(model, tok, counts, n_batches=2)
-            dec = LLaDA(model.config, model.llada_state_dict(torch.float32), dtype=torch.float32)
-            entry = {"step": step + 1, "train_loss_avg": float(np.mean(history[-eval_every:])),
-                     "held_out_masked_ce": ce, "unigram_ce": uni, "masked_tokens": n,
-                     "accuracy_one_token_per_step": accuracy(dec, tok, evals), "elapsed_s": time.time() - t0}
-            model.train()
-            print(json.dumps(entry), flush=True)
-            evals_so_far.append(entry)
-            log = {"preset": p, "seed": seed, "recipe": {"task": "sudoku", "gen_length": S.GEN_LENGTH,
-                                                         "clues": list(S.CLUES)},
-                   "training_data_sha256": data_hash.hexdigest(), "parameters": model.num_parameters(),
-                   "last_eval": entry, "evals": evals_so_far, "unigram_counts": counts.tolist(),
-                   "train_loss_curve": [float(np.mean(history[i:i + 50])) for i in range(0, len(history), 50)],
-                   "complete": last, "torch": torch.__version__}
-            save_llada_checkpoint(model, out, extra_config={"dllm_task": "sudoku"})
-            tok.save(out)
-            with open(os.path.join(out, "train_log.json"), "w") as f:
-                json.dump(log, f, indent=2)
-                f.write("\n")
 
+    def on_eval(st):
+        ce, uni, n = held_out_eval(model, tok, counts, n_batches=2)
+        dec = LLaDA(model.config, model.llada_state_dict(torch.float32), dtype=torch.float32)
+        entry = {"step": st.step, "train_loss_avg": float(np.mean(st.history[-eval_every:])),
+                 "held_out_masked_ce": ce, "unigram_ce": uni, "masked_tokens": n,
+                 "accuracy_one_token_per_step": accuracy(dec, tok, evals), "elapsed_s": st.elapsed_s}
+        print(json.dumps(entry), flush=True)
+        evals_so_far.append(entry)
+        log = {"preset": p, "seed": seed, "recipe": {"task": "sudoku", "gen_length": S.GEN_LENGTH,
+                                                     "clues": list(S.CLUES)},
+               "training_data_sha256": st.data_hash.hexdigest(), "parameters": model.num_parameters(),
+               "last_eval": entry, "evals": evals_so_far, "unigram_counts": counts.tolist(),
+               "train_loss_curve": st.loss_curve(), "complete": st.last, "torch": torch.__version__}
+        save_llada_checkpoint(model, out, extra_config={"dllm_task": "sudoku"})
+        tok.save(out)
+        with open(os.path.join(out, "train_log.json"), "w") as f:
+            json.dump(log, f, indent=2)
+            f.write("\n")
+
+    fit(model, lambda rng: (*batch(rng, p["batch"], tok), None), steps=p["steps"], lr=p["lr"],
+        warmup=p["warmup"], mask_id=tok.mask_id, seed=seed, eval_every=eval_every, on_eval=on_eval)
 
 def finalize(out: str, n_eval: int = 1000):
     """Evaluate the committed fp16 weights: held-out masked-token CE against the unigram baseline

