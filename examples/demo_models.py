@@ -1,10 +1,9 @@
 """Part two of `make demo`: the tiny trained dLLMs of models/ decoded through fused_unmask.
 
 Sudoku: held-out 4x4 puzzles solved one token per step and with policies that commit several cells
-per forward (whether each grid is right, and how many forwards it took); text: a held-out Shakespeare
-prompt continued by the word-piece model; then a quick forwards-against-quality table on held-out
-sudoku puzzles (the full table, every model, policy and cache, is bench/results/quality.md, from
-bench/bench_quality.py).
+per forward (whether each grid is right, and how many forwards it took); text: held-out Shakespeare
+prompts continued by the word-piece model. The forwards-against-quality table over every model,
+policy and cache is bench/results/quality.md (bench/bench_quality.py; minutes of CPU, so not here).
 
     python examples/demo_models.py
 """
@@ -85,9 +84,7 @@ def main():
     print("\n# Part 2: tiny dLLMs trained here (models/), decoded through fused_unmask\n")
     sudoku_part()
     text_part()
-    print("## quick table (16 held-out sudoku puzzles, no cache; the full table is bench/results/quality.md)")
-    print(BQ.HEADER)
-    BQ.run_model("sudoku", 16, True, ("none",), (False, True))
+    print("Forwards against accuracy for every policy and cache: bench/results/quality.md (bench/bench_quality.py).")
     print(f"\n(part 2 took {time.time() - t_start:.0f} s)")
 
 
