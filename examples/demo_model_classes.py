@@ -59,11 +59,12 @@ def main():
     if os.path.exists(os.path.join(path, "model.safetensors")):
         model, tok = LLaDA.from_pretrained(path, dtype=torch.float32), CharTokenizer.load(path)
         prompt = tok.encode("ROMEO:\nWhat light through yonder window")
-        policy = dk.Policy(rule="threshold", threshold=0.9, block_length=16)
-        print("## LLaDA, models/shakespeare (trained weights), threshold 0.9, 48 positions, blocks of 16")
+        # Sampled (T = 0.9, seed 1): greedy decoding of this small character model repeats words.
+        policy = dk.Policy(rule="threshold", threshold=0.9, block_length=16, temperature=0.9)
+        print("## LLaDA, models/shakespeare (trained weights), threshold 0.9, T = 0.9, 48 positions, blocks of 16")
         base = None
         for cache in ("none", "prefix", "dual"):
-            out = dk.generate(model, [prompt], gen_length=48, policy=policy, cache=cache)
+            out = dk.generate(model, [prompt], gen_length=48, policy=policy, cache=cache, seed=1)
             show(cache, out, base, repr(tok.decode(out.tokens[0])))
             base = base or out
     with tempfile.TemporaryDirectory() as tmp:
