@@ -9,6 +9,7 @@
 
 #include "include/dllm/fused_unmask_params.h"
 #include "op_checks.h"
+#include "param_pack_check.h"
 
 namespace dllm {
 
@@ -80,36 +81,6 @@ inline std::string fused_unmask_schema() {
   return s + ") -> (Tensor x0, Tensor transfer, Tensor window_stats)";
 }
 
-// Values of the parameter pack, checked where they can be read without a device sync (CPU); the
-// CUDA kernels clamp what they index with.
-inline void check_unmask_params(const at::Tensor& params) {
-  if (!params.device().is_cpu()) return;
-  const double* v = params.data_ptr<double>();
-  auto whole = [](double d, double lo) { return std::isfinite(d) && d >= lo && d == std::floor(d) && d < 9.0e15; };
-  for (int64_t b = 0; b < params.size(0); ++b) {
-    const double* r = v + b * kUnmaskParams;
-    TORCH_CHECK(whole(r[kUnm_steps], 1.0), "fused_unmask: steps must be >= 1 (a whole number), got ",
-                r[kUnm_steps], " for sequence ", b);
-    TORCH_CHECK(whole(r[kUnm_block_length], 1.0),
-                "fused_unmask: block_length must be >= 1 (a whole number), got ", r[kUnm_block_length],
-                " for sequence ", b);
-    TORCH_CHECK(whole(r[kUnm_window], 0.0), "fused_unmask: window must be >= 0 (a whole number), got ",
-                r[kUnm_window], " for sequence ", b);
-    TORCH_CHECK(std::isfinite(r[kUnm_temperature]) && r[kUnm_temperature] >= 0.0,
-                "fused_unmask: temperature must be finite and >= 0, got ", r[kUnm_temperature],
-                " for sequence ", b);
-    TORCH_CHECK(std::isfinite(r[kUnm_factor]) && r[kUnm_factor] >= 0.0,
-                "fused_unmask: factor must be finite and >= 0, got ", r[kUnm_factor], " for sequence ", b);
-    const int units[] = {kUnm_threshold, kUnm_anchor_threshold, kUnm_relaxed_threshold,
-                         kUnm_filter_threshold, kUnm_block_delta, kUnm_block_window_fraction};
-    const char* names[] = {"threshold", "anchor_threshold", "relaxed_threshold", "filter_threshold",
-                           "block_delta", "block_window_fraction"};
-    for (int i = 0; i < 6; ++i)
-      TORCH_CHECK(std::isfinite(r[units[i]]) && r[units[i]] >= 0.0 && r[units[i]] <= 1.0,
-                  "fused_unmask: ", names[i], " must be in [0, 1], got ", r[units[i]], " for sequence ", b);
-  }
-}
-
 // The pack as given, or the defaults ([B, P] on CPU; the CUDA binding keeps one row per device).
 inline at::Tensor unmask_params_or_defaults(const std::optional<at::Tensor>& params, const at::Tensor& x) {
   if (params) return *params;
@@ -159,7 +130,7 @@ inline FusedUnmaskArgs check_fused_unmask_args(DLLM_FUSED_UNMASK_PARAMS) {
               "fused_unmask: conf_kind must be 0..2, got ", conf_kind);
   if (params) {
     check_tensor(kFusedUnmask, *params, logits, "params", at::kDouble, {a.B, kUnmaskParams});
-    check_unmask_params(*params);
+    check_param_pack(*params, kUnmaskColumns, kFusedUnmask, WholeWording::kBoundFirst);
   }
 
   a.logits_stride_b = logits.stride(0);

@@ -12,6 +12,20 @@
 #include "include/dllm/row_partial.h"
 #include "include/dllm/select_params.h"
 
+namespace {
+
+// A pack's column table as the column-query ops return it: (names, defaults, range kinds).
+template <int N>
+std::tuple<std::vector<std::string>, std::vector<double>, std::vector<std::string>> param_columns(
+    const dllm::ParamColumn (&cols)[N]) {
+  std::vector<std::string> names, kinds;
+  std::vector<double> defaults;
+  for (const auto& c : cols) names.push_back(c.name), defaults.push_back(c.dflt), kinds.push_back(param_kind_name(c.kind));
+  return std::make_tuple(names, defaults, kinds);
+}
+
+}  // namespace
+
 TORCH_LIBRARY(dllm, m) {
   // One unmasking step for a batch; semantics in docs/fused_unmask.md. The schema is generated
   // from the argument lists in fused_unmask_args.h; numeric parameters travel in the per-sequence
@@ -49,24 +63,11 @@ TORCH_LIBRARY(dllm, m) {
 #undef DLLM_X
     return std::make_tuple(names, dllm::cpu::kMaxMergedPartials);
   });
-  // Names and defaults of the parameter packs' columns, in order (include/dllm/select_params.h,
-  // include/dllm/fused_unmask_params.h).
-  m.def("select_param_columns() -> (str[], float[])", [] {
-    std::vector<std::string> names;
-    std::vector<double> defaults;
-#define DLLM_X(name, dflt) names.push_back(#name), defaults.push_back(dflt);
-    DLLM_SELECT_PARAMS(DLLM_X)
-#undef DLLM_X
-    return std::make_tuple(names, defaults);
-  });
-  m.def("fused_unmask_param_columns() -> (str[], float[])", [] {
-    std::vector<std::string> names;
-    std::vector<double> defaults;
-#define DLLM_X(name, dflt) names.push_back(#name), defaults.push_back(dflt);
-    DLLM_UNMASK_PARAMS(DLLM_X)
-#undef DLLM_X
-    return std::make_tuple(names, defaults);
-  });
+  // Names, defaults and range kinds (include/dllm/param_kind.h) of the parameter packs' columns,
+  // in order (include/dllm/select_params.h, include/dllm/fused_unmask_params.h).
+  m.def("select_param_columns() -> (str[], float[], str[])", [] { return param_columns(dllm::kSelectColumns); });
+  m.def("fused_unmask_param_columns() -> (str[], float[], str[])",
+        [] { return param_columns(dllm::kUnmaskColumns); });
   // Block-aware KV-cache attention for the cached dLLM forward; semantics in docs/block_attention.md.
   m.def(
       "block_attention(Tensor q, Tensor k_new, Tensor v_new, Tensor(a!) k_cache, Tensor(b!) v_cache, "

@@ -7,6 +7,7 @@
 
 #include "include/dllm/select_params.h"
 #include "op_checks.h"
+#include "param_pack_check.h"
 
 namespace dllm {
 
@@ -37,31 +38,6 @@ struct SelectArgs {
       suppress_ids, zero_conf_ids, filter_w1, filter_b1, filter_w2, filter_b2, rule, conf_kind, \
       shift, graded, random_remasking, commit, row_stats, vocab_size
 
-// Values of the parameter pack, checked where they can be read without a device sync (CPU).
-inline void check_select_params(const at::Tensor& params) {
-  if (!params.device().is_cpu()) return;
-  const double* v = params.data_ptr<double>();
-  for (int64_t b = 0; b < params.size(0); ++b) {
-    const double* r = v + b * kSelectParams;
-    auto whole = [](double d) { return std::isfinite(d) && d >= 0.0 && d == std::floor(d) && d < 9.0e15; };
-    TORCH_CHECK(whole(r[kSel_k]), "select: k must be a whole number >= 0, got ", r[kSel_k],
-                " for sequence ", b);
-    TORCH_CHECK(whole(r[kSel_window]), "select: window must be a whole number >= 0, got ",
-                r[kSel_window], " for sequence ", b);
-    TORCH_CHECK(std::isfinite(r[kSel_factor]) && r[kSel_factor] >= 0.0,
-                "select: factor must be finite and >= 0, got ", r[kSel_factor], " for sequence ", b);
-    TORCH_CHECK(std::isfinite(r[kSel_temperature]) && r[kSel_temperature] >= 0.0,
-                "select: temperature must be finite and >= 0, got ", r[kSel_temperature],
-                " for sequence ", b);
-    const int units[] = {kSel_threshold, kSel_anchor_threshold, kSel_relaxed_threshold,
-                         kSel_filter_threshold};
-    const char* names[] = {"threshold", "anchor_threshold", "relaxed_threshold", "filter_threshold"};
-    for (int i = 0; i < 4; ++i)
-      TORCH_CHECK(std::isfinite(r[units[i]]) && r[units[i]] >= 0.0 && r[units[i]] <= 1.0, "select: ",
-                  names[i], " must be in [0, 1], got ", r[units[i]], " for sequence ", b);
-  }
-}
-
 // Bounds [B, 2] = [start, end) per sequence, 0 <= start <= end <= L (checked on CPU).
 inline void check_select_bounds(const at::Tensor& bounds, int64_t L) {
   if (!bounds.device().is_cpu()) return;
@@ -85,7 +61,7 @@ inline SelectArgs check_select_args(DLLM_SELECT_PARAMS_DECL) {
   if (candidates) check_tensor(kSelect, *candidates, logits, "candidates", at::kBool, {a.B, a.L});
   if (params) {
     check_tensor(kSelect, *params, logits, "params", at::kDouble, {a.B, kSelectParams});
-    check_select_params(*params);
+    check_param_pack(*params, kSelectColumns, kSelect, WholeWording::kWholeFirst);
   }
   if (bounds) {
     check_tensor(kSelect, *bounds, logits, "bounds", at::kLong, {a.B, 2});
@@ -130,7 +106,7 @@ inline SelectArgs check_select_args(DLLM_SELECT_PARAMS_DECL) {
 
 // The pack's defaults as one row, for a call without `params`.
 inline void default_select_row(double* row) {
-#define DLLM_X(name, dflt) row[kSel_##name] = dflt;
+#define DLLM_X(name, dflt, kind) row[kSel_##name] = dflt;
   DLLM_SELECT_PARAMS(DLLM_X)
 #undef DLLM_X
 }

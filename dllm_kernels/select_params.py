@@ -1,7 +1,7 @@
 """The per-request parameter pack of `select`: one float64 column per numeric parameter.
 
-The columns and their defaults are defined once, in C++ (csrc/include/dllm/select_params.h), and
-read here from the native library. A value may be a Python number (the same for every
+The columns, their defaults and range kinds are defined once, in C++
+(csrc/include/dllm/select_params.h), and read here from the native library. A value may be a Python number (the same for every
 sequence) or a tensor with one value per sequence, so one batch can serve requests with
 different policies; tensor values travel to the kernels as data, so changing them neither
 recompiles a `torch.compile`d caller nor needs a new CUDA-graph capture.
@@ -16,16 +16,20 @@ import torch
 
 from . import _native  # noqa: F401  (the op that names the columns)
 
-_names, _defaults = torch.ops.dllm.select_param_columns()
+_names, _defaults, _kinds = torch.ops.dllm.select_param_columns()
 SELECT_PARAM_COLUMNS: tuple = tuple(_names)
 SELECT_PARAM_DEFAULTS: tuple = tuple(_defaults)
+# Each column's range kind (csrc/include/dllm/param_kind.h): "whole1", "whole0", "finite0" or "unit".
+SELECT_PARAM_KINDS: tuple = tuple(_kinds)
 SELECT_DEFAULTS: Mapping[str, float] = dict(zip(SELECT_PARAM_COLUMNS, SELECT_PARAM_DEFAULTS))
 
 # Columns holding whole numbers (with their least value), and those in [0, 1]; any other column
-# is finite and >= 0. One table for both packs (select's, and fused_unmask's in fused_unmask_params.py).
-WHOLE_COLUMNS = {"k": 0, "window": 0, "steps": 1, "block_length": 1}
-UNIT_COLUMNS = ("threshold", "anchor_threshold", "relaxed_threshold", "filter_threshold", "block_delta",
-                "block_window_fraction")
+# is finite and >= 0. One table for both packs (select's, and fused_unmask's), from their kinds.
+_all_kinds = dict(zip(SELECT_PARAM_COLUMNS, SELECT_PARAM_KINDS))
+_unmask_names, _, _unmask_kinds = torch.ops.dllm.fused_unmask_param_columns()
+_all_kinds.update(zip(_unmask_names, _unmask_kinds))
+WHOLE_COLUMNS = {name: int(kind == "whole1") for name, kind in _all_kinds.items() if kind.startswith("whole")}
+UNIT_COLUMNS = tuple(name for name, kind in _all_kinds.items() if kind == "unit")
 
 Value = Union[int, float, torch.Tensor]
 

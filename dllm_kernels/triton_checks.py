@@ -2,6 +2,8 @@
 a bad input raises the same message whichever backend serves the op."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .policy import MAX_FILTER_HIDDEN, MAX_FILTER_WIDTH
@@ -103,3 +105,41 @@ class ArgChecks:
         self.tensor(w2, logits, "filter_w2", torch.float32, (fw, fh))
         self.tensor(b2, logits, "filter_b2", torch.float32, (fw,))
         return fw, fh
+
+
+def check_pack_values(params: torch.Tensor, columns: tuple, kinds: tuple, op: ArgChecks, *,
+                      bound_first: bool = False) -> None:
+    """csrc/param_pack_check.h check_param_pack: each value of a parameter pack in its column's
+    range kind, on CPU only (on a GPU a check would sync; the kernels clamp the counts they index
+    with). `bound_first` words whole numbers as fused_unmask does ("steps must be >= 1 (a whole
+    number)") rather than as select ("k must be a whole number >= 0")."""
+    if params.device.type != "cpu":
+        return
+    for b, row in enumerate(params.tolist()):
+        for name, kind, v in zip(columns, kinds, row):
+            got = f"got {v} for sequence {b}"
+            if kind in ("whole1", "whole0"):
+                lo = 1 if kind == "whole1" else 0
+                ok = math.isfinite(v) and v >= lo and v == math.floor(v) and v < 9.0e15
+                op.check(ok, f"{name} must be >= {lo} (a whole number), {got}" if bound_first
+                         else f"{name} must be a whole number >= {lo}, {got}")
+            elif kind == "finite0":
+                op.check(math.isfinite(v) and v >= 0.0, f"{name} must be finite and >= 0, {got}")
+            elif kind == "unit":
+                op.check(math.isfinite(v) and 0.0 <= v <= 1.0, f"{name} must be in [0, 1], {got}")
+            else:
+                raise AssertionError(f"{op.op}: column {name} has an unknown range kind {kind!r}")
+
+
+_DEFAULT_PACKS: dict = {}
+
+
+def default_pack(device: torch.device, key: tuple) -> torch.Tensor:
+    """A pack's defaults `key` (its column defaults) as one [1, P] float64 row per device, read
+    with row stride 0. Made on first use; a CUDA graph that calls an op without `params` must be
+    warmed up outside the capture."""
+    row = _DEFAULT_PACKS.get((device, key))
+    if row is None:
+        row = torch.tensor([key], dtype=torch.float64, device=device)
+        _DEFAULT_PACKS[(device, key)] = row
+    return row

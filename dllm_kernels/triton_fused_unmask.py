@@ -14,15 +14,14 @@ tests check it against the C++ op on machines without a GPU.
 from __future__ import annotations
 
 import functools
-import math
 import os
 from typing import Optional
 
 import torch
 
 from ._triton_pkg import triton_kernels_module
-from .triton_checks import ArgChecks
-from .fused_unmask_params import UNMASK_PARAM_COLUMNS, UNMASK_PARAM_DEFAULTS
+from .triton_checks import ArgChecks, check_pack_values, default_pack
+from .fused_unmask_params import UNMASK_PARAM_COLUMNS, UNMASK_PARAM_DEFAULTS, UNMASK_PARAM_KINDS
 
 policy_kernel = triton_kernels_module("fused_unmask_policy").policy_kernel
 _stats = triton_kernels_module("fused_unmask_stats")
@@ -94,38 +93,6 @@ def stats_layout(n_rows: int, V: int, device: torch.device, block_v: Optional[in
     return block_v, vocab_splits, chunk
 
 
-def _check_param_values(params: torch.Tensor) -> None:
-    """fused_unmask_args.h check_unmask_params: the pack's values, on CPU only (on a GPU a check
-    would sync; the kernels clamp the counts they index with)."""
-    if params.device.type != "cpu":
-        return
-    for b, row in enumerate(params.tolist()):
-        v = dict(zip(UNMASK_PARAM_COLUMNS, row))
-        for name, lo in (("steps", 1), ("block_length", 1), ("window", 0)):
-            _check(math.isfinite(v[name]) and v[name] >= lo and v[name] == math.floor(v[name]) and v[name] < 9.0e15,
-                   f"{name} must be >= {lo} (a whole number), got {v[name]} for sequence {b}")
-        for name in ("temperature", "factor"):
-            _check(math.isfinite(v[name]) and v[name] >= 0.0,
-                   f"{name} must be finite and >= 0, got {v[name]} for sequence {b}")
-        for name in ("threshold", "anchor_threshold", "relaxed_threshold", "filter_threshold", "block_delta",
-                     "block_window_fraction"):
-            _check(math.isfinite(v[name]) and 0.0 <= v[name] <= 1.0,
-                   f"{name} must be in [0, 1], got {v[name]} for sequence {b}")
-
-
-_DEFAULT_ROWS: dict = {}
-
-
-def _default_params(device: torch.device) -> torch.Tensor:
-    """The pack's defaults as one [1, P] row per device (read with row stride 0). Made on first use;
-    a CUDA graph that calls the op without `params` must be warmed up outside the capture."""
-    row = _DEFAULT_ROWS.get(device)
-    if row is None:
-        row = torch.tensor([UNMASK_PARAM_DEFAULTS], dtype=torch.float64, device=device)
-        _DEFAULT_ROWS[device] = row
-    return row
-
-
 def fused_unmask_triton(logits, x, conf, state, mask_id, eos_id, params=None, row_start=None, gumbel_u=None,
                         rank_u=None, suppress_ids=None, zero_conf_ids=None, delimiter_ids=None, filter_w1=None,
                         filter_b1=None, filter_w2=None, filter_b2=None, row_stats=None, rule=0, conf_kind=0,
@@ -165,7 +132,7 @@ def fused_unmask_triton(logits, x, conf, state, mask_id, eos_id, params=None, ro
     _check(0 <= conf_kind <= 2, f"conf_kind must be 0..2, got {conf_kind}")
     if params is not None:
         _check_tensor(params, logits, "params", torch.float64, (B, len(UNMASK_PARAM_COLUMNS)))
-        _check_param_values(params)
+        check_pack_values(params, UNMASK_PARAM_COLUMNS, UNMASK_PARAM_KINDS, _CHECKS, bound_first=True)
     fw, fh = _CHECKS.learned_filter(logits, filter_w1, filter_b1, filter_w2, filter_b2, rule == 4)
     all_filter = fw > 0
     _check(logits.device.type == "cuda" or _interpreting(),
@@ -185,7 +152,7 @@ def fused_unmask_triton(logits, x, conf, state, mask_id, eos_id, params=None, ro
     zero_t = zero_conf_ids if n_zero else x
     delim_t = delimiter_ids if n_delim else x
     row_start_t = row_start if row_start is not None else x
-    pack = params if params is not None else _default_params(x.device)
+    pack = params if params is not None else default_pack(x.device, UNMASK_PARAM_DEFAULTS)
     pack_stride = pack.stride(0) if params is not None else 0
     # Whether a sequence samples is in the pack, on the device: any pack may (the kernels take the
     # clean argmax where its temperature is 0); the defaults never do.

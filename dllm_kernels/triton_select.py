@@ -14,14 +14,13 @@ check would need a sync. On CPU tensors it runs only under the Triton interprete
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 
 from ._triton_pkg import triton_kernels_module
-from .select_params import SELECT_PARAM_COLUMNS, SELECT_PARAM_DEFAULTS
-from .triton_checks import ArgChecks
+from .select_params import SELECT_PARAM_COLUMNS, SELECT_PARAM_DEFAULTS, SELECT_PARAM_KINDS
+from .triton_checks import ArgChecks, check_pack_values, default_pack
 from .triton_row_stats import row_partials_for_merge
 from .triton_fused_unmask import (N_PART_F, N_PART_I, _interpreting, _next_pow2, merge_stats_kernel, policy_sort_n,
                             row_stats_kernel, split_stats_kernel, stats_layout)
@@ -51,45 +50,12 @@ _CHECKS = ArgChecks("select", SelectArgumentError, _dtype_name)
 _check, _check_tensor, _check_ids = _CHECKS.check, _CHECKS.tensor, _CHECKS.ids
 
 
-def _whole(v: float) -> bool:
-    return math.isfinite(v) and v >= 0.0 and v == math.floor(v) and v < 9.0e15
-
-
-def _check_param_values(params: torch.Tensor) -> None:
-    """select_args.h check_select_params: the pack's values, on CPU only."""
-    if params.device.type != "cpu":
-        return
-    for b, row in enumerate(params.tolist()):
-        v = dict(zip(SELECT_PARAM_COLUMNS, row))
-        for name in ("k", "window"):
-            _check(_whole(v[name]), f"{name} must be a whole number >= 0, got {v[name]} for sequence {b}")
-        for name in ("factor", "temperature"):
-            _check(math.isfinite(v[name]) and v[name] >= 0.0,
-                   f"{name} must be finite and >= 0, got {v[name]} for sequence {b}")
-        for name in ("threshold", "anchor_threshold", "relaxed_threshold", "filter_threshold"):
-            _check(math.isfinite(v[name]) and 0.0 <= v[name] <= 1.0,
-                   f"{name} must be in [0, 1], got {v[name]} for sequence {b}")
-
-
 def _check_bounds(bounds: torch.Tensor, L: int) -> None:
     if bounds.device.type != "cpu":
         return
     for b, (s, e) in enumerate(bounds.tolist()):
         _check(0 <= s <= e <= L, f"bounds must satisfy 0 <= start <= end <= L = {L}, got [{s}, {e}) "
                                  f"for sequence {b}")
-
-
-_DEFAULT_ROWS: dict = {}
-
-
-def _default_params(device: torch.device) -> torch.Tensor:
-    """The pack's defaults as one [1, P] row per device (read with row stride 0). Made on first use;
-    a CUDA graph that calls the op without `params` must be warmed up outside the capture."""
-    row = _DEFAULT_ROWS.get(device)
-    if row is None:
-        row = torch.tensor([SELECT_PARAM_DEFAULTS], dtype=torch.float64, device=device)
-        _DEFAULT_ROWS[device] = row
-    return row
 
 
 def _sequence_rows(B, L, bounds, seed, offset, device) -> torch.Tensor:
@@ -127,7 +93,7 @@ def triton_select(logits, x, candidates=None, params=None, bounds=None, row_star
         _check_tensor(candidates, logits, "candidates", torch.bool, (B, L))
     if params is not None:
         _check_tensor(params, logits, "params", torch.float64, (B, len(SELECT_PARAM_COLUMNS)))
-        _check_param_values(params)
+        check_pack_values(params, SELECT_PARAM_COLUMNS, SELECT_PARAM_KINDS, _CHECKS)
     if bounds is not None:
         _check_tensor(bounds, logits, "bounds", torch.int64, (B, 2))
         _check_bounds(bounds, L)
@@ -154,7 +120,7 @@ def triton_select(logits, x, candidates=None, params=None, bounds=None, row_star
     transfer = torch.zeros((B, L), dtype=torch.bool, device=device)
     pprob = torch.empty((B, L), dtype=torch.float32, device=device)  # written by the shared pass, unused
     seq = _sequence_rows(B, L, bounds, seed, offset, device)
-    pack = params if params is not None else _default_params(device)
+    pack = params if params is not None else default_pack(device, SELECT_PARAM_DEFAULTS)
     pack_stride = pack.stride(0) if params is not None else 0
     read_from = READ_FLAGS if candidates is not None else READ_ALL
     flags = candidates.view(torch.int8) if candidates is not None else x

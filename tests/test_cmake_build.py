@@ -32,7 +32,7 @@ def test_cmake_builds_and_library_registers_ops(tmp_path):
         logits[..., 9] = -float("inf")
         probs = logits.softmax(-1)
         best = int(probs.amax(-1).argmax())
-        names, defaults = torch.ops.dllm.fused_unmask_param_columns()
+        names, defaults, _ = torch.ops.dllm.fused_unmask_param_columns()
         row = dict(zip(names, defaults), steps=3, block_length=3)
         params = torch.tensor([[row[n] for n in names]], dtype=torch.float64)
         torch.ops.dllm.fused_unmask(logits, x, conf, state, 9, 8, params=params)

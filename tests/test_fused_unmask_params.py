@@ -19,10 +19,14 @@ BACKENDS = ["native", "reference"] + (["triton"] if INTERPRETING or torch.cuda.i
 
 
 def test_columns_and_defaults_come_from_the_native_list():
-    names, defaults = torch.ops.dllm.fused_unmask_param_columns()
+    names, defaults, kinds = torch.ops.dllm.fused_unmask_param_columns()
     assert tuple(names) == UNMASK_PARAM_COLUMNS and names[0] == "steps"
-    select_names, _ = torch.ops.dllm.select_param_columns()
+    select_names, _, select_kinds = torch.ops.dllm.select_param_columns()
     assert names[1:len(select_names)] == select_names[1:]  # the rules' columns at the same indices
+    assert kinds[1:len(select_kinds)] == select_kinds[1:]
+    kind = dict(zip(names, kinds))
+    assert (kind["steps"], kind["window"], kind["factor"], kind["block_delta"]) == ("whole1", "whole0", "finite0", "unit")
+    assert dict(zip(select_names, select_kinds))["k"] == "whole0"
     assert dk.Policy().block_length == UNMASK_DEFAULTS["block_length"] == 32
     assert dk.Policy().block_delta == UNMASK_DEFAULTS["block_delta"]
 

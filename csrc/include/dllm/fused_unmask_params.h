@@ -12,30 +12,38 @@
 
 namespace dllm {
 
-// X(name, default): the column order of the pack. `steps` (the top-k schedule's steps per block)
-// stands where select's pack has the caller's `k`; the block scheduler's columns follow the rules'.
-#define DLLM_UNMASK_PARAMS(X)       \
-  X(steps, 1.0)                     \
-  DLLM_RULE_PARAMS(X)               \
-  X(block_length, 32.0)             \
-  X(block_delta, 0.3)               \
-  X(block_window_fraction, 0.25)
+// X(name, default, range kind (param_kind.h)): the column order of the pack. `steps` (the top-k
+// schedule's steps per block) stands where select's pack has the caller's `k`; the block
+// scheduler's columns follow the rules'.
+#define DLLM_UNMASK_PARAMS(X)           \
+  X(steps, 1.0, whole1)                 \
+  DLLM_RULE_PARAMS(X)                   \
+  X(block_length, 32.0, whole1)         \
+  X(block_delta, 0.3, unit)             \
+  X(block_window_fraction, 0.25, unit)
 
 enum UnmaskParam : int {
-#define DLLM_X(name, dflt) kUnm_##name,
+#define DLLM_X(name, dflt, kind) kUnm_##name,
   DLLM_UNMASK_PARAMS(DLLM_X)
 #undef DLLM_X
   kUnmaskParams
 };
 
-#define DLLM_X(name, dflt) \
+// The column table the checker walks (csrc/param_pack_check.h) and the column-query op returns.
+inline constexpr ParamColumn kUnmaskColumns[] = {
+#define DLLM_X(name, dflt, kind) {#name, dflt, kKind_##kind},
+    DLLM_UNMASK_PARAMS(DLLM_X)
+#undef DLLM_X
+};
+
+#define DLLM_X(name, dflt, kind)        \
   static_assert(static_cast<int>(kUnm_##name) == static_cast<int>(kSel_##name), "rule columns differ");
 DLLM_RULE_PARAMS(DLLM_X)
 #undef DLLM_X
 
 // The pack's defaults as one row, for a call without `params`.
 inline void default_unmask_row(double* row) {
-#define DLLM_X(name, dflt) row[kUnm_##name] = dflt;
+#define DLLM_X(name, dflt, kind) row[kUnm_##name] = dflt;
   DLLM_UNMASK_PARAMS(DLLM_X)
 #undef DLLM_X
 }

@@ -5,31 +5,40 @@
 #pragma once
 #include <cstdint>
 
+#include "param_kind.h"
 #include "policy.h"
 
 namespace dllm {
 
-// X(name, default): the rules' columns, shared by select's pack and fused_unmask's
-// (fused_unmask_params.h), where they sit at the same indices: 1 .. 7, after the count column.
-#define DLLM_RULE_PARAMS(X)  \
-  X(threshold, 0.9)          \
-  X(factor, 1.0)             \
-  X(anchor_threshold, 0.9)   \
-  X(relaxed_threshold, 0.75) \
-  X(window, 4.0)             \
-  X(temperature, 0.0)        \
-  X(filter_threshold, 0.96)
+// X(name, default, range kind (param_kind.h)): the rules' columns, shared by select's pack and
+// fused_unmask's (fused_unmask_params.h), where they sit at the same indices: 1 .. 7, after the
+// count column.
+#define DLLM_RULE_PARAMS(X)             \
+  X(threshold, 0.9, unit)               \
+  X(factor, 1.0, finite0)               \
+  X(anchor_threshold, 0.9, unit)        \
+  X(relaxed_threshold, 0.75, unit)      \
+  X(window, 4.0, whole0)                \
+  X(temperature, 0.0, finite0)          \
+  X(filter_threshold, 0.96, unit)
 
 // The column order of select's pack: the caller's top-k count, then the rules' columns.
-#define DLLM_SELECT_PARAMS(X) \
-  X(k, 1.0)                   \
+#define DLLM_SELECT_PARAMS(X)           \
+  X(k, 1.0, whole0)                     \
   DLLM_RULE_PARAMS(X)
 
 enum SelectParam : int {
-#define DLLM_X(name, dflt) kSel_##name,
+#define DLLM_X(name, dflt, kind) kSel_##name,
   DLLM_SELECT_PARAMS(DLLM_X)
 #undef DLLM_X
   kSelectParams
+};
+
+// The column table the checker walks (csrc/param_pack_check.h) and the column-query op returns.
+inline constexpr ParamColumn kSelectColumns[] = {
+#define DLLM_X(name, dflt, kind) {#name, dflt, kKind_##kind},
+    DLLM_SELECT_PARAMS(DLLM_X)
+#undef DLLM_X
 };
 
 // Values of one sequence's row of the pack, with the types the rules compare in.
