@@ -18,7 +18,7 @@ build: setup
 	$(PY) setup.py -q build_ext --inplace
 
 test: build
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 demo: build
 	$(PY) examples/demo.py

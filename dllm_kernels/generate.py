@@ -224,6 +224,7 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
         CallableForward(model, lens, pass_attention_mask, dev)
     # A tensor-parallel model's logits are its vocabulary shard: it names the op that unmasks them.
     unmask = (getattr(model, "unmask_op", None) if native else None) or fused_unmask
+    unmask_hidden = (getattr(model, "unmask_from_hidden_op", None) if native else None) or fused_unmask_from_hidden
     graph_step = None
     if cuda_graph and native and cache == "dual" and not policy.eotp:
         graph_step = DenseDualStep(model, x, state, forward.kv, torch.tensor(lens, dtype=torch.int64, device=dev),
@@ -261,8 +262,8 @@ def generate(model, prompt_ids, *, gen_length: int, block_length: Optional[int] 
             calls += n_calls
             timer.forward_end()
             if fuse_head:  # `logits` holds the LM head's input here
-                res = fused_unmask_from_hidden(logits, model.lm_head, x, state, policy, mask_id=mask_id,
-                                               eos_id=eos_id, row_start=row_start, backend=backend)
+                res = unmask_hidden(logits, model.lm_head, x, state, policy, mask_id=mask_id, eos_id=eos_id,
+                                    row_start=row_start, backend=backend)
             else:
                 res = unmask(logits, x, state, policy, mask_id=mask_id, eos_id=eos_id, row_start=row_start,
                              backend=backend)

@@ -22,12 +22,14 @@ import torch
 import torch.distributed as dist
 
 from .policy import CONF_KINDS, Policy
+from .lm_head_row_stats import lm_head_row_stats
 from .row_stats import row_positions, row_stats
 from .select import SelectResult, _bounds, _ids, _per_sequence_ids, select
 from .state import DONE, END_POS, GEN_START, OFFSET, SEED, DecodeState
 from .fused_unmask import UnmaskResult, fused_unmask
 
-__all__ = ["vocab_parallel_select", "vocab_parallel_fused_unmask", "vocab_shard", "exchange_row_stats"]
+__all__ = ["vocab_parallel_select", "vocab_parallel_fused_unmask", "vocab_parallel_fused_unmask_from_hidden",
+           "vocab_shard", "exchange_row_stats"]
 
 # Metadata tail of every rank's message (float64, each value exact): a tag, the shapes, the shard,
 # a 52-bit hash of the host-side policy and a 64-bit checksum (two 32-bit halves) of the inputs.
@@ -138,10 +140,14 @@ def exchange_row_stats(local: torch.Tensor, *, group, vocab_start: int, vocab_lo
 def _check_shard(op: str, logits: torch.Tensor, vocab_start: int, vocab_size: int) -> None:
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         raise ValueError(f"{op}: logits must be this rank's shard [B, R, V_local]")
+    _check_shard_range(op, logits.shape[-1], vocab_start, vocab_size)
+
+
+def _check_shard_range(op: str, width: int, vocab_start: int, vocab_size: int) -> None:
     if not (isinstance(vocab_start, int) and isinstance(vocab_size, int)):
         raise TypeError(f"{op}: vocab_start and vocab_size must be ints")
-    if not (0 <= vocab_start and vocab_start + logits.shape[-1] <= vocab_size):
-        raise ValueError(f"{op}: the shard [{vocab_start}, {vocab_start + logits.shape[-1]}) must lie in "
+    if not (0 <= vocab_start and vocab_start + width <= vocab_size):
+        raise ValueError(f"{op}: the shard [{vocab_start}, {vocab_start + width}) must lie in "
                          f"[0, vocab_size = {vocab_size})")
 
 
@@ -231,6 +237,51 @@ def vocab_parallel_fused_unmask(logits: torch.Tensor, x: torch.Tensor, state: De
     `size_check`: exchange_row_stats'."""
     op = "vocab_parallel_fused_unmask"
     _check_shard(op, logits, vocab_start, vocab_size)
+
+    def partials(positions, seed, offset, temperature, suppress_ids, conf):
+        return row_stats(logits, positions, seed=seed, offset=offset, temperature=temperature, gumbel_u=gumbel_u,
+                         suppress_ids=suppress_ids, conf=conf, vocab_start=vocab_start)
+
+    return _fused_unmask_over_shards(op, partials, tuple(logits.shape), logits.device, x, state, policy, group=group,
+                                     vocab_start=vocab_start, vocab_size=vocab_size, mask_id=mask_id, eos_id=eos_id,
+                                     row_start=row_start, rank_u=rank_u, params=params, backend=backend,
+                                     size_check=size_check)
+
+
+def vocab_parallel_fused_unmask_from_hidden(hidden: torch.Tensor, lm_head: torch.Tensor, x: torch.Tensor,
+                                            state: DecodeState, policy: Policy, *, group, vocab_start: int,
+                                            vocab_size: int, mask_id: int, eos_id: int,
+                                            row_start: Optional[torch.Tensor] = None,
+                                            rank_u: Optional[torch.Tensor] = None, params=None,
+                                            bias: Optional[torch.Tensor] = None, backend: str = "auto",
+                                            size_check: Optional[bool] = None) -> UnmaskResult:
+    """vocab_parallel_fused_unmask on the logits shard hidden [B, R, d] @ lm_head.T (+ bias), where
+    `lm_head` [V_local, d] is this rank's rows of the LM head (global ids from `vocab_start`): each
+    rank fuses its shard of the head with the statistics pass (lm_head_row_stats), so no rank forms
+    even its shard of the logits; the exchange and the policy stage are vocab_parallel_fused_unmask's."""
+    op = "vocab_parallel_fused_unmask_from_hidden"
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
+        raise ValueError(f"{op}: hidden must be a 3-D tensor [B, R, d]")
+    if not isinstance(lm_head, torch.Tensor) or lm_head.dim() != 2:
+        raise ValueError(f"{op}: lm_head must be this rank's shard [V_local, d] of the LM head")
+    shape = (hidden.shape[0], hidden.shape[1], lm_head.shape[0])
+    _check_shard_range(op, shape[2], vocab_start, vocab_size)
+
+    def partials(positions, seed, offset, temperature, suppress_ids, conf):
+        return lm_head_row_stats(hidden, lm_head, positions, bias=bias, seed=seed, offset=offset,
+                                 temperature=temperature, suppress_ids=suppress_ids, conf=conf,
+                                 vocab_start=vocab_start)
+
+    return _fused_unmask_over_shards(op, partials, shape, hidden.device, x, state, policy, group=group,
+                                     vocab_start=vocab_start, vocab_size=vocab_size, mask_id=mask_id, eos_id=eos_id,
+                                     row_start=row_start, rank_u=rank_u, params=params, backend=backend,
+                                     size_check=size_check)
+
+
+def _fused_unmask_over_shards(op, partials, shape, device, x, state, policy, *, group, vocab_start, vocab_size,
+                              mask_id, eos_id, row_start, rank_u, params, backend, size_check) -> UnmaskResult:
+    """The rows to read, this rank's partials (`partials(positions, seed, offset, temperature,
+    suppress_ids, conf)` -> [B, R, C]), the checked exchange, and fused_unmask on the merged partials."""
     if not isinstance(policy, Policy):
         raise TypeError(f"{op}: policy must be a dllm_kernels.Policy, got {type(policy).__name__}")
     if not isinstance(state, DecodeState):
@@ -239,8 +290,8 @@ def vocab_parallel_fused_unmask(logits: torch.Tensor, x: torch.Tensor, state: De
         bad = [i for i in getattr(policy, name) if not 0 <= i < vocab_size]
         if bad:
             raise ValueError(f"{op}: policy.{name} are global ids in [0, {vocab_size}), got {bad}")
-    B, R, V_local = logits.shape
-    device, L = logits.device, x.shape[-1]
+    B, R, V_local = shape
+    L = x.shape[-1]
     st = state.state
     # A superset of the rows the op reads (docs/fused_unmask.md step 2): masked positions of the
     # generation region of a sequence not done. Every other row gets position -1: not read.
@@ -251,9 +302,8 @@ def vocab_parallel_fused_unmask(logits: torch.Tensor, x: torch.Tensor, state: De
     t = (params or {}).get("temperature", policy.temperature)  # a per-request override draws its own noise
     temp = (t.to(device=device, dtype=torch.float64).reshape(-1).expand(B).contiguous() if isinstance(t, torch.Tensor)
             else torch.full((B,), float(t), dtype=torch.float64, device=device))
-    local = row_stats(logits, positions, seed=st[:, SEED].contiguous(), offset=st[:, OFFSET].contiguous(),
-                      temperature=temp, gumbel_u=gumbel_u, suppress_ids=list(policy.suppress_ids),
-                      conf=policy.conf, vocab_start=vocab_start)
+    local = partials(positions, st[:, SEED].contiguous(), st[:, OFFSET].contiguous(), temp,
+                     list(policy.suppress_ids), policy.conf)
     lf = list(policy.learned_filter.tensors(device)) if policy.learned_filter is not None else []
     overrides = dict(params or {})
     numbers = sorted((k, v) for k, v in overrides.items() if not isinstance(v, torch.Tensor))
@@ -264,5 +314,6 @@ def vocab_parallel_fused_unmask(logits: torch.Tensor, x: torch.Tensor, state: De
                                vocab_size=vocab_size, policy_hash=_policy_key(policy, numbers), checksum=checksum,
                                op=op, size_check=size_check)
     extra = {} if params is None else dict(params=params)
-    return fused_unmask(logits[..., :0], x, state, policy, mask_id=mask_id, eos_id=eos_id, row_start=row_start,
+    rows_only = torch.empty((B, R, 0), dtype=torch.float32, device=device)  # with row_stats, B and R only
+    return fused_unmask(rows_only, x, state, policy, mask_id=mask_id, eos_id=eos_id, row_start=row_start,
                         rank_u=rank_u, backend=backend, row_stats=stats, vocab_size=vocab_size, **extra)

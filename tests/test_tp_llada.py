@@ -73,6 +73,9 @@ def _decode_body(rank, world, name):
         a, b = dk.generate(one, prompts, **kw), dk.generate(tp, prompts, **kw)
         assert torch.equal(a.tokens, b.tokens), (cache, policy, graph)
         assert a.tokens_per_step == b.tokens_per_step
+        if not graph and cache != "prefix":  # each rank fuses its shard of the LM head
+            f = dk.generate(tp, prompts, fused_lm_head=True, **kw)
+            assert torch.equal(f.tokens, a.tokens) and f.tokens_per_step == a.tokens_per_step, (cache, policy)
 
 
 def _tp_body(rank, world, name):

@@ -20,9 +20,9 @@ __all__ = ["CallableForward", "SpanForward", "fused_head"]
 def fused_head(model, requested: Optional[bool], native: bool, device: torch.device) -> bool:
     """Whether the decoder hands the LM head's input to fused_unmask_from_hidden instead of forming
     the logits. None: on CUDA only (on CPU it is faster only for 16-bit heads with enough rows,
-    docs/lm_head_row_stats.md, "In the decoder"), off for a tensor-parallel model (its vocabulary
-    shards go through the vocab-parallel op on logits). True: an error when the model cannot give
-    hidden states or is tensor-parallel."""
+    docs/lm_head_row_stats.md, "In the decoder"), and off for a tensor-parallel model (each rank's
+    fused shard, vocab_parallel_fused_unmask_from_hidden, has not been timed on GPUs yet). True: an
+    error when the model cannot give hidden states."""
     if requested is not None and not isinstance(requested, bool):
         raise TypeError(f"generate: fused_lm_head must be None, True or False, got {requested!r}")
     can = native and isinstance(getattr(model, "lm_head", None), torch.Tensor) and \
@@ -33,9 +33,6 @@ def fused_head(model, requested: Optional[bool], native: bool, device: torch.dev
             raise ValueError(f"generate: fused_lm_head=True needs a model whose forward_span(hidden=True) gives the "
                              f"LM head's input and an `lm_head` weight (dllm_kernels.models); {type(model).__name__} "
                              "has neither")
-        if tp:
-            raise ValueError("generate: fused_lm_head=True is not supported for a tensor-parallel model (its logits "
-                             "shards are unmasked by the vocab-parallel op); pass None or False")
         return True
     if requested is None:
         return can and not tp and device.type in FUSED_HEAD_DEFAULT_DEVICES

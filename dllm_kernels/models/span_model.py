@@ -220,6 +220,19 @@ class SpanModel(torch.nn.Module):
         return functools.partial(vocab_parallel_fused_unmask, group=self.tp.group, vocab_start=self.vocab_start,
                                  vocab_size=self.full_vocab_size)
 
+    @property
+    def unmask_from_hidden_op(self):
+        """What `generate(fused_lm_head=True)` calls with the final hidden states and this rank's LM
+        head rows: the vocabulary-parallel one under tensor parallelism, else None (the plain one)."""
+        if self.tp is None:
+            return None
+        import functools
+
+        from ..vocab_parallel import vocab_parallel_fused_unmask_from_hidden
+
+        return functools.partial(vocab_parallel_fused_unmask_from_hidden, group=self.tp.group,
+                                 vocab_start=self.vocab_start, vocab_size=self.full_vocab_size)
+
     def _reduce(self, t: torch.Tensor) -> torch.Tensor:
         return t if self.tp is None else self.tp.all_reduce(t)
 
