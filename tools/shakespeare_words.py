@@ -20,6 +20,7 @@ from typing import Dict, List
 import torch
 
 from dllm_kernels.training.tokenizer import Tokenizer
+from tiny_data import streams  # noqa: F401  (the word-piece streams are built as the character ones)
 
 PIECE = re.compile(r"\n| ?[A-Za-z]+| ?[^A-Za-z\n ]| ")
 WORDS = 2048
@@ -66,14 +67,3 @@ def build_tokenizer(texts: Dict[str, str], held_out, words: int = WORDS) -> Piec
             counts.update(p for p in PIECE.findall(text) if len(p) >= 2)
     top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:words]
     return PieceTokenizer(chars, [p for p, _ in top])
-
-
-def streams(texts: Dict[str, str], held_out, tok: PieceTokenizer):
-    """(train, held-out) 1-D int64 token streams, texts joined by eos in name order."""
-    def stream(names):
-        ids = []
-        for n in names:
-            ids.extend(tok.encode(texts[n]))
-            ids.append(tok.eos_id)
-        return torch.tensor(ids, dtype=torch.int64)
-    return (stream([n for n in texts if n not in held_out]), stream([n for n in texts if n in held_out]))

