@@ -211,27 +211,24 @@ class SpanModel(torch.nn.Module):
     def unmask_op(self):
         """The fused_unmask `generate` calls on this model's logits: the vocabulary-parallel one
         (with this rank's shard) under tensor parallelism, else None (the plain op)."""
-        if self.tp is None:
-            return None
-        import functools
-
-        from ..vocab_parallel import vocab_parallel_fused_unmask
-
-        return functools.partial(vocab_parallel_fused_unmask, group=self.tp.group, vocab_start=self.vocab_start,
-                                 vocab_size=self.full_vocab_size)
+        return self._vocab_parallel("vocab_parallel_fused_unmask")
 
     @property
     def unmask_from_hidden_op(self):
         """What `generate(fused_lm_head=True)` calls with the final hidden states and this rank's LM
         head rows: the vocabulary-parallel one under tensor parallelism, else None (the plain one)."""
+        return self._vocab_parallel("vocab_parallel_fused_unmask_from_hidden")
+
+    def _vocab_parallel(self, name: str):
+        """dllm_kernels.vocab_parallel.<name> bound to this rank's group and shard, or None."""
         if self.tp is None:
             return None
         import functools
 
-        from ..vocab_parallel import vocab_parallel_fused_unmask_from_hidden
+        from .. import vocab_parallel
 
-        return functools.partial(vocab_parallel_fused_unmask_from_hidden, group=self.tp.group,
-                                 vocab_start=self.vocab_start, vocab_size=self.full_vocab_size)
+        return functools.partial(getattr(vocab_parallel, name), group=self.tp.group, vocab_start=self.vocab_start,
+                                 vocab_size=self.full_vocab_size)
 
     def _reduce(self, t: torch.Tensor) -> torch.Tensor:
         return t if self.tp is None else self.tp.all_reduce(t)
