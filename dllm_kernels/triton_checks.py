@@ -88,6 +88,49 @@ class ArgChecks:
                 check(False, f"row_stats holds an id outside [-1, vocab_size = {vocab_size}): {ids[bad][0].item()}")
         return B, R, vocab_size
 
+    def step_head(self, logits, x, row_stats, vocab_size, gumbel_u) -> tuple:
+        """The first checks of a selection step (fused_unmask, select) -> (B, R, V, L)."""
+        B, R, V = self.logits_or_row_stats(logits, row_stats, vocab_size, gumbel_u)
+        self.check(isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[0] == B,
+                   f"x must be [B, L] with B = {B}, got {list(getattr(x, 'shape', []))}")
+        L = x.shape[1]
+        self.check(L > 0, "x must have at least one position")
+        self.tensor(x, logits, "x", torch.int64, (B, L))
+        return B, R, V, L
+
+    def step_tail(self, logits, shape: tuple, gumbel_u, rank_u, ids: dict, rule: int, conf_kind: int,
+                  filters: tuple, on_cpu_ok: bool) -> tuple:
+        """The last checks of a selection step: noise tensors, id lists, rule, confidence kind, the
+        learned filter and the device -> the filter's (width, hidden)."""
+        B, R, V, L = shape
+        if gumbel_u is not None:
+            self.tensor(gumbel_u, logits, "gumbel_u", torch.float32, (B, R, V))
+        if rank_u is not None:
+            self.tensor(rank_u, logits, "rank_u", torch.float32, (B, L))
+        for name, t in ids.items():
+            self.ids(t, logits, name, V)
+        self.check(0 <= rule <= 4, f"rule must be 0..4, got {rule}")
+        self.check(0 <= conf_kind <= 2, f"conf_kind must be 0..2, got {conf_kind}")
+        fw, fh = self.learned_filter(logits, *filters, rule == 4)
+        self.check(logits.device.type == "cuda" or on_cpu_ok,
+                   f"the Triton path needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {logits.device}")
+        return fw, fh
+
+    def partial_tail(self, device, temperature, conf_kind: int, vocab_start: int, V: int, on_cpu_ok: bool) -> None:
+        """The last checks of a producer of row partials (row_stats, lm_head_row_stats): the
+        temperatures' values (CPU only: on a GPU a check would sync), the confidence kind, the
+        slice's place in the global vocabulary, the device."""
+        check = self.check
+        if temperature is not None and temperature.device.type == "cpu":
+            check(bool(torch.isfinite(temperature).all()) and bool((temperature >= 0).all()),
+                  "temperature must be finite and >= 0")
+        check(0 <= conf_kind <= 2, f"conf_kind must be 0..2, got {conf_kind}")
+        check(vocab_start >= 0 and vocab_start + V <= 2 ** 32,
+              f"vocab_start must be >= 0 and vocab_start + V <= 2^32 (the noise key), got vocab_start = "
+              f"{vocab_start}, V = {V}")
+        check(device.type == "cuda" or on_cpu_ok,
+              f"the Triton path needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {device}")
+
     def learned_filter(self, logits, w1, b1, w2, b2, required: bool):
         """The filter's four tensors (all or none) -> (width, hidden), (0, 0) without a filter."""
         check, parts = self.check, (w1, b1, w2, b2)

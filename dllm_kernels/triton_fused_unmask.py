@@ -40,7 +40,7 @@ class FusedUnmaskArgumentError(ValueError, RuntimeError):
 
 
 _CHECKS = ArgChecks("fused_unmask", FusedUnmaskArgumentError)
-_check, _check_tensor, _check_ids = _CHECKS.check, _CHECKS.tensor, _CHECKS.ids
+_check, _check_tensor = _CHECKS.check, _CHECKS.tensor
 
 
 def _interpreting() -> bool:
@@ -93,6 +93,45 @@ def stats_layout(n_rows: int, V: int, device: torch.device, block_v: Optional[in
     return block_v, vocab_splits, chunk
 
 
+def launch_stats(logits, row_stats, flags, seq, row_start_t, suppress_t, n_suppress, zero_t, n_zero, x0, conf,
+                 pprob, gumbel_t, L, R, V, read_args, common, block_v=None, vocab_splits=None):
+    """The statistics pass of fused_unmask and select (triton_kernels/fused_unmask_stats.py): W
+    exchanged partials per row merged in order, or one program per row, or each row split over
+    several programs plus the merge. `flags`/`seq` are the read rule's tensors (fused_unmask: x and
+    the state; select: the candidates and the per-sequence rows); `read_args` the read rule's
+    numbers, `common` its constexprs (SAMPLING and EXPLICIT_NOISE included)."""
+    if R == 0:
+        return
+    merge_common = {k: v for k, v in common.items() if k != "EXPLICIT_NOISE"}
+    if row_stats is not None:
+        from .triton_row_stats import row_partials_for_merge
+
+        W = row_stats.shape[0]
+        part_f, part_i = row_partials_for_merge(row_stats)
+        merge_stats_kernel[(R, x0.shape[0])](
+            part_f, part_i, flags, seq, row_start_t, zero_t, n_zero, x0, conf, pprob, L, R, V,
+            **read_args, N_SPLITS=W, SPLITS_PAD=_next_pow2(W), **merge_common, num_warps=1)
+        return
+    B = x0.shape[0]
+    block_v, n_splits, chunk = stats_layout(B * R, V, logits.device, block_v, vocab_splits)
+    warps = 8 if block_v >= 2048 else 4
+    if n_splits == 1:
+        row_stats_kernel[(R, B)](
+            logits, logits.stride(0), logits.stride(1), gumbel_t, flags, seq, row_start_t, suppress_t,
+            n_suppress, zero_t, n_zero, x0, conf, pprob, L, R, V, **read_args, **common, BLOCK_V=block_v,
+            num_warps=warps)
+        return
+    part_f = torch.empty((B, R, n_splits, N_PART_F), dtype=torch.float32, device=x0.device)
+    part_i = torch.empty((B, R, n_splits, N_PART_I), dtype=torch.int32, device=x0.device)
+    split_stats_kernel[(n_splits, R, B)](
+        logits, logits.stride(0), logits.stride(1), gumbel_t, flags, seq, row_start_t, suppress_t,
+        n_suppress, part_f, part_i, L, R, V, chunk, **read_args, N_SPLITS=n_splits, **common,
+        BLOCK_V=block_v, num_warps=warps)
+    merge_stats_kernel[(R, B)](
+        part_f, part_i, flags, seq, row_start_t, zero_t, n_zero, x0, conf, pprob, L, R, V,
+        **read_args, N_SPLITS=n_splits, SPLITS_PAD=_next_pow2(n_splits), **merge_common, num_warps=1)
+
+
 def fused_unmask_triton(logits, x, conf, state, mask_id, eos_id, params=None, row_start=None, gumbel_u=None,
                         rank_u=None, suppress_ids=None, zero_conf_ids=None, delimiter_ids=None, filter_w1=None,
                         filter_b1=None, filter_w2=None, filter_b2=None, row_stats=None, rule=0, conf_kind=0,
@@ -105,12 +144,7 @@ def fused_unmask_triton(logits, x, conf, state, mask_id, eos_id, params=None, ro
     returns (x0, transfer, window_stats). The keyword-only layout knobs (never passed by the op) let
     tests force the split-vocabulary layout, the policy tile and the policy's ranking (sort_n=0:
     tile pairs)."""
-    B, R, V = _CHECKS.logits_or_row_stats(logits, row_stats, vocab_size, gumbel_u)
-    _check(isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[0] == B,
-           f"x must be [B, L] with B = {B}, got {list(getattr(x, 'shape', []))}")
-    L = x.shape[1]
-    _check(L > 0, "x must have at least one position")
-    _check_tensor(x, logits, "x", torch.int64, (B, L))
+    B, R, V, L = _CHECKS.step_head(logits, x, row_stats, vocab_size, gumbel_u)
     _check_tensor(conf, logits, "conf", torch.float32, (B, L))
     _check_tensor(state, logits, "state", torch.int64, (B, STATE_COLUMNS))
     _check(R <= L, f"logits has R = {R} rows, more than the L = {L} positions of x (need R <= L)")
@@ -118,25 +152,16 @@ def fused_unmask_triton(logits, x, conf, state, mask_id, eos_id, params=None, ro
         _check_tensor(row_start, logits, "row_start", torch.int64, (B,))
         if row_start.device.type == "cpu":  # on a GPU this would sync: rows outside [0, R) are not read
             _check(int(row_start.min()) >= 0, f"row_start must be >= 0, got {int(row_start.min())}")
-    if gumbel_u is not None:
-        _check_tensor(gumbel_u, logits, "gumbel_u", torch.float32, (B, R, V))
-    if rank_u is not None:
-        _check_tensor(rank_u, logits, "rank_u", torch.float32, (B, L))
-    _check_ids(suppress_ids, logits, "suppress_ids", V)
-    _check_ids(zero_conf_ids, logits, "zero_conf_ids", V)
-    _check_ids(delimiter_ids, logits, "delimiter_ids", V)
     _check(0 <= mask_id < V, f"mask_id must be in [0, {V}), got {mask_id}")
     _check(0 <= eos_id < V, f"eos_id must be in [0, {V}), got {eos_id}")
     _check(eos_id != mask_id, "eos_id must differ from mask_id")
-    _check(0 <= rule <= 4, f"rule must be 0..4, got {rule}")
-    _check(0 <= conf_kind <= 2, f"conf_kind must be 0..2, got {conf_kind}")
     if params is not None:
         _check_tensor(params, logits, "params", torch.float64, (B, len(UNMASK_PARAM_COLUMNS)))
         check_pack_values(params, UNMASK_PARAM_COLUMNS, UNMASK_PARAM_KINDS, _CHECKS, bound_first=True)
-    fw, fh = _CHECKS.learned_filter(logits, filter_w1, filter_b1, filter_w2, filter_b2, rule == 4)
+    ids = dict(suppress_ids=suppress_ids, zero_conf_ids=zero_conf_ids, delimiter_ids=delimiter_ids)
+    fw, fh = _CHECKS.step_tail(logits, (B, R, V, L), gumbel_u, rank_u, ids, rule, conf_kind,
+                               (filter_w1, filter_b1, filter_w2, filter_b2), _interpreting())
     all_filter = fw > 0
-    _check(logits.device.type == "cuda" or _interpreting(),
-           f"the Triton path needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {logits.device}")
 
     x0 = x.clone()
     transfer = torch.zeros((B, L), dtype=torch.bool, device=x.device)
@@ -165,36 +190,9 @@ def fused_unmask_triton(logits, x, conf, state, mask_id, eos_id, params=None, ro
     # READ_FROM=0: rows chosen by the state; each sequence's temperature from its row of the pack.
     common = dict(HAS_ROW_START=row_start is not None, CONF_KIND=int(conf_kind), READ_FROM=0,
                   TEMP_COL=_COL["temperature"])
-    if R > 0 and row_stats is not None:  # W exchanged partials per row, merged in order
-        from .triton_row_stats import row_partials_for_merge
-
-        W = row_stats.shape[0]
-        part_f, part_i = row_partials_for_merge(row_stats)
-        merge_stats_kernel[(R, B)](
-            part_f, part_i, x, state, row_start_t, zero_t, n_zero, x0, conf, pprob, L, R, V,
-            temperature=0.0, **read_args, N_SPLITS=W, SPLITS_PAD=_next_pow2(W), **common,
-            SAMPLING=sampling, num_warps=1)
-    elif R > 0:
-        block_v, n_splits, chunk = stats_layout(B * R, V, logits.device, block_v, vocab_splits)
-        warps = 8 if block_v >= 2048 else 4
-        if n_splits == 1:
-            row_stats_kernel[(R, B)](
-                logits, logits.stride(0), logits.stride(1), gumbel_t, x, state, row_start_t, suppress_t,
-                n_suppress, zero_t, n_zero, x0, conf, pprob, L, R, V, temperature=0.0,
-                **read_args, **common, SAMPLING=sampling, EXPLICIT_NOISE=explicit_noise, BLOCK_V=block_v,
-                num_warps=warps)
-        else:
-            part_f = torch.empty((B, R, n_splits, N_PART_F), dtype=torch.float32, device=x.device)
-            part_i = torch.empty((B, R, n_splits, N_PART_I), dtype=torch.int32, device=x.device)
-            split_stats_kernel[(n_splits, R, B)](
-                logits, logits.stride(0), logits.stride(1), gumbel_t, x, state, row_start_t, suppress_t,
-                n_suppress, part_f, part_i, L, R, V, chunk, temperature=0.0, **read_args,
-                N_SPLITS=n_splits, **common, SAMPLING=sampling, EXPLICIT_NOISE=explicit_noise,
-                BLOCK_V=block_v, num_warps=warps)
-            merge_stats_kernel[(R, B)](
-                part_f, part_i, x, state, row_start_t, zero_t, n_zero, x0, conf, pprob, L, R, V,
-                temperature=0.0, **read_args, N_SPLITS=n_splits, SPLITS_PAD=_next_pow2(n_splits), **common,
-                SAMPLING=sampling, num_warps=1)
+    launch_stats(logits, row_stats, x, state, row_start_t, suppress_t, n_suppress, zero_t, n_zero, x0, conf,
+                 pprob, gumbel_t, L, R, V, dict(read_args, temperature=0.0),
+                 dict(common, SAMPLING=sampling, EXPLICIT_NOISE=explicit_noise), block_v, vocab_splits)
 
     if policy_tile is None:
         # From the shapes only (the block length is on the device): a block of up to L positions

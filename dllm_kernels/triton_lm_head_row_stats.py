@@ -67,18 +67,10 @@ def lm_head_row_stats_triton(hidden, weight, bias, positions, seed=None, offset=
         if t is not None:
             _same_device(t, hidden, name)
             _CHECKS.tensor(t, t, name, dtype, shape)  # its own device: hidden's was checked above
-    if temperature is not None and temperature.device.type == "cpu":
-        check(bool(torch.isfinite(temperature).all()) and bool((temperature >= 0).all()),
-              "temperature must be finite and >= 0")
     if suppress_ids is not None:
         _same_device(suppress_ids, hidden, "suppress_ids")
         _CHECKS.ids(suppress_ids, suppress_ids, "suppress_ids", 2 ** 63 - 1)
-    check(0 <= conf_kind <= 2, f"conf_kind must be 0..2, got {conf_kind}")
-    check(vocab_start >= 0 and vocab_start + V <= 2 ** 32,
-          f"vocab_start must be >= 0 and vocab_start + V <= 2^32 (the noise key), got vocab_start = "
-          f"{vocab_start}, V = {V}")
-    check(hidden.device.type == "cuda" or _interpreting(),
-          f"the Triton path needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {hidden.device}")
+    _CHECKS.partial_tail(hidden.device, temperature, conf_kind, vocab_start, V, _interpreting())
     N = B * R
     n_cols = len(ROW_STATS_COLUMNS)
     out = torch.empty((B, R, n_cols), dtype=torch.float64, device=hidden.device)

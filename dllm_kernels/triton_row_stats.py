@@ -29,7 +29,6 @@ _CHECKS = ArgChecks("row_stats", RowStatsArgumentError)
 def row_stats_triton(logits, positions, seed=None, offset=None, temperature=None, gumbel_u=None,
                      suppress_ids=None, conf_kind=0, vocab_start=0, *, block_v=None):
     """The partials [B, R, C] float64 of logits [B, R, V_slice] (docs/row_stats.md)."""
-    check = _CHECKS.check
     B, R, V = _CHECKS.logits(logits, min_vocab=1)
     _CHECKS.tensor(positions, logits, "positions", torch.int64, (B, R))
     for name, t in (("seed", seed), ("offset", offset)):
@@ -37,18 +36,10 @@ def row_stats_triton(logits, positions, seed=None, offset=None, temperature=None
             _CHECKS.tensor(t, logits, name, torch.int64, (B,))
     if temperature is not None:
         _CHECKS.tensor(temperature, logits, "temperature", torch.float64, (B,))
-        if temperature.device.type == "cpu":
-            check(bool(torch.isfinite(temperature).all()) and bool((temperature >= 0).all()),
-                  "temperature must be finite and >= 0")
     if gumbel_u is not None:
         _CHECKS.tensor(gumbel_u, logits, "gumbel_u", torch.float32, (B, R, V))
     _CHECKS.ids(suppress_ids, logits, "suppress_ids", 2 ** 63 - 1)
-    check(0 <= conf_kind <= 2, f"conf_kind must be 0..2, got {conf_kind}")
-    check(vocab_start >= 0 and vocab_start + V <= 2 ** 32,
-          f"vocab_start must be >= 0 and vocab_start + V <= 2^32 (the noise key), got vocab_start = "
-          f"{vocab_start}, V = {V}")
-    check(logits.device.type == "cuda" or _interpreting(),
-          f"the Triton path needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {logits.device}")
+    _CHECKS.partial_tail(logits.device, temperature, conf_kind, vocab_start, V, _interpreting())
     out = torch.empty((B, R, len(ROW_STATS_COLUMNS)), dtype=torch.float64, device=logits.device)
     if R == 0:
         return out

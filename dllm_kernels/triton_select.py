@@ -6,7 +6,7 @@ captured in a CUDA graph:
 
 1. statistics of the caller's candidate rows: fused_unmask's kernels (triton_kernels/fused_unmask_stats.py)
    with READ_FROM set to the caller's candidates and the per-sequence temperature read from the
-   parameter pack, one program per row or the split-vocabulary layout (triton_fused_unmask.stats_layout);
+   parameter pack, one program per row or the split-vocabulary layout (triton_fused_unmask.launch_stats);
 2. the rule per sequence (triton_kernels/select_policy.py), its numbers read from the pack.
 
 The pack's values (and bounds, token ids) are checked on CPU only, as the C++ op does: on a GPU a
@@ -21,9 +21,7 @@ import torch
 from ._triton_pkg import triton_kernels_module
 from .select_params import SELECT_PARAM_COLUMNS, SELECT_PARAM_DEFAULTS, SELECT_PARAM_KINDS
 from .triton_checks import ArgChecks, check_pack_values, default_pack
-from .triton_row_stats import row_partials_for_merge
-from .triton_fused_unmask import (N_PART_F, N_PART_I, _interpreting, _next_pow2, merge_stats_kernel, policy_sort_n,
-                            row_stats_kernel, split_stats_kernel, stats_layout)
+from .triton_fused_unmask import _interpreting, _next_pow2, launch_stats, policy_sort_n
 
 _policy = triton_kernels_module("select_policy")
 select_kernel = _policy.select_kernel
@@ -47,7 +45,7 @@ def _dtype_name(dtype) -> str:
 
 
 _CHECKS = ArgChecks("select", SelectArgumentError, _dtype_name)
-_check, _check_tensor, _check_ids = _CHECKS.check, _CHECKS.tensor, _CHECKS.ids
+_check, _check_tensor = _CHECKS.check, _CHECKS.tensor
 
 
 def _check_bounds(bounds: torch.Tensor, L: int) -> None:
@@ -83,12 +81,7 @@ def triton_select(logits, x, candidates=None, params=None, bounds=None, row_star
     registered as the op's CUDA kernel as it stands. Returns (x0, conf, transfer); writes x at the
     chosen positions only with `commit`. The keyword-only layout knobs (never passed by the op) let
     tests force the split-vocabulary layout, the rule's tile and its ranking (sort_n=0: tile pairs)."""
-    B, R, V = _CHECKS.logits_or_row_stats(logits, row_stats, vocab_size, gumbel_u)
-    _check(isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[0] == B,
-           f"x must be [B, L] with B = {B}, got {list(getattr(x, 'shape', []))}")
-    L = x.shape[1]
-    _check(L > 0, "x must have at least one position")
-    _check_tensor(x, logits, "x", torch.int64, (B, L))
+    B, R, V, L = _CHECKS.step_head(logits, x, row_stats, vocab_size, gumbel_u)
     if candidates is not None:
         _check_tensor(candidates, logits, "candidates", torch.bool, (B, L))
     if params is not None:
@@ -100,19 +93,11 @@ def triton_select(logits, x, candidates=None, params=None, bounds=None, row_star
     for name, t in (("row_start", row_start), ("seed", seed), ("offset", offset)):
         if t is not None:
             _check_tensor(t, logits, name, torch.int64, (B,))
-    if gumbel_u is not None:
-        _check_tensor(gumbel_u, logits, "gumbel_u", torch.float32, (B, R, V))
-    if rank_u is not None:
-        _check_tensor(rank_u, logits, "rank_u", torch.float32, (B, L))
     if prev_conf is not None:
         _check_tensor(prev_conf, logits, "prev_conf", torch.float32, (B, L))
-    _check_ids(suppress_ids, logits, "suppress_ids", V)
-    _check_ids(zero_conf_ids, logits, "zero_conf_ids", V)
-    _check(0 <= rule <= 4, f"rule must be 0..4, got {rule}")
-    _check(0 <= conf_kind <= 2, f"conf_kind must be 0..2, got {conf_kind}")
-    fw, fh = _CHECKS.learned_filter(logits, filter_w1, filter_b1, filter_w2, filter_b2, rule == 4)
-    _check(logits.device.type == "cuda" or _interpreting(),
-           f"the Triton path needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {logits.device}")
+    ids = dict(suppress_ids=suppress_ids, zero_conf_ids=zero_conf_ids)
+    fw, fh = _CHECKS.step_tail(logits, (B, R, V, L), gumbel_u, rank_u, ids, rule, conf_kind,
+                               (filter_w1, filter_b1, filter_w2, filter_b2), _interpreting())
 
     device = x.device
     x0 = x.clone()
@@ -143,30 +128,9 @@ def triton_select(logits, x, candidates=None, params=None, bounds=None, row_star
     common = dict(HAS_ROW_START=row_start is not None, CONF_KIND=int(conf_kind), SAMPLING=sampling,
                   READ_FROM=read_from, TEMP_COL=_COL["temperature"] if params is not None else -1)
 
-    if R > 0 and row_stats is not None:  # W partials per row, merged in order by the split-row merge
-        W = row_stats.shape[0]
-        part_f, part_i = row_partials_for_merge(row_stats)
-        merge_stats_kernel[(R, B)](
-            part_f, part_i, flags, seq, row_start_t, zero_t, n_zero, x0, conf, pprob, L, R, V,
-            **read_args, N_SPLITS=W, SPLITS_PAD=_next_pow2(W), **common, num_warps=1)
-    elif R > 0:
-        block_v, n_splits, chunk = stats_layout(B * R, V, logits.device, block_v, vocab_splits)
-        warps = 8 if block_v >= 2048 else 4
-        if n_splits == 1:
-            row_stats_kernel[(R, B)](
-                logits, logits.stride(0), logits.stride(1), gumbel_t, flags, seq, row_start_t, suppress_t,
-                n_suppress, zero_t, n_zero, x0, conf, pprob, L, R, V, **read_args, **common,
-                EXPLICIT_NOISE=explicit_noise, BLOCK_V=block_v, num_warps=warps)
-        else:
-            part_f = torch.empty((B, R, n_splits, N_PART_F), dtype=torch.float32, device=device)
-            part_i = torch.empty((B, R, n_splits, N_PART_I), dtype=torch.int32, device=device)
-            split_stats_kernel[(n_splits, R, B)](
-                logits, logits.stride(0), logits.stride(1), gumbel_t, flags, seq, row_start_t, suppress_t,
-                n_suppress, part_f, part_i, L, R, V, chunk, **read_args, N_SPLITS=n_splits, **common,
-                EXPLICIT_NOISE=explicit_noise, BLOCK_V=block_v, num_warps=warps)
-            merge_stats_kernel[(R, B)](
-                part_f, part_i, flags, seq, row_start_t, zero_t, n_zero, x0, conf, pprob, L, R, V,
-                **read_args, N_SPLITS=n_splits, SPLITS_PAD=_next_pow2(n_splits), **common, num_warps=1)
+    launch_stats(logits, row_stats, flags, seq, row_start_t, suppress_t, n_suppress, zero_t, n_zero, x0, conf,
+                 pprob, gumbel_t, L, R, V, read_args, dict(common, EXPLICIT_NOISE=explicit_noise),
+                 block_v, vocab_splits)
 
     if policy_tile is None:
         policy_tile = min(max(16, _next_pow2(L)), 64)  # the block may be the whole row
