@@ -20,11 +20,11 @@ its row of the parameter pack (column TEMP_COL), and an invalid row leaves x0 at
 import triton
 import triton.language as tl
 
+from .row_partial import fold_noisy_tile, fold_tile
 from .fused_unmask_common import (READ_MASKED, compute_span, load_block_params, load_select_seq, load_state,
                             philox_uniform, position_is_read, read_token)
 
 NEG_INF = tl.constexpr(float("-inf"))
-POS_INF = tl.constexpr(float("inf"))
 # Largest Gumbel value our uniforms give: -log(-log(1 - 2^-24)) = 16.6355, rounded up. A tile whose
 # clean maximum is more than T * GUMBEL_MAX below the best noisy value cannot win: skip its noise.
 GUMBEL_MAX = tl.constexpr(16.65)
@@ -95,29 +95,8 @@ def scan_vocab(row_ptr, noise_ptr, v_lo, v_hi, suppress_ptr, n_suppress, seed, o
         v = tl.load(row_ptr + offs, mask=inb, other=NEG_INF).to(tl.float32)
         for i in range(n_suppress):  # suppressed ids are -inf before everything else
             v = tl.where(offs == tl.load(suppress_ptr + i), NEG_INF, v)
-        bad = tl.maximum(bad, tl.max(((v != v) | (v == POS_INF)).to(tl.int32), 0))
-
-        t_max = tl.max(v, 0)
-        t_idx = tl.min(tl.where(v == t_max, offs, v_hi), 0)
-        if CONF_KIND == 1:  # margin: second largest value; equal to the max when it is shared
-            n_top = tl.sum((v == t_max).to(tl.int32), 0)
-            t_second = tl.where(n_top > 1, t_max, tl.max(tl.where(v == t_max, NEG_INF, v), 0))
-            m2 = tl.maximum(tl.maximum(m2, t_second), tl.minimum(m1, t_max))
-        idx = tl.where(t_max > m1, t_idx, idx)  # strict: the earlier tile keeps a tied maximum
-
-        # Online sum of exp (and of exp * (l - max)) relative to the running maximum.
-        m_new = tl.maximum(m1, t_max)
-        d = tl.where(m1 == NEG_INF, 0.0, m1 - m_new)
-        scale = tl.exp(d)
-        if CONF_KIND == 2:
-            ent = (ent + d * sum_exp) * scale
-        sum_exp = sum_exp * scale
-        m_ref = tl.where(m_new == NEG_INF, 0.0, m_new)
-        e = tl.exp(v - m_ref)
-        sum_exp += tl.sum(e, 0)
-        if CONF_KIND == 2:
-            ent += tl.sum(e * tl.where(e > 0, v - m_ref, 0.0), 0)
-        m1 = m_new
+        m1, m2, sum_exp, ent, bad, idx, t_max = fold_tile(v, offs, v_hi, m1, m2, sum_exp, ent, bad, idx, 0,
+                                                          CONF_KIND)
 
         if SAMPLING:  # (select: a sequence with temperature 0 takes the clean argmax)
             if (temperature > 0) & (t_max + temperature * GUMBEL_MAX >= noisy_best):
@@ -126,13 +105,8 @@ def scan_vocab(row_ptr, noise_ptr, v_lo, v_hi, suppress_ptr, n_suppress, seed, o
                 else:
                     u = philox_uniform(offs.to(tl.uint32), pos_u32, off_lo, off_hi, seed_lo, seed_hi)
                 noisy = v + temperature * -tl.log(-tl.log(u))
-                n_max = tl.max(noisy, 0)
-                n_idx = tl.min(tl.where(noisy == n_max, offs, v_hi), 0)
-                n_clean = tl.max(tl.where(offs == n_idx, v, NEG_INF), 0)
-                better = n_max > noisy_best
-                noisy_best = tl.where(better, n_max, noisy_best)
-                noisy_idx = tl.where(better, n_idx, noisy_idx)
-                noisy_clean = tl.where(better, n_clean, noisy_clean)
+                noisy_best, noisy_idx, noisy_clean = fold_noisy_tile(
+                    noisy, v, offs, v_hi, temperature > 0, noisy_best, noisy_idx, noisy_clean, 0)
     return m1, m2, sum_exp, ent, bad, idx, noisy_best, noisy_idx, noisy_clean
 
 

@@ -3,7 +3,8 @@
 `lm_head_partial_kernel`, grid (row tiles, vocabulary splits): a program holds BLOCK_M rows of the
 hidden states and walks its split of the vocabulary in tiles of BLOCK_N, each tile's logits
 tl.dot(hidden, weight^T) accumulated in float32 over d and rounded to the input dtype (the logits
-the unfused head would hold), then folded into each row's online statistics in registers: max and
+the unfused head would hold), then folded into each row's online statistics in registers (row_partial.fold_tile, the rule of
+fused_unmask's pass): max and
 first argmax, second max, sum of exp and entropy terms relative to the running max, the Gumbel-max
 winner (Philox keyed by global ids, fused_unmask_common.philox_uniform), NaN/+inf. No logits reach
 memory. Each (split, row) writes its partial (row_stats' layout); `merge_partials_kernel` merges a
@@ -13,9 +14,9 @@ import triton
 import triton.language as tl
 
 from .fused_unmask_common import philox_uniform
+from .row_partial import fold_noisy_tile, fold_tile
 
 NEG_INF = tl.constexpr(float("-inf"))
-POS_INF = tl.constexpr(float("inf"))
 N_COLS = tl.constexpr(9)  # row_stats' columns (include/dllm/row_partial.h)
 
 
@@ -80,39 +81,15 @@ def lm_head_partial_kernel(h_ptr, w_ptr, bias_ptr, positions_ptr, seed_ptr, offs
         for i in range(n_suppress):
             v = tl.where(gid[None, :] == tl.load(suppress_ptr + i), NEG_INF, v)
         v = tl.where(col_in[None, :], v, NEG_INF)
-        bad = tl.maximum(bad, tl.max(((v != v) | (v == POS_INF)).to(tl.int32), 1))
-
-        t_max = tl.max(v, 1)
-        t_idx = tl.min(tl.where(v == t_max[:, None], gid[None, :], 2 ** 62), 1)
-        if CONF_KIND == 1:  # margin: second largest; equal to the max when it is shared
-            n_top = tl.sum((v == t_max[:, None]).to(tl.int32), 1)
-            t_second = tl.where(n_top > 1, t_max, tl.max(tl.where(v == t_max[:, None], NEG_INF, v), 1))
-            m2 = tl.maximum(tl.maximum(m2, t_second), tl.minimum(m1, t_max))
-        idx = tl.where(t_max > m1, t_idx, idx)  # strict: the earlier tile keeps a tied maximum
-        m_new = tl.maximum(m1, t_max)
-        dlt = tl.where(m1 == NEG_INF, 0.0, m1 - m_new)
-        scale = tl.exp(dlt)
-        if CONF_KIND == 2:
-            ent = (ent + dlt * sum_exp) * scale
-        sum_exp = sum_exp * scale
-        m_ref = tl.where(m_new == NEG_INF, 0.0, m_new)[:, None]
-        e = tl.exp(v - m_ref)
-        sum_exp += tl.sum(e, 1)
-        if CONF_KIND == 2:
-            ent += tl.sum(e * tl.where(e > 0, v - m_ref, 0.0), 1)
-        m1 = m_new
+        m1, m2, sum_exp, ent, bad, idx, _ = fold_tile(v, gid[None, :], 2 ** 62, m1, m2, sum_exp, ent, bad, idx, 1,
+                                                      CONF_KIND)
 
         if SAMPLING:
             u = philox_uniform(gid.to(tl.uint32)[None, :], pos_u32, off_lo, off_hi, seed_lo, seed_hi)
             noisy = v + temperature[:, None] * -tl.log(-tl.log(u))
             noisy = tl.where(col_in[None, :], noisy, NEG_INF)
-            n_max = tl.max(noisy, 1)
-            n_idx = tl.min(tl.where(noisy == n_max[:, None], gid[None, :], 2 ** 62), 1)
-            n_clean = tl.max(tl.where(gid[None, :] == n_idx[:, None], v, NEG_INF), 1)
-            better = (temperature > 0) & (n_max > noisy_best)
-            noisy_best = tl.where(better, n_max, noisy_best)
-            noisy_idx = tl.where(better, n_idx, noisy_idx)
-            noisy_clean = tl.where(better, n_clean, noisy_clean)
+            noisy_best, noisy_idx, noisy_clean = fold_noisy_tile(
+                noisy, v, gid[None, :], 2 ** 62, temperature > 0, noisy_best, noisy_idx, noisy_clean, 1)
 
     read = pos >= 0  # a row not read, or an empty split, is the empty partial
     has = read & (m1 > NEG_INF)

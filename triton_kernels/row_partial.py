@@ -1,0 +1,54 @@
+"""The online update of a row's statistics by one tile of its logits, shared by every Triton pass
+that produces them (fused_unmask_stats.scan_vocab over a row or a split of it, and
+lm_head_row_stats over tiles of rows): the rule include/dllm/row_partial.h states for C++.
+
+A tile is a vector of one row's values (AXIS 0) or a [rows, ids] block (AXIS 1); `ids` are the
+values' token ids, broadcastable against the tile, and `no_id` an id no value has. The running
+state is the row's (or each row's) max `m1` and its first id `idx`, the second max `m2` (margin
+only), the sum of exp(l - m1) and of exp(l - m1) * (l - m1) (entropy only), and the bad flag.
+"""
+import triton
+import triton.language as tl
+
+NEG_INF = tl.constexpr(float("-inf"))
+POS_INF = tl.constexpr(float("inf"))
+
+
+@triton.jit
+def fold_tile(v, ids, no_id, m1, m2, sum_exp, ent, bad, idx, AXIS: tl.constexpr, CONF_KIND: tl.constexpr):
+    """(m1, m2, sum_exp, ent, bad, idx) after the tile v (float32; -inf where masked or suppressed),
+    and the tile's own maximum."""
+    bad = tl.maximum(bad, tl.max(((v != v) | (v == POS_INF)).to(tl.int32), AXIS))
+    t_max = tl.max(v, AXIS)
+    at_max = v == tl.expand_dims(t_max, AXIS)
+    t_idx = tl.min(tl.where(at_max, ids, no_id), AXIS)
+    if CONF_KIND == 1:  # margin: second largest value; equal to the max when it is shared
+        n_top = tl.sum(at_max.to(tl.int32), AXIS)
+        t_second = tl.where(n_top > 1, t_max, tl.max(tl.where(at_max, NEG_INF, v), AXIS))
+        m2 = tl.maximum(tl.maximum(m2, t_second), tl.minimum(m1, t_max))
+    idx = tl.where(t_max > m1, t_idx, idx)  # strict: the earlier tile keeps a tied maximum
+    # Sums relative to the running maximum, rescaled when it grows.
+    m_new = tl.maximum(m1, t_max)
+    d = tl.where(m1 == NEG_INF, 0.0, m1 - m_new)
+    scale = tl.exp(d)
+    if CONF_KIND == 2:
+        ent = (ent + d * sum_exp) * scale
+    sum_exp = sum_exp * scale
+    m_ref = tl.expand_dims(tl.where(m_new == NEG_INF, 0.0, m_new), AXIS)
+    e = tl.exp(v - m_ref)
+    sum_exp += tl.sum(e, AXIS)
+    if CONF_KIND == 2:
+        ent += tl.sum(e * tl.where(e > 0, v - m_ref, 0.0), AXIS)
+    return m_new, m2, sum_exp, ent, bad, idx, t_max
+
+
+@triton.jit
+def fold_noisy_tile(noisy, v, ids, no_id, live, noisy_best, noisy_idx, noisy_clean, AXIS: tl.constexpr):
+    """(noisy_best, noisy_idx, noisy_clean) after the tile's noisy values (l + T*g; -inf where
+    masked): the first-id Gumbel-max winner and its clean value, kept where `live` (T > 0)."""
+    n_max = tl.max(noisy, AXIS)
+    n_idx = tl.min(tl.where(noisy == tl.expand_dims(n_max, AXIS), ids, no_id), AXIS)
+    n_clean = tl.max(tl.where(ids == tl.expand_dims(n_idx, AXIS), v, NEG_INF), AXIS)
+    better = live & (n_max > noisy_best)
+    return (tl.where(better, n_max, noisy_best), tl.where(better, n_idx, noisy_idx),
+            tl.where(better, n_clean, noisy_clean))
