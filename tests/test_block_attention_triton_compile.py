@@ -10,27 +10,13 @@ from triton_compile import run_compile_script
 # The compile check must not run under the interpreter (the kernels would not be JIT objects
 # for the real backend), so it runs in a subprocess with TRITON_INTERPRET unset.
 _SCRIPT = textwrap.dedent(r"""
-    import sys, torch
-    import triton, triton.language as tl
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     from dllm_kernels.block_attention import triton_kernel_module
 
     mod = triton_kernel_module()
-    arch = int(sys.argv[1])
-    target = GPUTarget("cuda", arch, 32)
     TY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
     def build(kernel, sig, consts, num_warps, num_stages=3):
-        full = dict(sig)
-        for k in consts:
-            full[k] = "constexpr"
-        src = ASTSource(kernel, full, consts)
-        ck = triton.compile(src, target=target, options=dict(num_warps=num_warps, num_stages=num_stages))
-        ptx = ck.asm["ptx"]
-        assert f".target sm_{arch}" in ptx, ptx[:400]
-        assert len(ck.asm["cubin"]) > 0
-        return ptx
+        return compile_ptx(kernel, sig.__getitem__, consts, num_warps, num_stages=num_stages)
 
     # (dtype, head dim, Qmax, GQA group, splits, mode): every tile config the launcher picks
     # (BLOCK_M 16/64/128, 4 and 8 warps), each mode, both the direct and the split-K path.

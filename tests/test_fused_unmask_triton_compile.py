@@ -11,15 +11,8 @@ from triton_compile import run_compile_script
 # Not under the interpreter (the kernels must be JIT objects for the real backend): a subprocess
 # with TRITON_INTERPRET unset.
 _SCRIPT = textwrap.dedent(r"""
-    import sys
-    import torch  # noqa: F401  (before dllm_kernels: its native library links against torch)
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     from dllm_kernels import triton_fused_unmask as tu
 
-    arch = int(sys.argv[1])
-    target = GPUTarget("cuda", arch, 32)
     FLOAT_ARGS = {"temperature"}  # select's batch temperature; fused_unmask's numbers are in the pack
     FLOAT_PTRS = {"gumbel_ptr", "conf_ptr", "pprob_ptr", "part_f_ptr", "rank_u_ptr", "window_stats_ptr",
                   "w1_ptr", "b1_ptr", "w2_ptr", "b2_ptr"}
@@ -42,13 +35,7 @@ _SCRIPT = textwrap.dedent(r"""
         return "i64" if name.startswith("stride") else "i32"
 
     def build(kernel, logits_ty, consts, num_warps):
-        sig = {n: ("constexpr" if n in consts else arg_type(n, logits_ty)) for n in kernel.arg_names}
-        ck = triton.compile(ASTSource(kernel, sig, consts), target=target, options=dict(num_warps=num_warps))
-        ptx = ck.asm["ptx"]
-        assert f".target sm_{arch}" in ptx, ptx[:400]
-        assert "ld.global" in ptx and "st.global" in ptx, "expected global loads and stores"
-        assert len(ck.asm["cubin"]) > 0
-        return ptx
+        return compile_ptx(kernel, lambda name: arg_type(name, logits_ty), consts, num_warps)
 
     # Every kernel for every logits dtype on both targets; the constexpr variants (conf kind, Philox or
     # explicit noise, rule) rotate over them, all of them on sm_90 (each compile takes seconds).

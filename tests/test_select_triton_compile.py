@@ -8,15 +8,9 @@ import pytest
 from triton_compile import run_compile_script
 
 _SCRIPT = textwrap.dedent(r"""
-    import sys
-    import torch  # noqa: F401  (before dllm_kernels: its native library links against torch)
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     from dllm_kernels import triton_select as stt
+    from dllm_kernels import triton_fused_unmask as tu  # the statistics kernels select shares
 
-    arch = int(sys.argv[1])
-    target = GPUTarget("cuda", arch, 32)
     FLOAT_ARGS = {"temperature", "block_window_fraction"}
     FLOAT_PTRS = {"gumbel_ptr", "conf_ptr", "pprob_ptr", "part_f_ptr", "rank_u_ptr", "w1_ptr", "b1_ptr",
                   "w2_ptr", "b2_ptr"}
@@ -41,28 +35,22 @@ _SCRIPT = textwrap.dedent(r"""
         return "i64" if name.startswith("stride") else "i32"
 
     def build(kernel, logits_ty, consts, num_warps, flags_ty=None):
-        sig = {n: ("constexpr" if n in consts else arg_type(n, logits_ty, flags_ty)) for n in kernel.arg_names}
-        ck = triton.compile(ASTSource(kernel, sig, consts), target=target, options=dict(num_warps=num_warps))
-        ptx = ck.asm["ptx"]
-        assert f".target sm_{arch}" in ptx, ptx[:400]
-        assert "ld.global" in ptx and "st.global" in ptx, "expected global loads and stores"
-        assert len(ck.asm["cubin"]) > 0
-        return ptx
+        return compile_ptx(kernel, lambda name: arg_type(name, logits_ty, flags_ty), consts, num_warps)
 
     full = arch == 90
     n = 0
     # Statistics: caller's flags with Philox sampling from the pack's temperature; every position with
     # explicit noise (split layout); the merge in select's mode.
-    ptx = build(stt.row_stats_kernel, "bf16", dict(HAS_ROW_START=True, CONF_KIND=1, SAMPLING=True,
+    ptx = build(tu.row_stats_kernel, "bf16", dict(HAS_ROW_START=True, CONF_KIND=1, SAMPLING=True,
                                                   EXPLICIT_NOISE=False, BLOCK_V=2048, READ_FROM=1,
                                                   TEMP_COL=6), 8, flags_ty="*i8")
     assert "mul.hi.u32" in ptx, "expected Philox's 32-bit high multiplies"
     n += 1
     if full:
-        build(stt.split_stats_kernel, "fp16", dict(HAS_ROW_START=False, CONF_KIND=2, SAMPLING=True,
+        build(tu.split_stats_kernel, "fp16", dict(HAS_ROW_START=False, CONF_KIND=2, SAMPLING=True,
                                                    EXPLICIT_NOISE=True, BLOCK_V=2048, N_SPLITS=8,
                                                    READ_FROM=2, TEMP_COL=6), 8)
-        build(stt.merge_stats_kernel, "fp32", dict(N_SPLITS=5, SPLITS_PAD=8, HAS_ROW_START=True, CONF_KIND=0,
+        build(tu.merge_stats_kernel, "fp32", dict(N_SPLITS=5, SPLITS_PAD=8, HAS_ROW_START=True, CONF_KIND=0,
                                                    SAMPLING=True, READ_FROM=1, TEMP_COL=6), 1, flags_ty="*i8")
         n += 2
     rules = [(0, True, False), (1, False, False), (2, False, False), (3, False, False), (4, True, True)]

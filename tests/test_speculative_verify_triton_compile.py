@@ -8,17 +8,9 @@ import pytest
 from triton_compile import run_compile_script
 
 _SCRIPT = textwrap.dedent(r"""
-    import sys
-    import torch  # noqa: F401  (before dllm_kernels: its native library links against torch)
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     from dllm_kernels import triton_speculative_verify as tv
 
-    arch = int(sys.argv[1])
-    target = GPUTarget("cuda", arch, 32)
     kernel = tv.speculative_verify_kernel
-    CONSTS = {"GREEDY", "Q_LOGITS", "BLOCK_V"}
 
     def arg_type(name, logits_ty, q_ty):
         if name == "logits_ptr":
@@ -35,10 +27,7 @@ _SCRIPT = textwrap.dedent(r"""
     variants = [("bf16", "fp32", False, True), ("fp16", "fp16", False, False), ("fp32", "bf16", True, False)]
     for logits_ty, q_ty, greedy, q_logits in variants if arch == 90 else variants[:1]:
         consts = dict(GREEDY=greedy, Q_LOGITS=q_logits, BLOCK_V=2048)
-        sig = {a: ("constexpr" if a in CONSTS else arg_type(a, logits_ty, q_ty)) for a in kernel.arg_names}
-        ck = triton.compile(ASTSource(kernel, sig, consts), target=target, options=dict(num_warps=8))
-        ptx = ck.asm["ptx"]
-        assert f".target sm_{arch}" in ptx and "st.global" in ptx
+        ptx = compile_ptx(kernel, lambda name: arg_type(name, logits_ty, q_ty), consts, 8)
         if not greedy:
             assert "mul.hi.u32" in ptx, "expected Philox's 32-bit high multiplies"
         n += 1
