@@ -11,7 +11,7 @@ import torch
 
 from .lm_head_row_stats import lm_head_row_stats
 from .policy import Policy
-from .row_stats import row_positions
+from .row_stats import row_positions, row_temperatures
 from .select import SelectResult, _ids, noise_keys, select
 from .select_params import Value
 from .state import OFFSET, SEED, DecodeState
@@ -33,11 +33,10 @@ def _head_stats(hidden, lm_head, bias, positions, seed, offset, temperature, sup
 
 
 def _temperature(temperature, batch: int, device) -> Optional[torch.Tensor]:
-    """[B] float64 for the statistics pass, None when no row samples."""
-    if isinstance(temperature, torch.Tensor):
-        return temperature.to(device=device, dtype=torch.float64).reshape(batch).contiguous()
-    return None if float(temperature) == 0 else torch.full((batch,), float(temperature), dtype=torch.float64,
-                                                              device=device)
+    """[B] float64 for the statistics pass, None when no row samples (the pass then skips the noise)."""
+    if not isinstance(temperature, torch.Tensor) and float(temperature) == 0:
+        return None
+    return row_temperatures(temperature, batch, device)
 
 
 def select_from_hidden(hidden: torch.Tensor, lm_head: torch.Tensor, x: torch.Tensor,

@@ -49,13 +49,22 @@ def logits_or_row_stats(op: str, logits, row_stats, vocab_size, backend: str):
     return logits
 
 
+def row_temperatures(temperature, batch: int, device) -> torch.Tensor:
+    """A temperature as the statistics passes take it: a number, or a tensor of B (or 1) values,
+    -> [B] float64 on `device`."""
+    if not isinstance(temperature, torch.Tensor):
+        return torch.full((batch,), float(temperature), dtype=torch.float64, device=device)
+    if temperature.numel() not in (1, batch):
+        raise ValueError(f"temperature must be a number or hold B = {batch} values (one per sequence), "
+                         f"got shape {list(temperature.shape)}")
+    return temperature.to(device=device, dtype=torch.float64).reshape(-1).expand(batch).contiguous()
+
+
 def per_row_inputs(batch: int, device, temperature, suppress_ids):
-    """The ops' forms of a temperature (a number or [B] -> [B] float64) and of an id list (a
+    """The ops' forms of a temperature (row_temperatures; None stays None) and of an id list (a
     sequence -> int64 tensor, None when empty), shared by row_stats and lm_head_row_stats."""
-    if temperature is not None and not isinstance(temperature, torch.Tensor):
-        temperature = torch.full((batch,), float(temperature), dtype=torch.float64, device=device)
-    elif temperature is not None:
-        temperature = temperature.to(device=device, dtype=torch.float64).reshape(batch).contiguous()
+    if temperature is not None:
+        temperature = row_temperatures(temperature, batch, device)
     if suppress_ids is not None and not isinstance(suppress_ids, torch.Tensor):
         ids = [suppress_ids] if isinstance(suppress_ids, int) else [int(i) for i in suppress_ids]
         suppress_ids = torch.tensor(ids, dtype=torch.int64, device=device) if ids else None

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from .policy import CONF_KINDS, Policy
 from .lm_head_row_stats import lm_head_row_stats
-from .row_stats import row_positions, row_stats
+from .row_stats import row_positions, row_stats, row_temperatures
 from .select import SelectResult, _bounds, _ids, _per_sequence_ids, select
 from .state import DONE, END_POS, GEN_START, OFFSET, SEED, DecodeState
 from .fused_unmask import UnmaskResult, fused_unmask
@@ -187,9 +187,7 @@ def vocab_parallel_select(logits: torch.Tensor, x: torch.Tensor, candidates: Opt
     sup, zero = _ids("suppress_ids", suppress_ids, device), _ids("zero_conf_ids", zero_conf_ids, device)
     _global_ids(op, "suppress_ids", sup, vocab_size)
     _global_ids(op, "zero_conf_ids", zero, vocab_size)
-    temp = (temperature.to(device=device, dtype=torch.float64).reshape(-1).expand(B)
-            if isinstance(temperature, torch.Tensor) else torch.full((B,), float(temperature), dtype=torch.float64,
-                                                                       device=device))
+    temp = row_temperatures(temperature, B, device)
     # Rows no rule reads (outside the bounds, not a candidate) get position -1: not read.
     pos = row_positions(B, R, row_start=row_start, shift=shift, device=device)
     read = (pos >= 0) & (pos < L)
@@ -300,8 +298,7 @@ def _fused_unmask_over_shards(op, partials, shape, device, x, state, policy, *, 
     read &= (pos >= st[:, GEN_START:GEN_START + 1]) & (pos < st[:, END_POS:END_POS + 1]) & (st[:, DONE:DONE + 1] == 0)
     positions = torch.where(read, pos, torch.full_like(pos, -1))
     t = (params or {}).get("temperature", policy.temperature)  # a per-request override draws its own noise
-    temp = (t.to(device=device, dtype=torch.float64).reshape(-1).expand(B).contiguous() if isinstance(t, torch.Tensor)
-            else torch.full((B,), float(t), dtype=torch.float64, device=device))
+    temp = row_temperatures(t, B, device)
     local = partials(positions, st[:, SEED].contiguous(), st[:, OFFSET].contiguous(), temp,
                      list(policy.suppress_ids), policy.conf)
     lf = list(policy.learned_filter.tensors(device)) if policy.learned_filter is not None else []

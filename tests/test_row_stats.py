@@ -174,6 +174,11 @@ def test_bad_row_stats_name_the_argument():
         dk.row_stats(logits, row_positions(2, 4), vocab_start=-1)
     with pytest.raises(RuntimeError, match="temperature must be finite"):
         dk.row_stats(logits, row_positions(2, 4), temperature=-1.0)
+    with pytest.raises(ValueError, match=r"temperature must be a number or hold B = 2 values .* got shape \[3\]"):
+        dk.row_stats(logits, row_positions(2, 4), temperature=torch.ones(3))
+    one = dk.row_stats(logits, row_positions(2, 4), temperature=torch.tensor([0.7]), seed=torch.tensor([3, 4]))
+    each = dk.row_stats(logits, row_positions(2, 4), temperature=torch.tensor([0.7, 0.7]), seed=torch.tensor([3, 4]))
+    assert torch.equal(one, each)  # one value serves every sequence
 
 
 def test_opcheck():
