@@ -171,3 +171,17 @@ def check_stored_dtype(state_dict: dict, who: str) -> None:
     if stored not in LOADABLE_DTYPES:
         raise ValueError(f"{who}.from_pretrained: the checkpoint is stored as {stored}; the model computes "
                          "in float32, float16 or bfloat16: pass dtype=torch.float32 (or another) to cast it")
+
+
+def random_tensors(shapes: Dict[str, Tuple[int, ...]], is_norm, *, seed: int, dtype, device, std: float) -> dict:
+    """Random weights for test and demo models, in the order of `shapes`: matrices (and biases)
+    normal(0, std), the tensors `is_norm(name, shape)` marks 1 + normal(0, 0.1)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    sd = {}
+    for name, shape in shapes.items():
+        if is_norm(name, shape):
+            t = 1.0 + 0.1 * torch.randn(shape, generator=gen, device=device)
+        else:
+            t = std * torch.randn(shape, generator=gen, device=device)
+        sd[name] = t.to(dtype)
+    return sd

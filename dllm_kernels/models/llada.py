@@ -13,8 +13,8 @@ from typing import Optional
 
 import torch
 
-from .checkpoint import (check_architecture, check_config_keys, check_load_dtype, check_stored_dtype, read_config,
-                         read_tensors, require_id)
+from .checkpoint import (check_architecture, check_config_keys, check_load_dtype, check_stored_dtype, random_tensors,
+                         read_config, read_tensors, require_id)
 from .span_model import KVCache, SpanModel
 from .tensor_parallel import TensorParallel
 
@@ -155,16 +155,8 @@ def load_llada_state_dict(path: str, config: LLaDAConfig, *, dtype=None, device=
 def random_state_dict(config: LLaDAConfig, *, seed: int = 0, dtype=torch.float32, device="cpu",
                       std: float = 0.02) -> dict:
     """A random LLaDA-format state dict: matrices normal(0, std), norm weights 1 + normal(0, 0.1)."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    sd = {}
-    for name, shape in llada_tensor_names(config).items():
-        if len(shape) == 1:
-            t = 1.0 + 0.1 * torch.randn(shape, generator=gen, device=device)
-        else:
-            t = std * torch.randn(shape, generator=gen, device=device)
-        sd[name] = t.to(dtype)
-    return sd
-
+    return random_tensors(llada_tensor_names(config), lambda name, shape: len(shape) == 1, seed=seed, dtype=dtype,
+                          device=device, std=std)
 
 class LLaDA(SpanModel):
     """LLaDA on dllm_kernels' block attention. Weights are stored fused (q|k|v, ff_proj|up_proj).

@@ -12,7 +12,8 @@ from typing import Optional
 
 import torch
 
-from .checkpoint import check_config_keys, check_load_dtype, check_stored_dtype, read_config, read_tensors, require_id
+from .checkpoint import (check_config_keys, check_load_dtype, check_stored_dtype, random_tensors, read_config,
+                         read_tensors, require_id)
 from .span_model import SpanModel
 from .tensor_parallel import TensorParallel
 
@@ -178,16 +179,8 @@ def qwen_layers(c: QwenConfig, sd: dict, get) -> list:
 def random_qwen_state_dict(c: QwenConfig, *, seed: int = 0, dtype=torch.float32, device="cpu",
                            std: float = 0.02) -> dict:
     """Random weights under the HF names: matrices and biases normal(0, std), norms 1 + normal(0, 0.1)."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    sd = {}
-    for name, shape in qwen_tensor_names(c).items():
-        if name.endswith("norm.weight"):
-            t = 1.0 + 0.1 * torch.randn(shape, generator=gen, device=device)
-        else:
-            t = std * torch.randn(shape, generator=gen, device=device)
-        sd[name] = t.to(dtype)
-    return sd
-
+    return random_tensors(qwen_tensor_names(c), lambda name, shape: name.endswith("norm.weight"), seed=seed,
+                          dtype=dtype, device=device, std=std)
 
 class QwenSpanModel(SpanModel):
     """A SpanModel with Qwen2 / Qwen3 weights under Hugging Face names (subclasses: Dream,
