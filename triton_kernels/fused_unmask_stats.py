@@ -20,7 +20,7 @@ its row of the parameter pack (column TEMP_COL), and an invalid row leaves x0 at
 import triton
 import triton.language as tl
 
-from .row_partial import fold_noisy_tile, fold_tile
+from .row_partial import fold_noisy_tile, fold_tile, merge_partials
 from .fused_unmask_common import (READ_MASKED, compute_span, load_block_params, load_select_seq, load_state,
                             philox_uniform, position_is_read, read_token)
 
@@ -237,23 +237,8 @@ def merge_stats_kernel(part_f_ptr, part_i_ptr, x_ptr, state_ptr, row_start_ptr, 
         nidxs = tl.load(part_i_ptr + at * 3 + 1, mask=km, other=V)
         bad = tl.max(tl.load(part_i_ptr + at * 3 + 2, mask=km, other=0), 0)
 
-        m1 = tl.max(m1s, 0)
-        idx = tl.min(tl.where(m1s == m1, idxs, V), 0)  # lowest index among the splits holding the max
-        m2 = NEG_INF
-        if CONF_KIND == 1:
-            n_top = tl.sum((m1s == m1).to(tl.int32), 0)
-            m2 = tl.where(n_top > 1, m1,
-                          tl.maximum(tl.max(m2s, 0), tl.max(tl.where(m1s == m1, NEG_INF, m1s), 0)))
-        has = m1s != NEG_INF  # splits with a finite maximum; the others hold no mass
-        d = tl.where(has, m1s - m1, 0.0)
-        w = tl.where(has, tl.exp(d), 0.0)
-        sum_exp = tl.sum(w * sums, 0)
-        ent = 0.0
-        if CONF_KIND == 2:
-            ent = tl.sum(tl.where(has, w * (ents + d * sums), 0.0), 0)
-        noisy_max = tl.max(nbest, 0)
-        noisy_idx = tl.min(tl.where(nbest == noisy_max, nidxs, V), 0)
-        noisy_clean = tl.max(tl.where((nbest == noisy_max) & (nidxs == noisy_idx), ncleans, NEG_INF), 0)
+        m1, m2, sum_exp, ent, idx, noisy_max, noisy_idx, noisy_clean = merge_partials(
+            m1s, m2s, sums, ents, nbest, ncleans, idxs, nidxs, V, CONF_KIND)
         finish_row(m1, m2, sum_exp, ent, bad, idx, noisy_max, noisy_idx, noisy_clean, zero_conf_ptr, n_zero_conf,
                    mask_id, temperature, b * L + p, x0_ptr, conf_ptr, pprob_ptr, CONF_KIND, SAMPLING,
                    READ_FROM != READ_MASKED)

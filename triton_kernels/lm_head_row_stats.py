@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .fused_unmask_common import philox_uniform
-from .row_partial import fold_noisy_tile, fold_tile
+from .row_partial import fold_noisy_tile, fold_tile, merge_partials
 
 NEG_INF = tl.constexpr(float("-inf"))
 N_COLS = tl.constexpr(9)  # row_stats' columns (include/dllm/row_partial.h)
@@ -124,25 +124,9 @@ def merge_partials_kernel(part_ptr, out_ptr, N, N_SPLITS: tl.constexpr, SPLITS_P
     nidxs = tl.load(at + 7, mask=km, other=-1.0).to(tl.int64)
     bad = tl.max(tl.load(at + 8, mask=km, other=0.0), 0)
 
-    m1 = tl.max(m1s, 0)
-    top = (m1s == m1) & (idxs >= 0)
-    idx = tl.min(tl.where(top, idxs, 2 ** 62), 0)
+    m1, m2, sum_exp, ent, idx, noisy_max, noisy_idx, noisy_clean = merge_partials(
+        m1s, m2s, sums, ents, nbest, ncleans, idxs, nidxs, 2 ** 62, CONF_KIND)
     idx = tl.where(m1 > NEG_INF, idx, -1)
-    m2 = NEG_INF
-    if CONF_KIND == 1:
-        n_top = tl.sum((m1s == m1).to(tl.int32), 0)
-        m2 = tl.where(n_top > 1, m1, tl.maximum(tl.max(m2s, 0), tl.max(tl.where(m1s == m1, NEG_INF, m1s), 0)))
-    has = m1s != NEG_INF  # splits without a finite maximum hold no mass
-    dlt = tl.where(has, m1s - m1, 0.0)
-    w = tl.where(has, tl.exp(dlt), 0.0)
-    sum_exp = tl.sum(w * sums, 0)
-    ent = 0.0
-    if CONF_KIND == 2:
-        ent = tl.sum(tl.where(has, w * (ents + dlt * sums), 0.0), 0)
-    noisy_max = tl.max(nbest, 0)
-    win = (nbest == noisy_max) & (nidxs >= 0)
-    noisy_idx = tl.min(tl.where(win, nidxs, 2 ** 62), 0)
-    noisy_clean = tl.max(tl.where(win & (nidxs == noisy_idx), ncleans, NEG_INF), 0)
     has_noisy = noisy_max > NEG_INF
     out = out_ptr + i * N_COLS
     tl.store(out + 0, m1.to(tl.float64))

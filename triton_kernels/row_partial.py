@@ -1,6 +1,7 @@
-"""The online update of a row's statistics by one tile of its logits, shared by every Triton pass
-that produces them (fused_unmask_stats.scan_vocab over a row or a split of it, and
-lm_head_row_stats over tiles of rows): the rule include/dllm/row_partial.h states for C++.
+"""A row's statistics in Triton, written once for every pass that produces or merges them
+(fused_unmask_stats over a row or a split of it, lm_head_row_stats over tiles of rows): the online
+update by one tile of logits (fold_tile, fold_noisy_tile) and the in-order merge of a row's
+partials (merge_partials), the rules include/dllm/row_partial.h states for C++.
 
 A tile is a vector of one row's values (AXIS 0) or a [rows, ids] block (AXIS 1); `ids` are the
 values' token ids, broadcastable against the tile, and `no_id` an id no value has. The running
@@ -52,3 +53,28 @@ def fold_noisy_tile(noisy, v, ids, no_id, live, noisy_best, noisy_idx, noisy_cle
     better = live & (n_max > noisy_best)
     return (tl.where(better, n_max, noisy_best), tl.where(better, n_idx, noisy_idx),
             tl.where(better, n_clean, noisy_clean))
+
+
+@triton.jit
+def merge_partials(m1s, m2s, sums, ents, nbest, ncleans, idxs, nidxs, no_id, CONF_KIND: tl.constexpr):
+    """A row's partials, vectors over its slices in order (an empty slice or padding: m1 and the
+    noisy best -inf, ids < 0 or no_id), merged: (m1, m2, sum_exp, ent, idx, noisy_best, noisy_idx,
+    noisy_clean), each id the lowest among the slices holding the best value (the first index)."""
+    m1 = tl.max(m1s, 0)
+    idx = tl.min(tl.where((m1s == m1) & (idxs >= 0), idxs, no_id), 0)
+    m2 = NEG_INF
+    if CONF_KIND == 1:
+        n_top = tl.sum((m1s == m1).to(tl.int32), 0)
+        m2 = tl.where(n_top > 1, m1, tl.maximum(tl.max(m2s, 0), tl.max(tl.where(m1s == m1, NEG_INF, m1s), 0)))
+    has = m1s != NEG_INF  # slices with a finite maximum; the others hold no mass
+    d = tl.where(has, m1s - m1, 0.0)
+    w = tl.where(has, tl.exp(d), 0.0)
+    sum_exp = tl.sum(w * sums, 0)
+    ent = 0.0
+    if CONF_KIND == 2:
+        ent = tl.sum(tl.where(has, w * (ents + d * sums), 0.0), 0)
+    noisy_best = tl.max(nbest, 0)
+    win = (nbest == noisy_best) & (nidxs >= 0)
+    noisy_idx = tl.min(tl.where(win, nidxs, no_id), 0)
+    noisy_clean = tl.max(tl.where(win & (nidxs == noisy_idx), ncleans, NEG_INF), 0)
+    return m1, m2, sum_exp, ent, idx, noisy_best, noisy_idx, noisy_clean
