@@ -208,6 +208,8 @@ def finalize(out: str, cache_dir: str = "/tmp/dllm_data", char_model: str = os.p
     counts = torch.bincount(stream, minlength=tok.embedding_size)
     mine = masked_ce(model, held, tok.char_lengths, counts, tok.mask_id, tlog["preset"]["seq_len"],
                      n_batches=16, seed=2024)
+    # the same model in the 64-token windows of the models it is compared with (context length matters)
+    mine_64 = masked_ce(model, held, tok.char_lengths, counts, tok.mask_id, 64, n_batches=16, seed=2024)
     chars = char_model_ce(char_model, cache_dir, texts)
     prev = None
     if previous:
@@ -224,7 +226,7 @@ def finalize(out: str, cache_dir: str = "/tmp/dllm_data", char_model: str = os.p
     import re
     known = {w.lower() for w in re.findall(r"[A-Za-z]+", tok.decode(stream, stop_at_eos=False))}
     got = samples(model, tok, [w.tolist() for w in wins[:16]], known)
-    tlog["final_eval"] = {"model": mine, "character_model": chars, "previous_model": prev,
+    tlog["final_eval"] = {"model": mine, "model_windows_of_64": mine_64, "character_model": chars, "previous_model": prev,
                           "samples": {k: texts[:4] for k, (texts, _) in got.items()},
                           "repetition": {k: rep for k, (_, rep) in got.items()},
                           "sample_prompts": [tok.decode(w, stop_at_eos=False) for w in wins[:4]]}
@@ -239,6 +241,12 @@ def sha256_file(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def ce_row(label: str, m: dict) -> str:
+    """One row of RECIPE.md's held-out table."""
+    return (f"| {label} | {m['masked_ce_per_token']:.3f} | {m['masked_ce_per_char']:.3f} | {m['unigram_ce_per_token']:.3f} | "
+            f"{m['unigram_ce_per_char']:.3f} | {m['masked_tokens']} |")
+
+
 def write_recipe(out: str):
     """RECIPE.md from train_log.json (after --finalize) and the files in `out`."""
     with open(os.path.join(out, "train_log.json")) as f:
@@ -249,9 +257,10 @@ def write_recipe(out: str):
     weights = os.path.join(out, "model.safetensors")
     filt = os.path.join(out, "learn2pd_filter.safetensors")
     stop = f" --stop-after {le['step']}" if le["step"] != p["steps"] else ""
+    steps = f" --steps {p['steps']}" if p["steps"] != PRESET["steps"] else ""
     lines = ["# models/shakespeare_words: a tiny LLaDA-architecture masked diffusion model of Shakespeare, word pieces",
              "", "## How it was made", "", "```",
-             f"python tools/train_text.py --out models/shakespeare_words --steps {p['steps']}{stop}",
+             f"python tools/train_text.py --out models/shakespeare_words{steps}{stop}",
              *([f"mkdir -p /tmp/words_prev && git archive {PREVIOUS_COMMIT} models/shakespeare_words | tar -x -C /tmp/words_prev "
                 "--strip-components 2  # the previous model"] if fe.get("previous_model") else []),
              "python tools/train_text.py --out models/shakespeare_words --finalize"
@@ -291,14 +300,11 @@ def write_recipe(out: str):
              "its own tokenizer, in windows of its own training length.", "",
              "| model | masked CE per token (nats) | masked CE per character | unigram per token | unigram per character | masked tokens |",
              "|---|---:|---:|---:|---:|---:|",
-             f"| this model (windows of {p['seq_len']} word pieces) | {m['masked_ce_per_token']:.3f} | {m['masked_ce_per_char']:.3f} | "
-             f"{m['unigram_ce_per_token']:.3f} | {m['unigram_ce_per_char']:.3f} | {m['masked_tokens']} |",
-             *([f"| the previous word-piece model ({fe['previous_model']['what']}) | "
-                f"{fe['previous_model']['masked_ce_per_token']:.3f} | {fe['previous_model']['masked_ce_per_char']:.3f} | "
-                f"{fe['previous_model']['unigram_ce_per_token']:.3f} | {fe['previous_model']['unigram_ce_per_char']:.3f} | "
-                f"{fe['previous_model']['masked_tokens']} |"] if fe.get("previous_model") else []),
-             f"| models/shakespeare (characters, windows of 64) | {c['masked_ce_per_token']:.3f} | {c['masked_ce_per_char']:.3f} | "
-             f"{c['unigram_ce_per_token']:.3f} | {c['unigram_ce_per_char']:.3f} | {c['masked_tokens']} |", "",
+             *[ce_row(label, v) for label, v in (
+                 (f"this model (windows of {p['seq_len']} word pieces)", m),
+                 ("this model in windows of 64 word pieces", fe.get("model_windows_of_64")),
+                 (f"the previous word-piece model ({(fe.get('previous_model') or {}).get('what')})", fe.get("previous_model")),
+                 ("models/shakespeare (characters, windows of 64)", c)) if v], "",
              "Masked CE: t ~ U(1e-3, 1) masking of held-out windows, plain (unweighted) cross-entropy per masked token; per "
              "character: the same nats over the characters the masked tokens spell. The measures are not the same task (a "
              "masked word piece hides all its characters at once, which is harder than hiding characters independently), "
