@@ -77,3 +77,15 @@ def test_piece_tokenizer_is_lossless_and_deterministic(tmp_path):
     assert tok.decode(held) == texts["held.txt"] and int((train == tok.eos_id).sum()) == 2
     with pytest.raises(KeyError):
         tok.encode("é")
+
+
+def test_spoken_text_keeps_only_the_verse_lines():
+    import tiny_data as D
+
+    raw = ("HAMLET\n\nby William Shakespeare\n\nPERSONS REPRESENTED.\n\nClaudius, King of Denmark.\n\n"
+           "ACT I.\n\nScene I. Elsinore. A platform before the Castle.\n\n"
+           "[Francisco at his post. Enter to him\nBernardo.]\n\nBer.\nWho's there?\n\n"
+           "FRANCISCO.\n    Nay, answer me:  stand, and unfold yourself.\n\n1 Clown.\nLong live the king! [Exit.]\n\n"
+           "  I\n\nFrom fairest creatures we desire increase,\n  That thereby beauty's rose might never die,\n")
+    assert D.spoken_text(raw) == ("Who's there?\nNay, answer me: stand, and unfold yourself.\nLong live the king!\n"
+                                  "From fairest creatures we desire increase,\nThat thereby beauty's rose might never die,\n")

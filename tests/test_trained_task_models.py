@@ -66,8 +66,10 @@ def test_word_piece_model_loads_and_beats_unigram():
     # unigram of these very windows: a baseline stronger than the training frequencies
     counts = torch.tensor(np.bincount(x.flatten().numpy(), minlength=tok.embedding_size))
     assert ce < 0.9 * unigram_loss(counts, x[masked]), ce
-    # greedy continuations hold words; a prompt ending in a space may get only spaces (RECIPE.md)
+    # greedy continuations hold words (many spelled from letters, RECIPE.md) and come as lines, without
+    # stage directions or runs of spaces
     out = generate(model, [r["ids"] for r in rows[:4]], gen_length=32,
                    policy=Policy(rule="threshold", block_length=16), mask_id=tok.mask_id, eos_id=tok.eos_id)
     texts = [tok.decode(t) for t in out.tokens]
     assert out.finished and sum(bool(re.search(r"[A-Za-z]{2}", t)) for t in texts) >= 3, texts
+    assert all("\n" in t and "[" not in t and "  " not in t for t in texts), texts

