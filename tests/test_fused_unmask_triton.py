@@ -72,8 +72,9 @@ def _filter_probs(extra, conf, state, B):
 
 
 def small(sc, **over):
-    """Interpreter-sized scenario: few sequences, short, small vocabulary (unless overridden)."""
-    base = dict(B=min(sc.B, 3), L=min(max(sc.L, 9), 24), V=min(sc.V, 600))
+    """Interpreter-sized scenario: few sequences, short, small vocabulary (unless overridden): the
+    drawn 1,000 and 2,053 become 257, still four 64-wide tiles and a partial one per row."""
+    base = dict(B=min(sc.B, 3), L=min(max(sc.L, 9), 24), V=min(sc.V, 257))
     base.update(over)
     return dataclasses.replace(sc, **base)
 
