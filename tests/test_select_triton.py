@@ -52,19 +52,24 @@ def test_split_vocabulary_layout(monkeypatch):
         _both((logits, x, cand, kw), max_excused=1)
 
 
-def test_long_block():
-    """A whole-row block of 1,000 positions: the rank tiles (64 wide, as on a GPU) cover every pair
-    of tiles; top-k cuts the order at 300, the factor rule follows its leading run."""
+def test_long_block(monkeypatch):
+    """A whole-row block of 100 positions, past one rank tile (64 wide, as on a GPU) into a partial
+    second one: the launcher's sort (128 wide) and the tile pairs (sort_n=0) both rank it; top-k
+    cuts the order at 30, the factor rule follows its leading run. Longer blocks take the same
+    paths and cost the interpreter one program per row."""
     gen = torch.Generator().manual_seed(5)
-    L = 1000
+    L = 100
     logits = peaked_logits(1, L, 4, torch.float32, gen)
     x = torch.zeros(1, L, dtype=torch.int64)
-    for rule, extra in (("topk", dict(k=300)), ("factor", dict(factor=1.0))):
-        got = dk.select(logits, x, rule=rule, backend="triton", **extra)
-        ref = dk.select(logits, x, rule=rule, **extra)
-        assert torch.equal(got.transfer, ref.transfer), rule
-        assert torch.equal(got.x0, ref.x0)
-    assert int(got.transfer.sum()) > 1  # the factor run went past the first candidate
+    launcher = st.triton_select
+    for sort_n in (None, 0):
+        monkeypatch.setattr(st, "triton_select", functools.partial(launcher, sort_n=sort_n))
+        for rule, extra in (("topk", dict(k=30)), ("factor", dict(factor=1.0))):
+            got = dk.select(logits, x, rule=rule, backend="triton", **extra)
+            ref = dk.select(logits, x, rule=rule, **extra)
+            assert torch.equal(got.transfer, ref.transfer), (rule, sort_n)
+            assert torch.equal(got.x0, ref.x0)
+        assert int(got.transfer.sum()) > 1  # the factor run went past the first candidate
 
 
 def test_per_request_parameters_equal_separate_calls():
