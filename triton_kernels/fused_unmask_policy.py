@@ -218,6 +218,19 @@ def nearest_anchor_distance(anchor, L, SORT_N: tl.constexpr):
 
 
 @triton.jit
+def localleap_selects(c, rank, dist, anchor_threshold, relaxed_threshold, window, graded):
+    """LocalLeap's picks among a block's candidates (any shape): the anchors (c >= kappa), the
+    top-ranked one, and those within `window` of an anchor (dist, 0: none) passing the relaxed
+    threshold, which with `graded` rises linearly from tau_rel at distance 1 to kappa at W + 1."""
+    relaxed = tl.zeros_like(c) + relaxed_threshold
+    if graded != 0:
+        span = (anchor_threshold - relaxed_threshold) * (dist - 1).to(tl.float32)
+        relaxed = relaxed_threshold + tl.math.div_rn(span, (tl.zeros_like(dist) + tl.maximum(window, 1)).to(tl.float32))
+    near = (dist >= 1) & (dist <= window) & (c >= relaxed)
+    return (c >= anchor_threshold) | (rank == 0) | near
+
+
+@triton.jit
 def mark_selection_sorted(x_row, conf_row, rank_u_row, transfer_row, L, active, gen_start, end_pos,
                           span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
                           n_cand, k, threshold, factor, anchor_threshold, relaxed_threshold, window,
@@ -245,13 +258,7 @@ def mark_selection_sorted(x_row, conf_row, rank_u_row, transfer_row, L, active, 
         sel = rank < run
     elif RULE == 3:
         dist = nearest_anchor_distance(cand & (c >= anchor_threshold), L, SORT_N)
-        relaxed = tl.zeros([SORT_N], dtype=tl.float32) + relaxed_threshold
-        if graded != 0:  # rises linearly from tau_rel at distance 1 to kappa at W + 1
-            span = (anchor_threshold - relaxed_threshold) * (dist - 1).to(tl.float32)
-            relaxed = relaxed_threshold + tl.math.div_rn(
-                span, (tl.zeros([SORT_N], dtype=tl.int64) + tl.maximum(window, 1)).to(tl.float32))
-        near = (dist >= 1) & (dist <= window) & (c >= relaxed)
-        sel = (c >= anchor_threshold) | (rank == 0) | near
+        sel = localleap_selects(c, rank, dist, anchor_threshold, relaxed_threshold, window, graded)
     else:
         sel = rank < k
     sel = cand & sel
@@ -323,13 +330,7 @@ def mark_selection(x_row, conf_row, rank_u_row, transfer_row, L, active, gen_sta
                 dist = anchor_distance(pos, x_row, conf_row, L, active, gen_start, end_pos, span_start,
                                        span_end, row_start, R, shift, eotp, mask_id, bs, be,
                                        anchor_threshold, READ_FROM, TILE)
-                relaxed = tl.zeros([TILE], dtype=tl.float32) + relaxed_threshold
-                if graded != 0:  # rises linearly from tau_rel at distance 1 to kappa at W + 1
-                    span = (anchor_threshold - relaxed_threshold) * (dist - 1).to(tl.float32)
-                    relaxed = relaxed_threshold + tl.math.div_rn(
-                        span, (tl.zeros([TILE], dtype=tl.int64) + tl.maximum(window, 1)).to(tl.float32))
-                near = (dist >= 1) & (dist <= window) & (c >= relaxed)
-                sel = (c >= anchor_threshold) | (rank == 0) | near
+                sel = localleap_selects(c, rank, dist, anchor_threshold, relaxed_threshold, window, graded)
             else:
                 keep = filter_keep((pos - bs).to(tl.int32), conf_row, bs, be, w1_ptr, b1_ptr, w2_ptr,
                                    b2_ptr, filter_width, filter_hidden, filter_threshold, FW_PAD, H_CHUNK)
