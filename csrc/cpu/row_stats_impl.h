@@ -137,17 +137,17 @@ inline vf philox_uniforms(vu v, uint32_t position, uint64_t seed, uint64_t offse
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int round = 0; round < 10; ++round) {
     vu hi0, lo0, hi1, lo1;
-    mulhilo(0xD2511F53u, c0, hi0, lo0);
-    mulhilo(0xCD9E8D57u, c2, hi1, lo1);
+    mulhilo(kPhiloxM0, c0, hi0, lo0);
+    mulhilo(kPhiloxM1, c2, hi1, lo1);
     c0 = hi1 ^ c1 ^ k0;
     c1 = lo1;
     c2 = hi0 ^ c3 ^ k1;
     c3 = lo0;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
   }
   const vf k = __builtin_convertvector(reinterpret_cast<vi>(c0 >> 9), vf);
-  return k * 1.1920928955078125e-07f + 5.9604644775390625e-08f;
+  return k * kUniformScale + kUniformOffset;
 }
 
 template <typename T>
