@@ -7,14 +7,32 @@ requirement (pip would fetch a multi-GB CUDA wheel).
 """
 import glob
 import os
+import re
 import shutil
 
+import setuptools
 from setuptools import find_packages, setup
 from torch.utils import cpp_extension
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CXX_FLAGS = ["-O3", "-std=c++20", "-fno-math-errno"]
+
+
+def require_build_setuptools():
+    """With --no-build-isolation pip builds with this environment's setuptools, not the one
+    pyproject.toml asks for; an older one rejects the SPDX `license` string with a schema dump, so
+    say what to upgrade instead. The minimum is read from pyproject.toml, where it is written."""
+    with open(os.path.join(HERE, "pyproject.toml")) as f:
+        minimum = re.search(r'"setuptools>=([0-9.]+)"', f.read()).group(1)
+    have = tuple(int(p) for p in re.findall(r"\d+", setuptools.__version__)[:2])
+    if have < tuple(int(p) for p in minimum.split(".")[:2]):
+        raise SystemExit(f"dllm-kernels: building needs setuptools>={minimum} (PEP 639 license metadata); "
+                         f"this environment has {setuptools.__version__}, which pip uses under "
+                         f"--no-build-isolation. Upgrade it: pip install -U 'setuptools>={minimum}'")
+
+
+require_build_setuptools()
 
 
 def cuda_home():

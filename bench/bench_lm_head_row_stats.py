@@ -93,6 +93,8 @@ def run_case(B, R, V, d, dtype, repeats, seed=0):
         fn()
     mem = {name: peak_extra_bytes(fn) for name, fn in variants.items()}
     times = {name: [] for name in variants}
+    # Interleaved by hand, not torch.utils.benchmark's back-to-back blocks: on a shared box the
+    # load drifts between blocks, and the ratio is what is quoted.
     for _ in range(repeats):
         for name, fn in variants.items():
             t0 = time.perf_counter()
