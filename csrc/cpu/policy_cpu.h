@@ -84,14 +84,14 @@ inline void select_positions(const SeqIO& io, const SeqState& st, const PolicyPa
   if (w.by_conf.empty()) return;
 
   if (pp.rule == kTopK || pp.rule == kLearnedFilter) {
-    const float* key = conf;
+    const std::vector<int64_t>* ranked = &w.by_conf;  // ranked by confidence unless remasking at random
     if (pp.random_remasking) {
       for (int64_t j = 0; j < n; ++j)
         if (w.cand[j]) w.key[j] = rank_key(io, st, pp, s + j, true);
-      key = w.key.data();
+      order_by(w.cand.get(), n, w.key.data(), w.by_key);
+      ranked = &w.by_key;
     }
-    order_by(w.cand.get(), n, key, w.by_key);
-    for (int64_t r = 0; r < k && r < static_cast<int64_t>(w.by_key.size()); ++r) w.sel[w.by_key[r]] = true;
+    for (int64_t r = 0; r < k && r < static_cast<int64_t>(ranked->size()); ++r) w.sel[(*ranked)[r]] = true;
     if (pp.rule == kLearnedFilter) {
       bool keep[kMaxFilterWidth];
       run_filter(io, st, pp, keep);
