@@ -24,7 +24,7 @@ from dllm_kernels.training.tokenizer import Tokenizer
 from tiny_data import streams  # noqa: F401  (the word-piece streams are built as the character ones)
 
 PIECE = re.compile(r"\n| ?[A-Za-z]+| ?[^A-Za-z\n ]| ")
-WORDS = 2048
+WORDS = 8192
 
 
 class PieceTokenizer(Tokenizer):
