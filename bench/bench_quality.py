@@ -338,8 +338,8 @@ def main(argv=None):
             for r in rows:
                 f.write(json.dumps(r) + "\n")
         write_markdown(rows, a.out + ".md", f"{load0} / {load_average()}")
-        plot(rows, a.out + ".png")
-        print(f"wrote {a.out}.md, .jsonl" + (", .png" if os.path.exists(a.out + ".png") else ""))
+        plotted = plot(rows, a.out + ".png")
+        print(f"wrote {a.out}.md, .jsonl" + (", .png" if plotted else ""))
     return rows
 
 
