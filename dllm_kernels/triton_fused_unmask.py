@@ -62,17 +62,33 @@ def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-# Longest row whose blocks the policy stage ranks by sorting, in one vector (register tiles of this
-# many int64 per program); longer rows fall back to comparing tile pairs (O(n^2), any length).
+# The widest vector a policy program sorts (register tiles of this many int64): rows up to this
+# long rank their blocks in one sort.
 POLICY_SORT_MAX = 4096
+# Longer rows sort chunks of this many words and binary-search them: narrower than one sort of the
+# row, so the chunk sort compiles in seconds (a 4,096-wide one takes about a minute of CPU).
+POLICY_RANK_CHUNK = 1024
 
 
 def policy_sort_n(L: int, sort_n: Optional[int] = None) -> int:
     """SORT_N of the policy kernels from the row length only (a block never exceeds L): the next
-    power of two, or 0 (tile pairs) past POLICY_SORT_MAX. `sort_n` (tests) forces a value."""
+    power of two, or 0 (sorted chunks) past POLICY_SORT_MAX. `sort_n` (tests) forces a value."""
     if sort_n is not None:
         return sort_n
     return _next_pow2(L) if L <= POLICY_SORT_MAX else 0
+
+
+def policy_scratch(B: int, L: int, sort_n: int, stand_in: torch.Tensor, rank_chunk: Optional[int] = None):
+    """(scratch, row stride, RANK_CHUNK) for the policy kernels' long-block ranking (SORT_N = 0): per
+    sequence the row length rounded up to RANK_CHUNK sorted words, then L ranks, then L of
+    LocalLeap's next anchors. The one-sort ranking needs none (an int64 `stand_in`, never read).
+    `rank_chunk` (tests, a power of two) forces the chunk width."""
+    chunk = rank_chunk or POLICY_RANK_CHUNK
+    if sort_n > 0:
+        return stand_in, 0, chunk
+    _check(chunk & (chunk - 1) == 0 and chunk <= 1 << 16, f"rank_chunk must be a power of two <= 65536, got {chunk}")
+    width = -(-L // chunk) * chunk + 2 * L
+    return torch.empty((B, width), dtype=torch.int64, device=stand_in.device), width, chunk
 
 
 def stats_layout(n_rows: int, V: int, device: torch.device, block_v: Optional[int] = None,
@@ -138,12 +154,12 @@ def fused_unmask_triton(logits, x, conf, state, mask_id, eos_id, params=None, ro
                         shift=False, graded=False, random_remasking=False, adaptive_block=False, eotp=False,
                         early_stop=False, vocab_size=0, *, block_v: Optional[int] = None,
                         vocab_splits: Optional[int] = None, policy_tile: Optional[int] = None,
-                        sort_n: Optional[int] = None):
+                        sort_n: Optional[int] = None, rank_chunk: Optional[int] = None):
     """One fused_unmask step in Triton: the op's arguments, names and order (csrc/fused_unmask_args.h),
     so it is registered as the op's CUDA kernel as it stands. Updates x, conf and state in place;
     returns (x0, transfer, window_stats). The keyword-only layout knobs (never passed by the op) let
     tests force the split-vocabulary layout, the policy tile and the policy's ranking (sort_n=0:
-    tile pairs)."""
+    sorted chunks of rank_chunk words)."""
     B, R, V, L = _CHECKS.step_head(logits, x, row_stats, vocab_size, gumbel_u)
     _check_tensor(conf, logits, "conf", torch.float32, (B, L))
     _check_tensor(state, logits, "state", torch.int64, (B, STATE_COLUMNS))
@@ -199,14 +215,15 @@ def fused_unmask_triton(logits, x, conf, state, mask_id, eos_id, params=None, ro
         # fits one tile where it can; ranks then take one matrix.
         policy_tile = min(max(16, _next_pow2(L)), 64)
     sort_n = policy_sort_n(L, sort_n)
+    scratch, scratch_stride, rank_chunk = policy_scratch(B, L, sort_n, state, rank_chunk)
     w_t = filter_w1 if all_filter else conf
     policy_kernel[(B,)](
         x, x0, conf, pprob, rank_u if rank_u is not None else conf, transfer, window_stats, state,
-        row_start_t, delim_t, n_delim, w_t, filter_b1 if all_filter else conf,
+        scratch, scratch_stride, row_start_t, delim_t, n_delim, w_t, filter_b1 if all_filter else conf,
         filter_w2 if all_filter else conf, filter_b2 if all_filter else conf, fw, fh, L, R,
         eos_id=eos_id, graded=int(bool(graded)), early_stop=int(bool(early_stop)), **read_args,
         RULE=int(rule), RANDOM_RANK=bool(random_remasking) and rule in (0, 4),
         HAS_RANK_U=rank_u is not None, HAS_ROW_START=row_start is not None, TILE=policy_tile,
         FW_PAD=max(16, _next_pow2(fw)), H_CHUNK=min(32, max(16, _next_pow2(fh))), SORT_N=sort_n,
-        num_warps=8 if max(policy_tile, sort_n) >= 64 else 4)  # [64, 64] rank matrices, long sorts: 8 warps
+        RANK_CHUNK=rank_chunk, num_warps=8 if max(policy_tile, sort_n) >= 64 or sort_n == 0 else 4)
     return x0, transfer, window_stats

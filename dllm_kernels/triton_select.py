@@ -21,7 +21,7 @@ import torch
 from ._triton_pkg import triton_kernels_module
 from .select_params import SELECT_PARAM_COLUMNS, SELECT_PARAM_DEFAULTS, SELECT_PARAM_KINDS
 from .triton_checks import ArgChecks, check_pack_values, default_pack
-from .triton_fused_unmask import _interpreting, _next_pow2, launch_stats, policy_sort_n
+from .triton_fused_unmask import _interpreting, _next_pow2, launch_stats, policy_scratch, policy_sort_n
 
 _policy = triton_kernels_module("select_policy")
 select_kernel = _policy.select_kernel
@@ -76,11 +76,13 @@ def triton_select(logits, x, candidates=None, params=None, bounds=None, row_star
                   rule=1, conf_kind=0, shift=False, graded=False, random_remasking=False, commit=False,
                   row_stats=None, vocab_size=0, *,
                   block_v: Optional[int] = None, vocab_splits: Optional[int] = None,
-                  policy_tile: Optional[int] = None, sort_n: Optional[int] = None):
+                  policy_tile: Optional[int] = None, sort_n: Optional[int] = None,
+                  rank_chunk: Optional[int] = None):
     """One select step in Triton: the op's arguments, names and order (csrc/ops.cpp), so it is
     registered as the op's CUDA kernel as it stands. Returns (x0, conf, transfer); writes x at the
     chosen positions only with `commit`. The keyword-only layout knobs (never passed by the op) let
-    tests force the split-vocabulary layout, the rule's tile and its ranking (sort_n=0: tile pairs)."""
+    tests force the split-vocabulary layout, the rule's tile and its ranking (sort_n=0: sorted chunks
+    of rank_chunk words)."""
     B, R, V, L = _CHECKS.step_head(logits, x, row_stats, vocab_size, gumbel_u)
     if candidates is not None:
         _check_tensor(candidates, logits, "candidates", torch.bool, (B, L))
@@ -135,14 +137,16 @@ def triton_select(logits, x, candidates=None, params=None, bounds=None, row_star
     if policy_tile is None:
         policy_tile = min(max(16, _next_pow2(L)), 64)  # the block may be the whole row
     sort_n = policy_sort_n(L, sort_n)
+    scratch, scratch_stride, rank_chunk = policy_scratch(B, L, sort_n, seq, rank_chunk)
     all_filter = fw > 0
     select_kernel[(B,)](
-        flags, x, x0, conf, rank_u if rank_u is not None else conf, transfer, seq, pack, pack_stride,
+        flags, x, x0, conf, rank_u if rank_u is not None else conf, transfer, seq, scratch, scratch_stride,
+        pack, pack_stride,
         row_start_t, filter_w1 if all_filter else conf, filter_b1 if all_filter else conf,
         filter_w2 if all_filter else conf, filter_b2 if all_filter else conf, fw, fh, L, R,
         shift=int(bool(shift)), graded=int(bool(graded)), commit=int(bool(commit)), RULE=int(rule),
         RANDOM_RANK=bool(random_remasking) and rule in (0, 4), HAS_RANK_U=rank_u is not None,
         HAS_ROW_START=row_start is not None, READ_FROM=read_from, TILE=policy_tile,
         FW_PAD=max(16, _next_pow2(fw)), H_CHUNK=min(32, max(16, _next_pow2(fh))), SORT_N=sort_n,
-        num_warps=8 if max(policy_tile, sort_n) >= 64 else 4)  # [64, 64] rank matrices, long sorts: 8 warps
+        RANK_CHUNK=rank_chunk, num_warps=8 if max(policy_tile, sort_n) >= 64 or sort_n == 0 else 4)
     return x0, conf, transfer

@@ -404,8 +404,9 @@ def test_cuda_graph_capture_replays_steps():
 
 
 # ---------------------------------------------------------------------------------------------
-# The policy stage's ranking: one sort per block (rows up to POLICY_SORT_MAX) against the tile-pair
-# comparisons, at block lengths 1, 33 and a long block, with many exact ties
+# The policy stage's ranking: one sort per block (rows up to POLICY_SORT_MAX) against the long rows'
+# ranking (sorted chunks, binary searches, LocalLeap's carried scans), at block lengths 1, 33 and a
+# long block, with many exact ties
 
 
 LONG_RULES = [dict(rule="topk", steps=4), dict(rule="topk", steps=3, random_remasking=True),
@@ -427,19 +428,23 @@ RULE_IDS = [f"{f['rule']}{'-random' if f.get('random_remasking') else ''}" for f
 # under the interpreter, whose sort costs grow with its width; on a GPU it is 1,024, past twice the
 # CUDA kernel's 256 policy threads (each thread then swaps several pairs per sort stage).
 LONG_BLOCK = 1024 if DEVICE == "cuda" else 100
+# The long rows' chunk width here: narrower than these blocks, so a block spans several chunks (and
+# the interpreter's sorts stay small); the launcher's is POLICY_SORT_MAX.
+RANK_CHUNK = 256 if DEVICE == "cuda" else 16
 SORT_CASES = [(block, f) for block in (1, 33) for f in LONG_RULES] + [(LONG_BLOCK, LONG_RULES[1]),
                                                                       (LONG_BLOCK, LONG_RULES[4])]
 
 
 @pytest.mark.parametrize("block, fields", SORT_CASES,
                          ids=[f"{b}-{RULE_IDS[LONG_RULES.index(f)]}" for b, f in SORT_CASES])
-def test_sorted_ranks_equal_the_cpu_op_and_tile_pairs(block, fields):
-    """The launcher's choice (a sort) against the C++ op and against the tile-pair comparisons at
-    every length: the same state, tokens and transfers. The tied groups' confidences are far apart,
-    so float32 rounding differences between backends never reorder them; inside a group the lower
-    position wins on every backend. The long block's logits cover its last 64-70 positions only (the
-    interpreter runs one program per row): the sort still spans the whole block's vector (a power
-    of two), the tile pairs every pair of its tiles, and top-k takes fewer than all candidates."""
+def test_sorted_ranks_equal_the_cpu_op_and_chunked_ranks(block, fields):
+    """The launcher's choice (a sort) against the C++ op and against the long rows' ranking (chunks of
+    RANK_CHUNK) at every length: the same state, tokens and transfers. The tied groups' confidences
+    are far apart, so float32 rounding differences between backends never reorder them; inside a
+    group the lower position wins on every backend. The long block's logits cover its last 64-70
+    positions only (the interpreter runs one program per row): the sort still spans the whole
+    block's vector (a power of two), the chunked ranking searches every chunk of the block, and
+    top-k takes fewer than all candidates."""
     from dllm_kernels.triton_fused_unmask import policy_sort_n
 
     B, V = 2, 6
@@ -459,7 +464,8 @@ def test_sorted_ranks_equal_the_cpu_op_and_tile_pairs(block, fields):
     x[1, : L // 3] = 0  # sequence 1 starts later: a block not at offset 0
     st = dk.DecodeState.new(B, L, gen_start=[0, L // 3], seed=9)
     assert policy_sort_n(L) >= L
-    runs = [(fused_unmask_triton, dict(sort_n=None)), (CPU_OP, {}), (fused_unmask_triton, dict(sort_n=0))]
+    runs = [(fused_unmask_triton, dict(sort_n=None)), (CPU_OP, {}),
+            (fused_unmask_triton, dict(sort_n=0, rank_chunk=RANK_CHUNK, policy_tile=16))]
     outs = []
     for fn, layout in runs:
         dev = [t.to(DEVICE).clone() for t in (logits, x, st.conf, st.state)]

@@ -64,14 +64,14 @@ _SCRIPT = textwrap.dedent(r"""
         tile = 32 if rule == 1 else 64  # as the launcher: 4 warps for 32-wide tiles, 8 for 64
         build(tu.policy_kernel, "fp32", dict(RULE=rule, RANDOM_RANK=random_rank, HAS_RANK_U=rank_u,
                                             HAS_ROW_START=True, TILE=tile, FW_PAD=128 if rule == 4 else 16,
-                                            H_CHUNK=32, SORT_N=0), 4 if tile == 32 else 8)
+                                            H_CHUNK=32, SORT_N=0, RANK_CHUNK=tu.POLICY_RANK_CHUNK), 4 if tile == 32 else 8)
         n += 1
     # The sorted ranking (bitonic tl.sort of int64 words, LocalLeap's scans) at a 1,024-position row.
     sorted_rules = [(0, True, False), (2, False, False), (3, False, False), (4, True, True)]
     for rule, random_rank, rank_u in sorted_rules if full else sorted_rules[2:3]:
         build(tu.policy_kernel, "fp32", dict(RULE=rule, RANDOM_RANK=random_rank, HAS_RANK_U=rank_u,
                                             HAS_ROW_START=True, TILE=64, FW_PAD=128 if rule == 4 else 16,
-                                            H_CHUNK=32, SORT_N=1024), 8)
+                                            H_CHUNK=32, SORT_N=1024, RANK_CHUNK=tu.POLICY_RANK_CHUNK), 8)
         n += 1
     print("compiled", n)
 """)

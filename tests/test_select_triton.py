@@ -54,16 +54,17 @@ def test_split_vocabulary_layout(monkeypatch):
 
 def test_long_block(monkeypatch):
     """A whole-row block of 100 positions, past one rank tile (64 wide, as on a GPU) into a partial
-    second one: the launcher's sort (128 wide) and the tile pairs (sort_n=0) both rank it; top-k
-    cuts the order at 30, the factor rule follows its leading run. Longer blocks take the same
-    paths and cost the interpreter one program per row."""
+    second one: the launcher's sort (128 wide) and the long rows' ranking (sort_n=0: chunks of 16
+    sorted, then binary-searched; the 7th chunk partly padding) both rank it; top-k cuts the order
+    at 30, the factor rule follows its leading run. Longer blocks take the same paths and cost the
+    interpreter one program per row."""
     gen = torch.Generator().manual_seed(5)
     L = 100
     logits = peaked_logits(1, L, 4, torch.float32, gen)
     x = torch.zeros(1, L, dtype=torch.int64)
     launcher = st.triton_select
     for sort_n in (None, 0):
-        monkeypatch.setattr(st, "triton_select", functools.partial(launcher, sort_n=sort_n))
+        monkeypatch.setattr(st, "triton_select", functools.partial(launcher, sort_n=sort_n, rank_chunk=16))
         for rule, extra in (("topk", dict(k=30)), ("factor", dict(factor=1.0))):
             got = dk.select(logits, x, rule=rule, backend="triton", **extra)
             ref = dk.select(logits, x, rule=rule, **extra)

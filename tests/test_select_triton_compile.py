@@ -57,12 +57,12 @@ _SCRIPT = textwrap.dedent(r"""
     for rule, random_rank, rank_u in rules if full else rules[-2:]:
         build(stt.select_kernel, "fp32", dict(RULE=rule, RANDOM_RANK=random_rank, HAS_RANK_U=rank_u,
                                              HAS_ROW_START=True, READ_FROM=1 if rule % 2 else 2, TILE=64,
-                                             FW_PAD=128 if rule == 4 else 16, H_CHUNK=32, SORT_N=0), 8,
+                                             FW_PAD=128 if rule == 4 else 16, H_CHUNK=32, SORT_N=0, RANK_CHUNK=tu.POLICY_RANK_CHUNK), 8,
               flags_ty="*i8" if rule % 2 else None)
         n += 1
     # The sorted ranking at a 1,024-position row.
     build(stt.select_kernel, "fp32", dict(RULE=1, RANDOM_RANK=False, HAS_RANK_U=False, HAS_ROW_START=True,
-                                         READ_FROM=1, TILE=64, FW_PAD=16, H_CHUNK=32, SORT_N=1024), 8,
+                                         READ_FROM=1, TILE=64, FW_PAD=16, H_CHUNK=32, SORT_N=1024, RANK_CHUNK=tu.POLICY_RANK_CHUNK), 8,
           flags_ty="*i8")
     n += 1
     print("compiled", n)

@@ -9,8 +9,11 @@ The candidate and rule stage (count_candidates, mark_selection) is shared with `
 (triton_kernels/select_policy.py), whose candidates are the caller's (READ_FROM, fused_unmask_common.py).
 Ranks: rows of up to POLICY_SORT_MAX positions (the launcher's SORT_N, a power of two >= L) hold
 the whole block in one vector and rank it by two bitonic sorts of packed (key, offset) words, O(n
-log^2 n) work; LocalLeap's anchor distances come from two scans. Longer rows fall back to O(n^2)
-comparisons, tile pair by tile pair (parallel within a tile, correct for any block length).
+log^2 n) work; LocalLeap's anchor distances come from two scans. Longer rows (SORT_N = 0) sort the
+block in chunks of RANK_CHUNK words into the sequence's scratch row and rank each candidate by a
+binary search of every sorted chunk (n / RANK_CHUNK searches of log2(RANK_CHUNK) + 1 loads each,
+RANK_CHUNK candidates at a time), and LocalLeap's anchors come from the same scans carried across
+tiles (the next anchor to the right kept in the scratch row).
 
 Phases communicate through global memory (the selection is written into `transfer`, commits into
 `x`), and one program's threads see each other's writes only after a CTA barrier: hence the
@@ -98,44 +101,26 @@ def block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start, end
 
 
 @triton.jit
-def candidate_ranks(pos_i, key_i, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
-                    span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
-                    RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr, READ_FROM: tl.constexpr,
-                    TILE: tl.constexpr):
-    """policy.h candidate_rank for a tile: candidates of the block ranked above each position
-    (larger key, or equal key and lower position)."""
-    rank = tl.zeros([TILE], dtype=tl.int32)
-    for j0 in range(bs, be, TILE):
-        pos_j = j0 + tl.arange(0, TILE)
-        cand_j, c_j, key_j = block_candidates(pos_j, x_row, conf_row, rank_u_row, L, active, gen_start,
-                                              end_pos, span_start, span_end, row_start, R, shift, eotp,
-                                              mask_id, bs, be, seed, offset, RANDOM_RANK, HAS_RANK_U,
-                                              READ_FROM)
-        kj = key_j[None, :]
-        ki = key_i[:, None]
-        # block offsets in int32: the matrices are the kernel's largest register tiles
-        earlier = (pos_j - bs).to(tl.int32)[None, :] < (pos_i - bs).to(tl.int32)[:, None]
-        above = cand_j[None, :] & ((kj > ki) | ((kj == ki) & earlier))
-        rank += tl.sum(above.to(tl.int32), 1)
-    return rank
-
-
-@triton.jit
-def anchor_distance(pos_i, x_row, conf_row, L, active, gen_start, end_pos, span_start, span_end,
-                    row_start, R, shift, eotp, mask_id, bs, be, anchor_threshold,
-                    READ_FROM: tl.constexpr, TILE: tl.constexpr):
-    """LocalLeap: distance from each position to the nearest anchor (candidate with conf >= kappa);
-    L + 1 when there is none."""
-    dist = tl.zeros([TILE], dtype=tl.int32) + L + 1
-    for j0 in range(bs, be, TILE):
-        pos_j = j0 + tl.arange(0, TILE)
-        cand_j, c_j, key_j = block_candidates(pos_j, x_row, conf_row, conf_row, L, active, gen_start,
-                                              end_pos, span_start, span_end, row_start, R, shift, eotp,
-                                              mask_id, bs, be, 0, 0, False, False, READ_FROM)
-        anchor = cand_j & (c_j >= anchor_threshold)
-        gap = tl.abs((pos_j - bs).to(tl.int32)[None, :] - (pos_i - bs).to(tl.int32)[:, None])
-        dist = tl.minimum(dist, tl.min(tl.where(anchor[None, :], gap, L + 1), 1))
-    return dist
+def store_next_anchors(next_row, x_row, conf_row, L, active, gen_start, end_pos, span_start, span_end,
+                       row_start, R, shift, eotp, mask_id, bs, be, anchor_threshold,
+                       READ_FROM: tl.constexpr, TILE: tl.constexpr):
+    """LocalLeap on a long block: next_row[o] = the offset of the first anchor (candidate with conf >=
+    kappa) at or after block offset o, 2 L + 2 where there is none; a min-scan per tile, from the
+    block's end back, carrying the first anchor of the tiles after it."""
+    n_tiles = tl.cdiv(be - bs, TILE)
+    none = (bs * 0 + 2 * L + 2).to(tl.int64)
+    carry = none
+    for t in range(0, n_tiles):
+        pos = bs + (n_tiles - 1 - t) * TILE + tl.arange(0, TILE)
+        cand, c, key = block_candidates(pos, x_row, conf_row, conf_row, L, active, gen_start, end_pos,
+                                        span_start, span_end, row_start, R, shift, eotp, mask_id, bs,
+                                        be, 0, 0, False, False, READ_FROM)
+        off = (pos - bs).to(tl.int64)
+        right = tl.associative_scan(tl.where(cand & (c >= anchor_threshold), off, none), 0, _min_combine,
+                                    reverse=True)
+        right = tl.minimum(right, carry)
+        tl.store(next_row + off, right, mask=pos < be)
+        carry = tl.min(right, 0)
 
 
 @triton.jit
@@ -185,13 +170,66 @@ def sorted_ranks(key, cand, SORT_N: tl.constexpr):
     pair: (key descending, offset) gives the order, (offset, place in that order) maps it back.
     Non-candidates sort after every candidate."""
     off = tl.arange(0, SORT_N).to(tl.int64)
+    by_rank = tl.sort(rank_words(key, cand, off))
+    by_offset = tl.sort(((by_rank & 0xFFFFFFFF) << 32) | off)
+    return (by_offset & 0xFFFFFFFF).to(tl.int32)
+
+
+@triton.jit
+def rank_words(key, cand, off):
+    """Distinct int64 words, one per block offset, in ranking order when sorted ascending: (key
+    descending, offset); non-candidates after every candidate."""
     key = tl.where(key == 0.0, 0.0, key)  # -0.0 ties with +0.0, as the float comparisons have it
     bits = key.to(tl.int32, bitcast=True)
     ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)  # int order == float order
     high = tl.where(cand, -ordered, 0x7FFFFFFF)  # finite keys: |ordered| < 2^31 - 2^23
-    by_rank = tl.sort((high << 32) | off)
-    by_offset = tl.sort(((by_rank & 0xFFFFFFFF) << 32) | off)
-    return (by_offset & 0xFFFFFFFF).to(tl.int32)
+    return (high << 32) | off.to(tl.int64)
+
+
+@triton.jit
+def sort_rank_chunks(words_row, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos, span_start,
+                     span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
+                     RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr, READ_FROM: tl.constexpr,
+                     RANK_CHUNK: tl.constexpr):
+    """The block's rank words, each chunk of RANK_CHUNK offsets sorted, into words_row[0, n) (n: the
+    block length rounded up to RANK_CHUNK; the padding's words sort last)."""
+    for c0 in range(bs, be, RANK_CHUNK):
+        pos = c0 + tl.arange(0, RANK_CHUNK)
+        cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
+                                        span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be,
+                                        seed, offset, RANDOM_RANK, HAS_RANK_U, READ_FROM)
+        tl.store(words_row + (pos - bs), tl.sort(rank_words(key, cand, pos - bs)))
+
+
+@triton.jit
+def store_chunk_ranks(rank_row, words_row, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
+                      span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
+                      RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr, READ_FROM: tl.constexpr,
+                      RANK_CHUNK: tl.constexpr):
+    """rank_row[o] = the rank of block offset o from the sorted chunks (after sort_rank_chunks and a
+    barrier), RANK_CHUNK offsets at a time so that many searches share each load's latency."""
+    for c0 in range(bs, be, RANK_CHUNK):
+        pos = c0 + tl.arange(0, RANK_CHUNK)
+        cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
+                                        span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be,
+                                        seed, offset, RANDOM_RANK, HAS_RANK_U, READ_FROM)
+        rank = chunk_ranks(rank_words(key, cand, pos - bs), words_row, be - bs, RANK_CHUNK)
+        tl.store(rank_row + (pos - bs), rank.to(tl.int64), mask=pos < be)
+
+
+@triton.jit
+def chunk_ranks(word, words_row, n_block, RANK_CHUNK: tl.constexpr):
+    """policy.h candidate_rank from the sorted chunks: the number of words below `word` (candidates
+    ranked above it), a branch-free lower bound in each chunk."""
+    rank = tl.zeros(word.shape, dtype=tl.int32)
+    for c0 in range(0, n_block, RANK_CHUNK):
+        chunk = words_row + c0
+        lo = tl.zeros(word.shape, dtype=tl.int32)
+        for s in tl.static_range(1, 17):  # halves RANK_CHUNK / 2, ..., 1 (RANK_CHUNK <= 2^16)
+            if (RANK_CHUNK >> s) > 0:
+                lo = tl.where(tl.load(chunk + lo + ((RANK_CHUNK >> s) - 1)) < word, lo + (RANK_CHUNK >> s), lo)
+        rank += lo + (tl.load(chunk + lo) < word).to(tl.int32)
+    return rank
 
 
 @triton.jit
@@ -275,18 +313,20 @@ def mark_selection_sorted(x_row, conf_row, rank_u_row, transfer_row, L, active, 
 
 
 @triton.jit
-def mark_selection(x_row, conf_row, rank_u_row, transfer_row, L, active, gen_start, end_pos,
-                   span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
+def mark_selection(x_row, conf_row, rank_u_row, transfer_row, scratch_row, L, active, gen_start,
+                   end_pos, span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
                    n_cand, k, threshold, factor, anchor_threshold, relaxed_threshold, window, graded,
                    filter_threshold, w1_ptr, b1_ptr, w2_ptr, b2_ptr, filter_width, filter_hidden,
                    RULE: tl.constexpr, RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr,
                    READ_FROM: tl.constexpr, TILE: tl.constexpr, FW_PAD: tl.constexpr,
-                   H_CHUNK: tl.constexpr, SORT_N: tl.constexpr):
+                   H_CHUNK: tl.constexpr, SORT_N: tl.constexpr, RANK_CHUNK: tl.constexpr):
     """The rule over the block's candidates (policy.h select rules): marks its choice in
     `transfer` (zero on entry). `k` (rules 0 and 4) is already capped at n_cand. The caller commits
     afterwards, so that every rank here sees the pre-step tokens. SORT_N > 0 (a power of two >= the
     block's length): the whole block in one vector, ranks by sorting (mark_selection_sorted);
-    SORT_N = 0: tiles of TILE, ranks by comparing tile pairs (any block length)."""
+    SORT_N = 0 (any block length): tiles of TILE, ranks by binary searches of the block's chunks
+    sorted into `scratch_row` (the launcher's scratch: the row length rounded up to RANK_CHUNK sorted
+    words, then L ranks, then L of LocalLeap's next anchors)."""
     if SORT_N > 0:
         mark_selection_sorted(x_row, conf_row, rank_u_row, transfer_row, L, active, gen_start, end_pos,
                               span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed,
@@ -295,6 +335,22 @@ def mark_selection(x_row, conf_row, rank_u_row, transfer_row, L, active, gen_sta
                               filter_width, filter_hidden, RULE, RANDOM_RANK, HAS_RANK_U, READ_FROM,
                               FW_PAD, H_CHUNK, SORT_N)
     else:
+        # A long block: its chunks sorted into the scratch row (and LocalLeap's next anchors after
+        # them), read back by other threads of this program after the barrier.
+        sort_rank_chunks(scratch_row, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
+                         span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
+                         RANDOM_RANK, HAS_RANK_U, READ_FROM, RANK_CHUNK)
+        rank_row = scratch_row + tl.cdiv(L, RANK_CHUNK) * RANK_CHUNK
+        next_row = rank_row + L
+        if RULE == 3:
+            store_next_anchors(next_row, x_row, conf_row, L, active, gen_start, end_pos, span_start,
+                               span_end, row_start, R, shift, eotp, mask_id, bs, be, anchor_threshold,
+                               READ_FROM, TILE)
+        tl.debug_barrier()
+        store_chunk_ranks(rank_row, scratch_row, x_row, conf_row, rank_u_row, L, active, gen_start,
+                          end_pos, span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed,
+                          offset, RANDOM_RANK, HAS_RANK_U, READ_FROM, RANK_CHUNK)
+        tl.debug_barrier()
         run = n_cand  # factor rule: longest leading run of the descending order that passes
         if RULE == 2:
             for p0 in range(bs, be, TILE):
@@ -302,24 +358,21 @@ def mark_selection(x_row, conf_row, rank_u_row, transfer_row, L, active, gen_sta
                 cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start,
                                                 end_pos, span_start, span_end, row_start, R, shift, eotp,
                                                 mask_id, bs, be, seed, offset, False, False, READ_FROM)
-                rank = candidate_ranks(pos, key, x_row, conf_row, rank_u_row, L, active, gen_start,
-                                       end_pos, span_start, span_end, row_start, R, shift, eotp, mask_id,
-                                       bs, be, seed, offset, False, False, READ_FROM, TILE)
+                rank = tl.load(rank_row + (pos - bs), mask=pos < be, other=0).to(tl.int32)
                 # 1-based r = rank + 1 >= 2 fails when c < 1 - f / (r + 1); the run ends before it.
                 bar = 1.0 - tl.math.div_rn(tl.zeros([TILE], dtype=tl.float32) + factor,
                                            (rank + 2).to(tl.float32))
                 fails = cand & (rank >= 1) & ~(c >= bar)
                 run = tl.minimum(run, tl.min(tl.where(fails, rank, L + 1), 0).to(tl.int64))
 
+        left = (bs * 0 - 1).to(tl.int64)  # LocalLeap: the last anchor before the tile
         for p0 in range(bs, be, TILE):
             pos = p0 + tl.arange(0, TILE)
             cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start,
                                             end_pos, span_start, span_end, row_start, R, shift, eotp,
                                             mask_id, bs, be, seed, offset, RANDOM_RANK, HAS_RANK_U,
                                             READ_FROM)
-            rank = candidate_ranks(pos, key, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
-                                   span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be,
-                                   seed, offset, RANDOM_RANK, HAS_RANK_U, READ_FROM, TILE)
+            rank = tl.load(rank_row + (pos - bs), mask=pos < be, other=0).to(tl.int32)
             if RULE == 0:
                 sel = rank < k
             elif RULE == 1:
@@ -327,9 +380,15 @@ def mark_selection(x_row, conf_row, rank_u_row, transfer_row, L, active, gen_sta
             elif RULE == 2:
                 sel = rank < run
             elif RULE == 3:
-                dist = anchor_distance(pos, x_row, conf_row, L, active, gen_start, end_pos, span_start,
-                                       span_end, row_start, R, shift, eotp, mask_id, bs, be,
-                                       anchor_threshold, READ_FROM, TILE)
+                off = (pos - bs).to(tl.int64)
+                lscan = tl.associative_scan(tl.where(cand & (c >= anchor_threshold), off, -1), 0,
+                                            _max_combine)
+                lscan = tl.maximum(lscan, left)
+                left = tl.max(lscan, 0)
+                right = tl.load(next_row + off, mask=pos < be, other=2 * L + 2)
+                none = L + 1
+                dist = tl.minimum(tl.where(lscan >= 0, off - lscan, none),
+                                  tl.where(right < 2 * L + 2, right - off, none)).to(tl.int32)
                 sel = localleap_selects(c, rank, dist, anchor_threshold, relaxed_threshold, window, graded)
             else:
                 keep = filter_keep((pos - bs).to(tl.int32), conf_row, bs, be, w1_ptr, b1_ptr, w2_ptr,
@@ -339,16 +398,14 @@ def mark_selection(x_row, conf_row, rank_u_row, transfer_row, L, active, gen_sta
             tl.store(transfer_row + pos, sel, mask=sel)
 
 
-
-
 @triton.jit
 def policy_kernel(x_ptr, x0_ptr, conf_ptr, pprob_ptr, rank_u_ptr, transfer_ptr, window_stats_ptr,
-                  state_ptr, row_start_ptr, delim_ptr, n_delim, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
-                  filter_width, filter_hidden, L, R, params_ptr, params_stride, mask_id, eos_id, shift,
+                  state_ptr, scratch_ptr, scratch_stride, row_start_ptr, delim_ptr, n_delim, w1_ptr, b1_ptr,
+                  w2_ptr, b2_ptr, filter_width, filter_hidden, L, R, params_ptr, params_stride, mask_id, eos_id, shift,
                   graded, adaptive_block, eotp, early_stop,
                   RULE: tl.constexpr, RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr,
                   HAS_ROW_START: tl.constexpr, TILE: tl.constexpr, FW_PAD: tl.constexpr,
-                  H_CHUNK: tl.constexpr, SORT_N: tl.constexpr):
+                  H_CHUNK: tl.constexpr, SORT_N: tl.constexpr, RANK_CHUNK: tl.constexpr):
     """Grid (B,): one step of the policy for sequence b. `transfer` must be zero on entry. Its
     numbers come from the sequence's row of the float64 pack, compared in float32 as the C++ does."""
     b = tl.program_id(0).to(tl.int64)
@@ -430,12 +487,12 @@ def policy_kernel(x_ptr, x0_ptr, conf_ptr, pprob_ptr, rank_u_ptr, transfer_ptr, 
         k = tl.where(step >= steps, n_cand,
                      tl.minimum(block_masked // steps + (step < block_masked % steps).to(tl.int64),
                                 n_cand))
-        mark_selection(x_row, conf_row, rank_u_row, transfer_row, L, active, gen_start, end_pos,
-                       span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
-                       n_cand, k, threshold, factor, anchor_threshold, relaxed_threshold, window,
-                       graded, filter_threshold, w1_ptr, b1_ptr, w2_ptr, b2_ptr, filter_width,
-                       filter_hidden, RULE, RANDOM_RANK, HAS_RANK_U, READ_MASKED, TILE, FW_PAD,
-                       H_CHUNK, SORT_N)
+        mark_selection(x_row, conf_row, rank_u_row, transfer_row, scratch_ptr + b * scratch_stride, L,
+                       active, gen_start, end_pos, span_start, span_end, row_start, R, shift, eotp,
+                       mask_id, bs, be, seed, offset, n_cand, k, threshold, factor, anchor_threshold,
+                       relaxed_threshold, window, graded, filter_threshold, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
+                       filter_width, filter_hidden, RULE, RANDOM_RANK, HAS_RANK_U, READ_MASKED, TILE,
+                       FW_PAD, H_CHUNK, SORT_N, RANK_CHUNK)
         tl.debug_barrier()
 
         # 4. Commit: x = x0 at the selected positions; note the first committed eos (EoTP).

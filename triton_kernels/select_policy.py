@@ -14,12 +14,13 @@ from .fused_unmask_common import (COL_ANCHOR, COL_COUNT, COL_FACTOR, COL_FILTER_
 from .fused_unmask_policy import count_candidates, mark_selection
 
 @triton.jit
-def select_kernel(flags_ptr, x_ptr, x0_ptr, conf_ptr, rank_u_ptr, transfer_ptr, seq_ptr, params_ptr,
+def select_kernel(flags_ptr, x_ptr, x0_ptr, conf_ptr, rank_u_ptr, transfer_ptr, seq_ptr, scratch_ptr,
+                  scratch_stride, params_ptr,
                   params_stride, row_start_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, filter_width,
                   filter_hidden, L, R, shift, graded, commit, RULE: tl.constexpr,
                   RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr, HAS_ROW_START: tl.constexpr,
                   READ_FROM: tl.constexpr, TILE: tl.constexpr, FW_PAD: tl.constexpr,
-                  H_CHUNK: tl.constexpr, SORT_N: tl.constexpr):
+                  H_CHUNK: tl.constexpr, SORT_N: tl.constexpr, RANK_CHUNK: tl.constexpr):
     """Sequence b: the rule's choice into `transfer` (zero on entry), then x = x0 there if commit."""
     b = tl.program_id(0).to(tl.int64)
     flags_row = flags_ptr + b * L  # READ_FLAGS: the candidates as int8 (READ_ALL: not read)
@@ -43,12 +44,12 @@ def select_kernel(flags_ptr, x_ptr, x0_ptr, conf_ptr, rank_u_ptr, transfer_ptr, 
     active = start <= end
     n_cand = count_candidates(flags_row, conf_row, L, active, start, end, start, end, row_start, R,
                               shift, 1, 1, start, end, READ_FROM, TILE)
-    mark_selection(flags_row, conf_row, rank_u_ptr + b * L, transfer_row, L, active, start, end,
-                   start, end, row_start, R, shift, 1, 1, start, end, seed, offset, n_cand,
+    mark_selection(flags_row, conf_row, rank_u_ptr + b * L, transfer_row, scratch_ptr + b * scratch_stride,
+                   L, active, start, end, start, end, row_start, R, shift, 1, 1, start, end, seed, offset, n_cand,
                    tl.minimum(k, n_cand), threshold, factor, anchor_threshold, relaxed_threshold,
                    window, graded, filter_threshold, w1_ptr, b1_ptr, w2_ptr, b2_ptr, filter_width,
                    filter_hidden, RULE, RANDOM_RANK, HAS_RANK_U, READ_FROM, TILE, FW_PAD, H_CHUNK,
-                   SORT_N)
+                   SORT_N, RANK_CHUNK)
     if commit != 0:
         tl.debug_barrier()  # the selection above was written by other threads of this program
         for p0 in range(start, end, TILE):
