@@ -153,6 +153,8 @@ run_stage pytest_cuda_rest 130 "$PY" -m pytest -m cuda -q -rfE --continue-on-col
   -p no:cacheprovider --durations=10 --junitxml="$RESULTS_DIR/pytest_cuda_rest.xml" \
   --ignore=tests/test_fused_unmask_cuda.py tests
 run_bench bench_fused_unmask 90
+# The block-length sweep on every GPU backend (the long-row ranking paths past 2,048 and 4,096).
+run_stage bench_fused_unmask_block_sweep 90 "$PY" bench/bench_fused_unmask.py --device cuda --block-sweep --repeats 20
 
 if [ -n "$SAN" ]; then
   run_stage racecheck 90 "$SAN" --tool racecheck --error-exitcode 1 --print-limit 50 \
