@@ -61,6 +61,13 @@ def peaked_logits(B, R, V, dtype, gen, spread=12.0):
     return logits.to(dtype)
 
 
+def tied_logits(B, L, V, gen):
+    """Copies of four random rows: every position's confidence ties exactly with a quarter of the
+    others (bit for bit: the same row, the same sums), and the four values lie far apart."""
+    rows = torch.randn(4, V, generator=gen) * 2.0
+    return rows[torch.randint(0, 4, (B, L), generator=gen)]
+
+
 def boost_token(logits, b, r, token, amount):
     """Make `token` likely at row r of sequence b (e.g. eos or a delimiter)."""
     logits[b, r, token] = logits[b, r].float().max() + amount

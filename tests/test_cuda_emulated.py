@@ -99,6 +99,11 @@ def test_no_rows(as_cuda_op):
     cuda_tests.test_no_rows()
 
 
+@pytest.mark.parametrize("fields", cuda_tests.LONG_BLOCK_RULES, ids=lambda f: f["rule"] + ("-random" if f.get("random_remasking") else ""))
+def test_long_block(as_cuda_op, fields):
+    cuda_tests.test_long_block_matches_cpu(fields)
+
+
 def _run(op, logits, x, conf, state, kw):
     x, conf, state = x.clone(), conf.clone(), state.clone()
     out = op(logits, x, conf, state, **kw)

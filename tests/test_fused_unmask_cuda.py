@@ -9,12 +9,13 @@ import math
 import pytest
 import torch
 
-import dllm_kernels  # noqa: F401  (loads the ops)
+import dllm_kernels as dk
 from dllm_kernels import _native
 from dllm_kernels import state as S
+from dllm_kernels.fused_unmask_params import UNMASK_PARAM_COLUMNS
 from scenario_runner import filter_probabilities, run_scenario, step_inputs
 from fused_unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, boost_token,
-                          make_batch, op_positional, peaked_logits)
+                          make_batch, op_positional, peaked_logits, tied_logits)
 
 pytestmark = pytest.mark.cuda
 OP = torch.ops.dllm.fused_unmask
@@ -121,6 +122,47 @@ def test_matches_cpu_every_rule_conf_kind_dtype(rule, conf_kind, dtype):
                            rule=rule, conf_kind=conf_kind, dtype=dtype)
         compared += run_vs_cpu(sc, steps=3)
     assert compared > 0
+
+
+# ---- a block past kSortMax (fused_unmask_launch.h): ranks from sorted chunks ---------------------
+
+LONG_BLOCK = 2100  # one full chunk of 2,048 and a partial one
+LONG_BLOCK_RULES = [dict(rule="topk", steps=40), dict(rule="topk", steps=40, random_remasking=True),
+                    dict(rule="threshold", threshold=0.5), dict(rule="factor", factor=1.5),
+                    dict(rule="localleap", anchor_threshold=0.6, relaxed_threshold=0.3, window=3, graded=True),
+                    dict(rule="filter", steps=40)]
+
+
+@pytest.mark.parametrize("fields", LONG_BLOCK_RULES,
+                         ids=[f"{f['rule']}{'-random' if f.get('random_remasking') else ''}" for f in LONG_BLOCK_RULES])
+def test_long_block_matches_cpu(fields):
+    """Every rule on a 2,100-position block: the same tokens, state and transfers as the CPU op.
+    The logits (four tied rows, far apart: exact ties, no float32 reordering) cover the block's
+    last 64 and 70 positions (row_start), so the ranking spans both chunks; sequence 1's block
+    starts at a third of the row."""
+    B, V, L, R = 2, 6, LONG_BLOCK, 70
+    gen = torch.Generator().manual_seed(7)
+    filt = None
+    if fields["rule"] == "filter":
+        filt = dk.LearnedFilter(torch.randn(8, 16, generator=gen), torch.randn(8, generator=gen),
+                                torch.randn(16, 8, generator=gen), torch.randn(16, generator=gen))
+    policy = dk.Policy(block_length=LONG_BLOCK, learned_filter=filt, **fields)
+    x = torch.full((B, L), V - 1)
+    x[1, : L // 3] = 0
+    st = dk.DecodeState.new(B, L, gen_start=[0, L // 3], seed=9)
+    args = policy.op_arguments("cpu", V, B)
+    pack = args.pop("params")  # the flat form cpu_op and cuda_op take: one keyword per number
+    kw = dict(args, **{name: float(pack[0, i]) for i, name in enumerate(UNMASK_PARAM_COLUMNS)},
+              mask_id=V - 1, eos_id=V - 2, row_start=torch.tensor([L - 70, L - 64]))
+    logits = tied_logits(B, R, V, gen)
+    outs = []
+    for op in (cpu_op, cuda_op):
+        x_, conf_, state_ = x.clone(), st.conf.clone(), st.state.clone()
+        out = op(logits, x_, conf_, state_, **kw)
+        outs.append((x_, state_, out[0], out[1]))
+    for a, b, name in zip(*outs, ("x", "state", "x0", "transfer")):
+        assert torch.equal(a, b), name
+    assert int(outs[0][3].sum()) >= 1
 
 
 @pytest.mark.parametrize("seed", range(24))

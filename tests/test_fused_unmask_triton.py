@@ -14,7 +14,7 @@ import dllm_kernels as dk
 from dllm_kernels.triton_fused_unmask import FusedUnmaskArgumentError, fused_unmask_triton
 from scenario_runner import step_inputs
 from fused_unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, cpu_op, make_batch,
-                          op_positional, peaked_logits)
+                          op_positional, peaked_logits, tied_logits)
 
 CPU_OP = torch.ops.dllm.fused_unmask
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -415,13 +415,6 @@ LONG_RULES = [dict(rule="topk", steps=4), dict(rule="topk", steps=3, random_rema
               dict(rule="filter", steps=5)]
 
 
-def _tied_logits(B, L, V, gen):
-    """Copies of four random rows: every position's confidence ties exactly with a quarter of the
-    others (bit for bit: the same row, the same sums), and the four values lie far apart."""
-    rows = torch.randn(4, V, generator=gen) * 2.0
-    return rows[torch.randint(0, 4, (B, L), generator=gen)]
-
-
 RULE_IDS = [f"{f['rule']}{'-random' if f.get('random_remasking') else ''}" for f in LONG_RULES]
 # Every rule at 1 and 33 positions; on the long block the random top-k key and LocalLeap's scans. Long
 # is past one 64-wide policy tile (below POLICY_SORT_MAX, the Triton kernels' only length threshold)
@@ -458,7 +451,7 @@ def test_sorted_ranks_equal_the_cpu_op_and_chunked_ranks(block, fields):
         filt = dk.LearnedFilter(torch.randn(8, 16, generator=gen), torch.randn(8, generator=gen),
                                 torch.randn(16, 8, generator=gen), torch.randn(16, generator=gen))
     policy = dk.Policy(block_length=block, learned_filter=filt, **fields)
-    logits = _tied_logits(B, R, V, gen)
+    logits = tied_logits(B, R, V, gen)
     row_start = None if R == L else torch.tensor([L - 70, L - 64])
     x = torch.full((B, L), V - 1)
     x[1, : L // 3] = 0  # sequence 1 starts later: a block not at offset 0

@@ -76,13 +76,22 @@ DLLM_HD int64_t stats_tile(int64_t V, int splits) {
   return (t + 7) / 8 * 8;
 }
 
+// The policy kernel ranks a block of up to kSortMax positions by one bitonic sort in shared memory;
+// a longer block sorts chunks of kSortMax there, keeps them in the workspace (`chunks`) and ranks
+// each candidate by a binary search of every chunk.
+constexpr int kSortMax = 2048;
+
+// constexpr: callable from host and device code (--expt-relaxed-constexpr).
+constexpr int64_t rank_chunk_words(int64_t L) { return (L + kSortMax - 1) / kSortMax * kSortMax; }
+
 struct UnmaskWorkspace {
   RowPartial* partials;  // [B * R * splits]
   float* pprob;          // [B, L] clean probability of x0 at read positions
   bool* read;            // [B, L] position read this step (decided before any token changes)
   bool* cand;            // [B, L] candidate flag per block offset
   bool* sel;             // [B, L] selected flag per block offset
-  int32_t* rank;         // [B, L] candidate rank per block offset (blocks ranked by sorting)
+  int32_t* rank;         // [B, L] candidate rank per block offset
+  int64_t* chunks;       // [B, rank_chunk_words(L)] a long block's sorted chunks
 };
 
 inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
@@ -91,7 +100,8 @@ inline size_t unmask_workspace_bytes(int64_t B, int64_t R, int64_t V, int64_t L)
   const size_t rows = static_cast<size_t>(B) * static_cast<size_t>(R);
   const size_t bl = static_cast<size_t>(B) * static_cast<size_t>(L);
   return align16(rows * stats_splits(V) * sizeof(RowPartial)) + align16(bl * sizeof(float)) +
-         3 * align16(bl) + align16(bl * sizeof(int32_t));
+         3 * align16(bl) + align16(bl * sizeof(int32_t)) +
+         align16(static_cast<size_t>(B) * rank_chunk_words(L) * sizeof(int64_t));
 }
 
 inline UnmaskWorkspace unmask_workspace(void* base, int64_t B, int64_t R, int64_t V, int64_t L) {
@@ -110,6 +120,8 @@ inline UnmaskWorkspace unmask_workspace(void* base, int64_t B, int64_t R, int64_
   w.sel = reinterpret_cast<bool*>(p);
   p += align16(bl);
   w.rank = reinterpret_cast<int32_t*>(p);
+  p += align16(bl * sizeof(int32_t));
+  w.chunks = reinterpret_cast<int64_t*>(p);
   return w;
 }
 

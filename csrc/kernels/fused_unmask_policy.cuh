@@ -121,9 +121,8 @@ __device__ __forceinline__ void block_run_filter(const SeqIO& io, const SeqState
 
 // ---- ranks by one bitonic sort in shared memory ------------------------------------------------
 
-// Blocks of up to kSortMax positions are ranked by sorting (O(n log^2 n) compare-exchanges over the
-// block's threads, log^2 n barriers); longer ones count, per candidate, the candidates above it.
-constexpr int kSortMax = 2048;
+// Blocks of up to kSortMax positions (fused_unmask_launch.h) are ranked by one sort (O(n log^2 n)
+// compare-exchanges over the block's threads, log^2 n barriers); longer ones by sorted chunks.
 
 // A sortable word for block offset `off`: ascending words order the candidates by key descending,
 // lower offset first (candidate_rank's order), then every non-candidate.
@@ -173,29 +172,67 @@ __device__ __forceinline__ void block_sorted_ranks(const SeqIO& io, const SeqSta
   __syncthreads();
 }
 
+// The number of words in a[0, len) below w (len a power of two, a sorted): a branch-free search.
+__device__ __forceinline__ int64_t lower_bound_pow2(const int64_t* a, int64_t len, int64_t w) {
+  int64_t lo = 0;
+  for (int64_t h = len >> 1; h > 0; h >>= 1)
+    if (a[lo + h - 1] < w) lo += h;
+  return lo + (a[lo] < w);
+}
+
+// rank[j] = candidate_rank of every candidate of a block longer than kSortMax: each chunk of
+// kSortMax offsets sorted in shared memory (`words`) and kept in `chunks` (global, this
+// sequence's row), then a candidate's rank is the sum over chunks of the words below its own
+// (n / kSortMax searches of 12 loads instead of n comparisons). Call from every thread.
+__device__ __forceinline__ void block_chunked_ranks(const SeqIO& io, const SeqState& st,
+                                                    const PolicyParams& pp, const bool* cand,
+                                                    bool random_key, int64_t* words, int64_t* chunks,
+                                                    int32_t* rank) {
+  const int64_t s = st.block_start, n = st.block_end - st.block_start;
+  for (int64_t c0 = 0; c0 < n; c0 += kSortMax) {
+    for (int64_t i = threadIdx.x; i < kSortMax; i += kPolicyThreads) {
+      const int64_t j = c0 + i;
+      words[i] = j < n && cand[j] ? rank_word(rank_key(io, st, pp, s + j, random_key), true, j)
+                                  : rank_word(0.f, false, j);
+    }
+    __syncthreads();
+    block_bitonic_sort(words, kSortMax);  // synchronises
+    for (int64_t i = threadIdx.x; i < kSortMax; i += kPolicyThreads) chunks[c0 + i] = words[i];
+    __syncthreads();
+  }
+  for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads) {
+    if (!cand[j]) continue;
+    const int64_t w = rank_word(rank_key(io, st, pp, s + j, random_key), true, j);
+    int64_t r = 0;
+    for (int64_t c0 = 0; c0 < n; c0 += kSortMax) r += lower_bound_pow2(chunks + c0, kSortMax, w);
+    rank[j] = static_cast<int32_t>(r);
+  }
+  __syncthreads();
+}
+
 // policy.h select_positions, one block offset per thread; ranks from one sort (blocks up to
-// kSortMax) or by candidate_rank.
+// kSortMax) or from sorted chunks.
 __device__ __forceinline__ void block_select(const SeqIO& io, const SeqState& st,
                                              const PolicyParams& pp, const bool* cand, bool* sel,
                                              int64_t n_cand, float* feat, float* hidden,
-                                             bool* keep, void* scratch, int64_t* words, int32_t* rank) {
-  const int64_t s = st.block_start, n = st.block_end - st.block_start;
+                                             bool* keep, void* scratch, int64_t* words, int64_t* chunks,
+                                             int32_t* rank) {
+  const int64_t n = st.block_end - st.block_start;
   for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads) sel[j] = false;
   __syncthreads();
   if (n_cand == 0) return;
 
   // Every rule ranks by one key: the random one for top-k with random remasking, else conf.
   const bool random_key = (pp.rule == kTopK || pp.rule == kLearnedFilter) && pp.random_remasking;
-  const bool sorted = n <= kSortMax;
-  if (sorted) block_sorted_ranks(io, st, pp, cand, random_key, words, rank);
-  auto rank_of = [&](int64_t j) -> int64_t {
-    return sorted ? rank[j] : candidate_rank(io, st, pp, cand, s + j, random_key);
-  };
+  if (n <= kSortMax)
+    block_sorted_ranks(io, st, pp, cand, random_key, words, rank);
+  else
+    block_chunked_ranks(io, st, pp, cand, random_key, words, chunks, rank);
 
   if (pp.rule == kTopK || pp.rule == kLearnedFilter) {
     const int64_t k = topk_count(st, pp, n_cand);
     for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads)
-      if (cand[j]) sel[j] = rank_of(j) < k;
+      if (cand[j]) sel[j] = rank[j] < k;
     if (pp.rule == kLearnedFilter) {
       block_run_filter(io, st, pp, feat, hidden, keep);  // synchronises
       for (int64_t j = threadIdx.x; j < n && j < pp.filter_width; j += kPolicyThreads)
@@ -203,20 +240,20 @@ __device__ __forceinline__ void block_select(const SeqIO& io, const SeqState& st
     }
   } else if (pp.rule == kThreshold) {
     for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads)
-      if (cand[j]) sel[j] = threshold_selected(io, st, pp, j, rank_of(j));
+      if (cand[j]) sel[j] = threshold_selected(io, st, pp, j, rank[j]);
   } else if (pp.rule == kFactor) {
     int64_t run = n_cand;
     for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads) {
       if (!cand[j]) continue;
-      const int64_t bound = factor_run_bound(io, st, pp, j, rank_of(j), n_cand);
+      const int64_t bound = factor_run_bound(io, st, pp, j, rank[j], n_cand);
       run = bound < run ? bound : run;
     }
     run = block_reduce(run, MinI64{}, scratch);
     for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads)
-      if (cand[j]) sel[j] = rank_of(j) < run;
+      if (cand[j]) sel[j] = rank[j] < run;
   } else {  // LocalLeap
     for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads)
-      if (cand[j]) sel[j] = localleap_selected(io, st, pp, cand, j, rank_of(j));
+      if (cand[j]) sel[j] = localleap_selected(io, st, pp, cand, j, rank[j]);
   }
   __syncthreads();
 }
@@ -333,7 +370,8 @@ __global__ void __launch_bounds__(kPolicyThreads) unmask_policy_kernel(const Unm
     n_cand += cand[j];
   }
   n_cand = block_reduce(n_cand, SumI64{}, scratch);  // also publishes cand[]
-  block_select(io, st, pp, cand, sel, n_cand, feat, hidden, keep, scratch, sort_words, ws.rank + b * L);
+  block_select(io, st, pp, cand, sel, n_cand, feat, hidden, keep, scratch, sort_words,
+               ws.chunks + b * rank_chunk_words(L), ws.rank + b * L);
 
   // Phase 5: commit (after selection, so every rule saw the pre-step tokens).
   for (int64_t j = tid; j < n; j += kPolicyThreads) {

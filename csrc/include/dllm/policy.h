@@ -290,13 +290,18 @@ DLLM_HD bool localleap_selected(const SeqIO& io, const SeqState& st, const Polic
   const int64_t s = st.block_start, n = st.block_end - st.block_start;
   const float c = io.conf[s + j];
   if (c >= pp.anchor_threshold || rank == 0) return true;
-  int64_t d = -1;  // distance to the nearest anchor
-  for (int64_t a = 0; a < n; ++a) {
-    if (!cand[a] || !(io.conf[s + a] >= pp.anchor_threshold)) continue;
-    const int64_t da = a > j ? a - j : j - a;
-    if (d < 0 || da < d) d = da;
+  // The nearest anchor matters only within `window`: search outwards from j that far (O(window)
+  // per candidate, not O(n)); j itself is no anchor here.
+  const int64_t reach = pp.window < n ? pp.window : n;
+  int64_t d = -1;
+  for (int64_t da = 1; da <= reach && d < 0; ++da) {
+    const int64_t sides[2] = {j - da, j + da};
+    for (int t = 0; t < 2; ++t) {
+      const int64_t a = sides[t];
+      if (a >= 0 && a < n && cand[a] && io.conf[s + a] >= pp.anchor_threshold) d = da;
+    }
   }
-  if (d < 1 || d > pp.window) return false;
+  if (d < 1) return false;
   float thr = pp.relaxed_threshold;
   if (pp.graded)
     thr = pp.relaxed_threshold + (pp.anchor_threshold - pp.relaxed_threshold) *
