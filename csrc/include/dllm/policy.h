@@ -151,7 +151,9 @@ DLLM_HD float rank_key(const SeqIO& io, const SeqState& st, const PolicyParams& 
 }
 
 // Candidate = read, valid position of the block. The caller passes `cand` flags per block offset.
-// rank(p) among candidates by key descending, lower position first on ties.
+// rank(p) among candidates by key descending, lower position first on ties: the rank's statement.
+// The kernels compute the same number without comparing every pair (they sort: docs/fused_unmask.md,
+// "Policy stage cost"); a new backend may start from this loop.
 DLLM_HD int64_t candidate_rank(const SeqIO& io, const SeqState& st, const PolicyParams& pp,
                                const bool* cand, int64_t p, bool random_key) {
   const float kp = rank_key(io, st, pp, p, random_key);
@@ -266,7 +268,7 @@ DLLM_HD void compute_window_stats(SeqIO& io, const SeqState& st, const PolicyPar
 
 // Per-candidate decisions of the rules for the CUDA kernel, which evaluates them one block offset
 // per thread (the CPU op's policy_cpu.h sorts instead). `j` is a candidate's block offset.
-// `rank` is the candidate's candidate_rank by conf (the CUDA kernel sorts the block once, or counts).
+// `rank` is the candidate's candidate_rank by conf (the CUDA kernel sorts the block, or its chunks).
 DLLM_HD bool threshold_selected(const SeqIO& io, const SeqState& st, const PolicyParams& pp, int64_t j,
                                 int64_t rank) {
   return io.conf[st.block_start + j] >= pp.threshold || rank == 0;
