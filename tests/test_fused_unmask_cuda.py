@@ -187,7 +187,7 @@ def test_vocab_sizes_and_philox_sampling(V, temperature):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_length_one(dtype):
     x = torch.full((1, 1), 9, dtype=torch.int64, device="cuda")
-    st = dllm_kernels.DecodeState.new(1, 1, gen_start=0, device="cuda")
+    st = dk.DecodeState.new(1, 1, gen_start=0, device="cuda")
     logits = torch.zeros(1, 1, 10, dtype=dtype, device="cuda")
     logits[0, 0, 3] = 5
     x0, transfer, ws = call(logits, x, st.conf, st.state, mask_id=9, eos_id=8)
@@ -211,7 +211,7 @@ def test_invalid_rows_match_cpu():
     x = torch.full((B, L), V - 1, dtype=torch.int64)
     for rule in (0, 1, 3):
         for dtype in DTYPES:
-            st = dllm_kernels.DecodeState.new(B, L, gen_start=0)
+            st = dk.DecodeState.new(B, L, gen_start=0)
             kw = dict(rule=rule, steps=4, block_length=L, mask_id=V - 1, eos_id=V - 2,
                       suppress_ids=torch.tensor([33000, 7]))
             g = (x.clone(), st.conf.clone(), st.state.clone())
@@ -227,7 +227,7 @@ def test_span_longer_than_grid_slots():
     B, L, V = 2, 96, 3001
     gen = torch.Generator().manual_seed(8)
     x = torch.full((B, L), V - 1, dtype=torch.int64)
-    st = dllm_kernels.DecodeState.new(B, L, gen_start=4, seed=5)
+    st = dk.DecodeState.new(B, L, gen_start=4, seed=5)
     st.state[:, S.BLOCK_START], st.state[:, S.BLOCK_END] = 4, 90
     st.state[:, S.BLOCK_MASKED] = st.state[:, S.BLOCK_REMAINING] = 86
     logits = peaked_logits(B, L, V, torch.bfloat16, gen)
@@ -242,7 +242,7 @@ def test_span_longer_than_grid_slots():
 def test_no_rows():
     B, L, V = 2, 5, 11
     x = torch.full((B, L), 10, dtype=torch.int64)
-    st = dllm_kernels.DecodeState.new(B, L, gen_start=0)
+    st = dk.DecodeState.new(B, L, gen_start=0)
     kw = dict(mask_id=10, eos_id=9, block_length=2)
     logits = torch.zeros(B, 0, V)
     _, compared = step_vs_cpu(logits, x, st.conf, st.state, kw)
