@@ -7,7 +7,7 @@ n / 8 tokens (the policy stage ranks every candidate). Per (V, n): the fused C++
 float64 eager step (softmax + topk), and the step at V = 16, whose statistics pass is negligible,
 so its time bounds the policy stage from above; `policy_share` is that bound over the step.
 On a GPU (`--device cuda`) every backend present is swept, to 16,384 positions: past 2,048 the CUDA
-kernel ranks by counting, past 4,096 the Triton kernel by sorted chunks.
+kernel ranks by sorted chunks, past 4,096 the Triton kernel.
 """
 import torch
 

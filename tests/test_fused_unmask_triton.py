@@ -422,7 +422,7 @@ RULE_IDS = [f"{f['rule']}{'-random' if f.get('random_remasking') else ''}" for f
 # CUDA kernel's 256 policy threads (each thread then swaps several pairs per sort stage).
 LONG_BLOCK = 1024 if DEVICE == "cuda" else 100
 # The long rows' chunk width here: narrower than these blocks, so a block spans several chunks (and
-# the interpreter's sorts stay small); the launcher's is POLICY_SORT_MAX.
+# the interpreter's sorts stay small); the launcher's is POLICY_RANK_CHUNK.
 RANK_CHUNK = 256 if DEVICE == "cuda" else 16
 SORT_CASES = [(block, f) for block in (1, 33) for f in LONG_RULES] + [(LONG_BLOCK, LONG_RULES[1]),
                                                                       (LONG_BLOCK, LONG_RULES[4])]

@@ -368,10 +368,10 @@ def mark_selection(x_row, conf_row, rank_u_row, transfer_row, scratch_row, L, ac
         left = (bs * 0 - 1).to(tl.int64)  # LocalLeap: the last anchor before the tile
         for p0 in range(bs, be, TILE):
             pos = p0 + tl.arange(0, TILE)
+            # The ranks are in the scratch row: no ranking key (nor its Philox draw) needed here.
             cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start,
                                             end_pos, span_start, span_end, row_start, R, shift, eotp,
-                                            mask_id, bs, be, seed, offset, RANDOM_RANK, HAS_RANK_U,
-                                            READ_FROM)
+                                            mask_id, bs, be, seed, offset, False, False, READ_FROM)
             rank = tl.load(rank_row + (pos - bs), mask=pos < be, other=0).to(tl.int32)
             if RULE == 0:
                 sel = rank < k
