@@ -187,34 +187,34 @@ def rank_words(key, cand, off):
 
 
 @triton.jit
-def sort_rank_chunks(words_row, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos, span_start,
-                     span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
+def sort_rank_chunks(words_row, rank_row, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
+                     span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
                      RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr, READ_FROM: tl.constexpr,
                      RANK_CHUNK: tl.constexpr):
     """The block's rank words, each chunk of RANK_CHUNK offsets sorted, into words_row[0, n) (n: the
-    block length rounded up to RANK_CHUNK; the padding's words sort last)."""
+    block length rounded up to RANK_CHUNK; the padding's words sort last), and unsorted into
+    rank_row[0, be - bs), where store_chunk_ranks replaces each by its rank: the words (and, for
+    random remasking, their Philox draws) are made once."""
     for c0 in range(bs, be, RANK_CHUNK):
         pos = c0 + tl.arange(0, RANK_CHUNK)
         cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
                                         span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be,
                                         seed, offset, RANDOM_RANK, HAS_RANK_U, READ_FROM)
-        tl.store(words_row + (pos - bs), tl.sort(rank_words(key, cand, pos - bs)))
+        words = rank_words(key, cand, pos - bs)
+        tl.store(rank_row + (pos - bs), words, mask=pos < be)
+        tl.store(words_row + (pos - bs), tl.sort(words))
 
 
 @triton.jit
-def store_chunk_ranks(rank_row, words_row, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
-                      span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
-                      RANDOM_RANK: tl.constexpr, HAS_RANK_U: tl.constexpr, READ_FROM: tl.constexpr,
-                      RANK_CHUNK: tl.constexpr):
-    """rank_row[o] = the rank of block offset o from the sorted chunks (after sort_rank_chunks and a
-    barrier), RANK_CHUNK offsets at a time so that many searches share each load's latency."""
-    for c0 in range(bs, be, RANK_CHUNK):
-        pos = c0 + tl.arange(0, RANK_CHUNK)
-        cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
-                                        span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be,
-                                        seed, offset, RANDOM_RANK, HAS_RANK_U, READ_FROM)
-        rank = chunk_ranks(rank_words(key, cand, pos - bs), words_row, be - bs, RANK_CHUNK)
-        tl.store(rank_row + (pos - bs), rank.to(tl.int64), mask=pos < be)
+def store_chunk_ranks(rank_row, words_row, n_block, RANK_CHUNK: tl.constexpr):
+    """rank_row[o]: block offset o's rank word (from sort_rank_chunks, before a barrier) replaced by
+    its rank from the sorted chunks, RANK_CHUNK offsets at a time so that many searches share each
+    load's latency."""
+    for o0 in range(0, n_block, RANK_CHUNK):
+        off = o0 + tl.arange(0, RANK_CHUNK)
+        word = tl.load(rank_row + off, mask=off < n_block, other=0)
+        rank = chunk_ranks(word, words_row, n_block, RANK_CHUNK)
+        tl.store(rank_row + off, rank.to(tl.int64), mask=off < n_block)
 
 
 @triton.jit
@@ -337,19 +337,17 @@ def mark_selection(x_row, conf_row, rank_u_row, transfer_row, scratch_row, L, ac
     else:
         # A long block: its chunks sorted into the scratch row (and LocalLeap's next anchors after
         # them), read back by other threads of this program after the barrier.
-        sort_rank_chunks(scratch_row, x_row, conf_row, rank_u_row, L, active, gen_start, end_pos,
-                         span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed, offset,
-                         RANDOM_RANK, HAS_RANK_U, READ_FROM, RANK_CHUNK)
         rank_row = scratch_row + tl.cdiv(L, RANK_CHUNK) * RANK_CHUNK
         next_row = rank_row + L
+        sort_rank_chunks(scratch_row, rank_row, x_row, conf_row, rank_u_row, L, active, gen_start,
+                         end_pos, span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed,
+                         offset, RANDOM_RANK, HAS_RANK_U, READ_FROM, RANK_CHUNK)
         if RULE == 3:
             store_next_anchors(next_row, x_row, conf_row, L, active, gen_start, end_pos, span_start,
                                span_end, row_start, R, shift, eotp, mask_id, bs, be, anchor_threshold,
                                READ_FROM, TILE)
         tl.debug_barrier()
-        store_chunk_ranks(rank_row, scratch_row, x_row, conf_row, rank_u_row, L, active, gen_start,
-                          end_pos, span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be, seed,
-                          offset, RANDOM_RANK, HAS_RANK_U, READ_FROM, RANK_CHUNK)
+        store_chunk_ranks(rank_row, scratch_row, be - bs, RANK_CHUNK)
         tl.debug_barrier()
         run = n_cand  # factor rule: longest leading run of the descending order that passes
         if RULE == 2:
