@@ -53,6 +53,11 @@ fused_unmask_reference = in_flat_form(_reference_op)
 TOL = 1e-5  # decisions closer than this to a threshold or a tie are allowed to differ (docs/policies.md §1)
 
 
+def rule_id(fields):
+    """A test id for a dict of policy fields: the rule, with "-random" under random remasking."""
+    return fields["rule"] + ("-random" if fields.get("random_remasking") else "")
+
+
 def peaked_logits(B, R, V, dtype, gen, spread=12.0):
     """Random logits with one boosted token per row: confidences spread across (0, 1), not uniform."""
     logits = torch.randn(B, R, V, generator=gen) * 2.0

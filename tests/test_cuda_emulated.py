@@ -15,7 +15,7 @@ import torch
 
 import dllm_kernels  # noqa: F401  (defines the op whose schema ORDER reads)
 import test_fused_unmask_cuda as cuda_tests
-from fused_unmask_cases import DTYPES, make_batch, op_positional, peaked_logits
+from fused_unmask_cases import DTYPES, make_batch, op_positional, peaked_logits, rule_id
 
 pytestmark = pytest.mark.skipif(os.environ.get("DLLM_CUDA_EMULATION") != "1",
                                 reason="opt-in: set DLLM_CUDA_EMULATION=1")
@@ -99,7 +99,7 @@ def test_no_rows(as_cuda_op):
     cuda_tests.test_no_rows()
 
 
-@pytest.mark.parametrize("fields", cuda_tests.LONG_BLOCK_RULES, ids=lambda f: f["rule"] + ("-random" if f.get("random_remasking") else ""))
+@pytest.mark.parametrize("fields", cuda_tests.LONG_BLOCK_RULES, ids=rule_id)
 def test_long_block(as_cuda_op, fields):
     cuda_tests.test_long_block_matches_cpu(fields)
 

@@ -15,7 +15,7 @@ from dllm_kernels import state as S
 from dllm_kernels.fused_unmask_params import UNMASK_PARAM_COLUMNS
 from scenario_runner import filter_probabilities, run_scenario, step_inputs
 from fused_unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, boost_token,
-                          make_batch, op_positional, peaked_logits, tied_logits)
+                          make_batch, op_positional, peaked_logits, rule_id, tied_logits)
 
 pytestmark = pytest.mark.cuda
 OP = torch.ops.dllm.fused_unmask
@@ -133,8 +133,7 @@ LONG_BLOCK_RULES = [dict(rule="topk", steps=40), dict(rule="topk", steps=40, ran
                     dict(rule="filter", steps=40)]
 
 
-@pytest.mark.parametrize("fields", LONG_BLOCK_RULES,
-                         ids=[f"{f['rule']}{'-random' if f.get('random_remasking') else ''}" for f in LONG_BLOCK_RULES])
+@pytest.mark.parametrize("fields", LONG_BLOCK_RULES, ids=rule_id)
 def test_long_block_matches_cpu(fields):
     """Every rule on a 2,100-position block: the same tokens, state and transfers as the CPU op.
     The logits (four tied rows, far apart: exact ties, no float32 reordering) cover the block's

@@ -14,7 +14,7 @@ import dllm_kernels as dk
 from dllm_kernels.triton_fused_unmask import FusedUnmaskArgumentError, fused_unmask_triton
 from scenario_runner import step_inputs
 from fused_unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, cpu_op, make_batch,
-                          op_positional, peaked_logits, tied_logits)
+                          op_positional, peaked_logits, rule_id, tied_logits)
 
 CPU_OP = torch.ops.dllm.fused_unmask
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -415,7 +415,6 @@ LONG_RULES = [dict(rule="topk", steps=4), dict(rule="topk", steps=3, random_rema
               dict(rule="filter", steps=5)]
 
 
-RULE_IDS = [f"{f['rule']}{'-random' if f.get('random_remasking') else ''}" for f in LONG_RULES]
 # Every rule at 1 and 33 positions; on the long block the random top-k key and LocalLeap's scans. Long
 # is past one 64-wide policy tile (below POLICY_SORT_MAX, the Triton kernels' only length threshold)
 # under the interpreter, whose sort costs grow with its width; on a GPU it is 1,024, past twice the
@@ -429,7 +428,7 @@ SORT_CASES = [(block, f) for block in (1, 33) for f in LONG_RULES] + [(LONG_BLOC
 
 
 @pytest.mark.parametrize("block, fields", SORT_CASES,
-                         ids=[f"{b}-{RULE_IDS[LONG_RULES.index(f)]}" for b, f in SORT_CASES])
+                         ids=[f"{b}-{rule_id(f)}" for b, f in SORT_CASES])
 def test_sorted_ranks_equal_the_cpu_op_and_chunked_ranks(block, fields):
     """The launcher's choice (a sort) against the C++ op and against the long rows' ranking (chunks of
     RANK_CHUNK) at every length: the same state, tokens and transfers. The tied groups' confidences
