@@ -218,6 +218,18 @@ def store_chunk_ranks(rank_row, words_row, n_block, RANK_CHUNK: tl.constexpr):
 
 
 @triton.jit
+def ranked_tile(pos, rank_row, x_row, conf_row, L, active, gen_start, end_pos, span_start, span_end,
+                row_start, R, shift, eotp, mask_id, bs, be, READ_FROM: tl.constexpr):
+    """(candidate, conf, rank) for a tile of a long block after store_chunk_ranks: the ranks come
+    from the scratch row, so no ranking key (nor its Philox draw) is made here."""
+    cand, c, key = block_candidates(pos, x_row, conf_row, conf_row, L, active, gen_start, end_pos,
+                                    span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be,
+                                    0, 0, False, False, READ_FROM)
+    rank = tl.load(rank_row + (pos - bs), mask=pos < be, other=0).to(tl.int32)
+    return cand, c, rank
+
+
+@triton.jit
 def chunk_ranks(word, words_row, n_block, RANK_CHUNK: tl.constexpr):
     """policy.h candidate_rank from the sorted chunks: the number of words below `word` (candidates
     ranked above it), a branch-free lower bound in each chunk."""
@@ -353,10 +365,9 @@ def mark_selection(x_row, conf_row, rank_u_row, transfer_row, scratch_row, L, ac
         if RULE == 2:
             for p0 in range(bs, be, TILE):
                 pos = p0 + tl.arange(0, TILE)
-                cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start,
-                                                end_pos, span_start, span_end, row_start, R, shift, eotp,
-                                                mask_id, bs, be, seed, offset, False, False, READ_FROM)
-                rank = tl.load(rank_row + (pos - bs), mask=pos < be, other=0).to(tl.int32)
+                cand, c, rank = ranked_tile(pos, rank_row, x_row, conf_row, L, active, gen_start, end_pos,
+                                            span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be,
+                                            READ_FROM)
                 # 1-based r = rank + 1 >= 2 fails when c < 1 - f / (r + 1); the run ends before it.
                 bar = 1.0 - tl.math.div_rn(tl.zeros([TILE], dtype=tl.float32) + factor,
                                            (rank + 2).to(tl.float32))
@@ -366,11 +377,9 @@ def mark_selection(x_row, conf_row, rank_u_row, transfer_row, scratch_row, L, ac
         left = (bs * 0 - 1).to(tl.int64)  # LocalLeap: the last anchor before the tile
         for p0 in range(bs, be, TILE):
             pos = p0 + tl.arange(0, TILE)
-            # The ranks are in the scratch row: no ranking key (nor its Philox draw) needed here.
-            cand, c, key = block_candidates(pos, x_row, conf_row, rank_u_row, L, active, gen_start,
-                                            end_pos, span_start, span_end, row_start, R, shift, eotp,
-                                            mask_id, bs, be, seed, offset, False, False, READ_FROM)
-            rank = tl.load(rank_row + (pos - bs), mask=pos < be, other=0).to(tl.int32)
+            cand, c, rank = ranked_tile(pos, rank_row, x_row, conf_row, L, active, gen_start, end_pos,
+                                        span_start, span_end, row_start, R, shift, eotp, mask_id, bs, be,
+                                        READ_FROM)
             if RULE == 0:
                 sel = rank < k
             elif RULE == 1:
