@@ -6,36 +6,12 @@ import textwrap
 
 import pytest
 
-from triton_compile import run_compile_script
+from triton_compile import UNMASK_KERNELS, run_compile_script
 
 # Not under the interpreter (the kernels must be JIT objects for the real backend): a subprocess
 # with TRITON_INTERPRET unset.
-_SCRIPT = textwrap.dedent(r"""
+_SCRIPT = UNMASK_KERNELS + textwrap.dedent(r"""
     from dllm_kernels import triton_fused_unmask as tu
-
-    FLOAT_ARGS = {"temperature"}  # select's batch temperature; fused_unmask's numbers are in the pack
-    FLOAT_PTRS = {"gumbel_ptr", "conf_ptr", "pprob_ptr", "part_f_ptr", "rank_u_ptr", "window_stats_ptr",
-                  "w1_ptr", "b1_ptr", "w2_ptr", "b2_ptr"}
-
-    def arg_type(name, logits_ty):
-        if name == "logits_ptr":
-            return "*" + logits_ty
-        if name == "transfer_ptr":
-            return "*i1"  # torch.bool
-        if name == "part_i_ptr":
-            return "*i32"
-        if name == "params_ptr":
-            return "*fp64"  # the per-sequence parameter pack
-        if name in FLOAT_PTRS:
-            return "*fp32"
-        if name.endswith("_ptr"):
-            return "*i64"
-        if name in FLOAT_ARGS:
-            return "fp32"
-        return "i64" if name.startswith("stride") else "i32"
-
-    def build(kernel, logits_ty, consts, num_warps):
-        return compile_ptx(kernel, lambda name: arg_type(name, logits_ty), consts, num_warps)
 
     # Every kernel for every logits dtype on both targets; the constexpr variants (conf kind, Philox or
     # explicit noise, rule) rotate over them, all of them on sm_90 (each compile takes seconds).
@@ -62,16 +38,12 @@ _SCRIPT = textwrap.dedent(r"""
              (4, True, True)]
     for rule, random_rank, rank_u in rules if full else rules[-2:]:
         tile = 32 if rule == 1 else 64  # as the launcher: 4 warps for 32-wide tiles, 8 for 64
-        build(tu.policy_kernel, "fp32", dict(RULE=rule, RANDOM_RANK=random_rank, HAS_RANK_U=rank_u,
-                                            HAS_ROW_START=True, TILE=tile, FW_PAD=128 if rule == 4 else 16,
-                                            H_CHUNK=32, SORT_N=0, RANK_CHUNK=tu.POLICY_RANK_CHUNK), 4 if tile == 32 else 8)
+        build(tu.policy_kernel, "fp32", policy_consts(rule, random_rank, rank_u, tile, 0), 4 if tile == 32 else 8)
         n += 1
     # The sorted ranking (bitonic tl.sort of int64 words, LocalLeap's scans) at a 1,024-position row.
     sorted_rules = [(0, True, False), (2, False, False), (3, False, False), (4, True, True)]
     for rule, random_rank, rank_u in sorted_rules if full else sorted_rules[2:3]:
-        build(tu.policy_kernel, "fp32", dict(RULE=rule, RANDOM_RANK=random_rank, HAS_RANK_U=rank_u,
-                                            HAS_ROW_START=True, TILE=64, FW_PAD=128 if rule == 4 else 16,
-                                            H_CHUNK=32, SORT_N=1024, RANK_CHUNK=tu.POLICY_RANK_CHUNK), 8)
+        build(tu.policy_kernel, "fp32", policy_consts(rule, random_rank, rank_u, 64, 1024), 8)
         n += 1
     print("compiled", n)
 """)
