@@ -81,8 +81,12 @@ DLLM_HD int64_t stats_tile(int64_t V, int splits) {
 // each candidate by a binary search of every chunk.
 constexpr int kSortMax = 2048;
 
-// constexpr: callable from host and device code (--expt-relaxed-constexpr).
-constexpr int64_t rank_chunk_words(int64_t L) { return (L + kSortMax - 1) / kSortMax * kSortMax; }
+// Workspace words per sequence for the sorted chunks: none where no block can be longer than
+// kSortMax (a block lies within its row of L). constexpr: callable from host and device code
+// (--expt-relaxed-constexpr).
+constexpr int64_t rank_chunk_words(int64_t L) {
+  return L <= kSortMax ? 0 : (L + kSortMax - 1) / kSortMax * kSortMax;
+}
 
 struct UnmaskWorkspace {
   RowPartial* partials;  // [B * R * splits]
