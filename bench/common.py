@@ -58,9 +58,11 @@ def time_cpu(fn, setup, repeats: int) -> dict:
 
 
 def append_results(bench: str, rows: list) -> str:
+    """Appends `rows` to RESULTS_DIR/<bench>.jsonl; returns its path relative to the working
+    directory, so that the printed tables (committed beside the results) name no machine's paths."""
     os.makedirs(RESULTS_DIR, exist_ok=True)
     path = os.path.join(RESULTS_DIR, f"{bench}.jsonl")
     with open(path, "a") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    return path
+    return os.path.relpath(path)
