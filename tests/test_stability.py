@@ -661,6 +661,37 @@ def test_fan_out_forced_gives_the_serial_result():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
+_CONCURRENT_CHILD = r"""
+import concurrent.futures, torch, dllm_kernels as dk
+torch.set_num_interop_threads(1)  # one pool thread for every caller's helper: most start too late
+torch.set_num_threads(2)
+g = torch.Generator().manual_seed(0)
+B, L, V = 2, 16, 300
+inputs = [torch.randn(B, L, V, generator=g) * 4 for _ in range(16)]
+
+def step(logits):
+    x = torch.full((B, L), V - 1)
+    st = dk.DecodeState.new(B, L, gen_start=[0, 3], seed=5)
+    t = dk.fused_unmask(logits, x, st, dk.Policy(rule="threshold", threshold=0.3, block_length=8),
+                        mask_id=V - 1, eos_id=V - 2)
+    return x, st.state, st.conf.nan_to_num(-1.0), *t
+
+alone = [step(logits) for logits in inputs]
+with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    together = list(pool.map(step, inputs * 4))
+assert all(torch.equal(a, b) for ref, got in zip(alone * 4, together) for a, b in zip(ref, got))
+print("ok")
+"""
+
+
+def test_fan_out_from_concurrent_callers():
+    """Eight Python threads fanning out at once over a one-thread inter-op pool: each caller takes
+    items itself and never waits for a helper that has not started (no deadlock), and every
+    result equals the one computed alone."""
+    out = _child(_CONCURRENT_CHILD, DLLM_CPU_MIN_PARALLEL_VALUES="0")
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_bad_min_parallel_values_is_a_clear_error():
     out = _child(_SPLIT_CHILD, DLLM_CPU_MIN_PARALLEL_VALUES="many")
     assert out.returncode != 0 and "DLLM_CPU_MIN_PARALLEL_VALUES must be an integer >= 0, got 'many'" in out.stderr

@@ -5,8 +5,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
+#include <exception>
+#include <memory>
+#include <mutex>
 
 namespace dllm {
 namespace cpu {
@@ -29,10 +33,25 @@ inline int64_t min_parallel_values() {
   return value;
 }
 
+// The join of for_each_item's helpers: how many are taking items, whether the caller has finished
+// (a helper that starts later does nothing), and the first exception one of them threw.
+struct ItemJoin {
+  std::mutex mutex;
+  std::condition_variable idle;
+  int64_t running = 0;
+  bool closed = false;
+  std::exception_ptr error;
+};
+
 // body(i) for every i in [0, n): on the calling thread when `work` (in logits values, or the
-// equivalent) is below min_parallel_values(), else on up to at::get_num_threads() threads that take
-// items one at a time, so a thread slowed by a busy core takes fewer items instead of holding
-// back a fixed share. Every item writes its own outputs, so results never depend on the split.
+// equivalent) is below min_parallel_values(), else on the caller and up to at::get_num_threads() - 1
+// helpers on torch's inter-op pool (at::launch), all taking items one at a time, so a thread slowed
+// by a busy core takes fewer items instead of holding back a fixed share. The caller then sleeps
+// until the helpers that started are done: unlike OpenMP's join, which spins by default (libgomp),
+// a sleeping join frees the caller's core at once, and the scheduler can move a helper stuck behind
+// another process onto it (bench/bench_fused_unmask.py --contention). A helper the pool starts after
+// the caller finished returns at once, so the caller never waits for a free pool thread. Every item
+// writes its own outputs, so results never depend on the split; an exception reaches the caller.
 template <class Body>
 void for_each_item(int64_t n, int64_t work, const Body& body) {
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), n);
@@ -41,11 +60,39 @@ void for_each_item(int64_t n, int64_t work, const Body& body) {
     return;
   }
   std::atomic<int64_t> next{0};
-  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < n;
-         i = next.fetch_add(1, std::memory_order_relaxed))
-      body(i);
-  });
+  auto take_items = [&]() -> std::exception_ptr {
+    try {
+      for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < n;
+           i = next.fetch_add(1, std::memory_order_relaxed))
+        body(i);
+    } catch (...) {
+      next.store(n, std::memory_order_relaxed);  // the others stop at their next item
+      return std::current_exception();
+    }
+    return nullptr;
+  };
+  auto join = std::make_shared<ItemJoin>();
+  for (int64_t t = 1; t < threads; ++t) {
+    at::launch([join, &take_items] {
+      {
+        std::lock_guard<std::mutex> lock(join->mutex);
+        if (join->closed) return;  // take_items may be gone: touch nothing of the caller's
+        ++join->running;
+      }
+      std::exception_ptr error = take_items();
+      std::lock_guard<std::mutex> lock(join->mutex);
+      if (error && !join->error) join->error = error;
+      if (--join->running == 0) join->idle.notify_all();
+    });
+  }
+  std::exception_ptr error = take_items();
+  {
+    std::unique_lock<std::mutex> lock(join->mutex);
+    join->closed = true;
+    join->idle.wait(lock, [&] { return join->running == 0; });
+    if (!error) error = join->error;
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 // The policy stage's work for at::parallel_for's grain: about L plus n log n per sequence for a
