@@ -28,8 +28,13 @@ def device_name(device: str = "cpu") -> str:
 def git_sha() -> str:
     try:
         here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=here,
-                                       stderr=subprocess.DEVNULL, text=True).strip()
+        sha = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=here,
+                                      stderr=subprocess.DEVNULL, text=True).strip()
+        changed = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                          stderr=subprocess.DEVNULL, text=True)
+        # Tracked files edited since HEAD (results files aside): the numbers are not HEAD's.
+        edited = [line for line in changed.splitlines() if not line[3:].startswith("bench/results/")]
+        return sha + ("-dirty" if edited else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
