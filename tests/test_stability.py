@@ -651,7 +651,8 @@ def _child(code, **env):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True,
+                          timeout=300)  # a hang fails the test instead of the suite
 
 
 def test_fan_out_forced_gives_the_serial_result():
@@ -690,6 +691,37 @@ def test_fan_out_from_concurrent_callers():
     result equals the one computed alone."""
     out = _child(_CONCURRENT_CHILD, DLLM_CPU_MIN_PARALLEL_VALUES="0")
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+_FORK_CHILD = r"""
+import os, torch, dllm_kernels as dk
+torch.set_num_threads(2)
+B, L, V = 1, 32, 126464  # 4M logits values: the statistics pass fans out, the policy stage does not
+logits = torch.randn(B, L, V, generator=torch.Generator().manual_seed(0)) * 4
+
+def step():
+    x = torch.full((B, L), V - 1)
+    st = dk.DecodeState.new(B, L, gen_start=0, seed=5)
+    dk.fused_unmask(logits, x, st, dk.Policy(rule="threshold", threshold=0.3, block_length=8),
+                    mask_id=V - 1, eos_id=V - 2)
+    return x
+
+ref = step()  # the parent's inter-op pool has run helpers
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if all(torch.equal(step(), ref) for _ in range(3)) else 3)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_fan_out_in_a_forked_child():
+    """A process forked after the statistics pass fanned out (the parent's helper threads do not
+    exist in the child; torch gives it a fresh inter-op pool) still finishes its steps, with the
+    parent's results. A forked child of a process that ran OpenMP regions can hang in its next
+    one (torch's own matmul does here), which this pass no longer uses."""
+    out = _child(_FORK_CHILD)
+    assert out.returncode == 0 and out.stdout.strip() == "child 0", out.stderr[-2000:]
 
 
 def test_bad_min_parallel_values_is_a_clear_error():
