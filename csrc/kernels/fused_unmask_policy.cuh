@@ -134,6 +134,15 @@ __device__ __forceinline__ int64_t rank_word(float key, bool cand, int64_t off) 
   return static_cast<int64_t>(static_cast<uint64_t>(high) << 32) | off;
 }
 
+// The word of block offset j (< n: the block's length) for sorting; a non-candidate's, or the
+// padding's past n, sorts after every candidate.
+__device__ __forceinline__ int64_t block_rank_word(const SeqIO& io, const SeqState& st,
+                                                   const PolicyParams& pp, const bool* cand,
+                                                   bool random_key, int64_t j, int64_t n) {
+  return j < n && cand[j] ? rank_word(rank_key(io, st, pp, st.block_start + j, random_key), true, j)
+                          : rank_word(0.f, false, j);
+}
+
 // Sorts a[0, n2) ascending, n2 a power of two. Call from every thread.
 __device__ __forceinline__ void block_bitonic_sort(int64_t* a, int64_t n2) {
   for (int64_t size = 2; size <= n2; size <<= 1) {
@@ -157,12 +166,11 @@ __device__ __forceinline__ void block_bitonic_sort(int64_t* a, int64_t n2) {
 __device__ __forceinline__ void block_sorted_ranks(const SeqIO& io, const SeqState& st,
                                                    const PolicyParams& pp, const bool* cand,
                                                    bool random_key, int64_t* words, int32_t* rank) {
-  const int64_t s = st.block_start, n = st.block_end - st.block_start;
+  const int64_t n = st.block_end - st.block_start;
   int64_t n2 = 1;
   while (n2 < n) n2 <<= 1;
   for (int64_t i = threadIdx.x; i < n2; i += kPolicyThreads)
-    words[i] = i < n && cand[i] ? rank_word(rank_key(io, st, pp, s + i, random_key), true, i)
-                                : rank_word(0.f, false, i);
+    words[i] = block_rank_word(io, st, pp, cand, random_key, i, n);
   __syncthreads();
   block_bitonic_sort(words, n2);
   // Non-candidates (the padding too) sort by offset after the candidates: the first n words are
@@ -188,13 +196,10 @@ __device__ __forceinline__ void block_chunked_ranks(const SeqIO& io, const SeqSt
                                                     const PolicyParams& pp, const bool* cand,
                                                     bool random_key, int64_t* words, int64_t* chunks,
                                                     int32_t* rank) {
-  const int64_t s = st.block_start, n = st.block_end - st.block_start;
+  const int64_t n = st.block_end - st.block_start;
   for (int64_t c0 = 0; c0 < n; c0 += kSortMax) {
-    for (int64_t i = threadIdx.x; i < kSortMax; i += kPolicyThreads) {
-      const int64_t j = c0 + i;
-      words[i] = j < n && cand[j] ? rank_word(rank_key(io, st, pp, s + j, random_key), true, j)
-                                  : rank_word(0.f, false, j);
-    }
+    for (int64_t i = threadIdx.x; i < kSortMax; i += kPolicyThreads)
+      words[i] = block_rank_word(io, st, pp, cand, random_key, c0 + i, n);
     __syncthreads();
     block_bitonic_sort(words, kSortMax);  // synchronises
     for (int64_t i = threadIdx.x; i < kSortMax; i += kPolicyThreads) chunks[c0 + i] = words[i];
@@ -202,7 +207,7 @@ __device__ __forceinline__ void block_chunked_ranks(const SeqIO& io, const SeqSt
   }
   for (int64_t j = threadIdx.x; j < n; j += kPolicyThreads) {
     if (!cand[j]) continue;
-    const int64_t w = rank_word(rank_key(io, st, pp, s + j, random_key), true, j);
+    const int64_t w = block_rank_word(io, st, pp, cand, random_key, j, n);
     int64_t r = 0;
     for (int64_t c0 = 0; c0 < n; c0 += kSortMax) r += lower_bound_pow2(chunks + c0, kSortMax, w);
     rank[j] = static_cast<int32_t>(r);
