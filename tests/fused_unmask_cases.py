@@ -73,6 +73,24 @@ def tied_logits(B, L, V, gen):
     return rows[torch.randint(0, 4, (B, L), generator=gen)]
 
 
+def long_block_case(fields, block, B, L, R, V, gen):
+    """(policy, logits, x, state, row_start) for the long-block ranking tests: B >= 2 sequences of L
+    positions, sequence 1's block starting at a third of the row (the others at 0); the policy `fields` with a
+    random learned filter for rule "filter"; tied logits (tied_logits) for R rows, which cover the
+    last 70 and 64 positions (row_start) when R < L."""
+    filt = None
+    if fields["rule"] == "filter":
+        filt = dk.LearnedFilter(torch.randn(8, 16, generator=gen), torch.randn(8, generator=gen),
+                                torch.randn(16, 8, generator=gen), torch.randn(16, generator=gen))
+    policy = dk.Policy(block_length=block, learned_filter=filt, **fields)
+    logits = tied_logits(B, R, V, gen)
+    row_start = None if R == L else torch.tensor([L - 70, L - 64])
+    x = torch.full((B, L), V - 1)
+    x[1, : L // 3] = 0  # sequence 1 starts later: a block not at offset 0
+    st = dk.DecodeState.new(B, L, gen_start=[0, L // 3] + [0] * (B - 2), seed=9)
+    return policy, logits, x, st, row_start
+
+
 def boost_token(logits, b, r, token, amount):
     """Make `token` likely at row r of sequence b (e.g. eos or a delimiter)."""
     logits[b, r, token] = logits[b, r].float().max() + amount

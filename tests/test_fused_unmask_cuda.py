@@ -15,7 +15,7 @@ from dllm_kernels import state as S
 from dllm_kernels.fused_unmask_params import UNMASK_PARAM_COLUMNS
 from scenario_runner import filter_probabilities, run_scenario, step_inputs
 from fused_unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, boost_token,
-                          make_batch, op_positional, peaked_logits, rule_id, tied_logits)
+                          make_batch, op_positional, peaked_logits, rule_id, long_block_case)
 
 pytestmark = pytest.mark.cuda
 OP = torch.ops.dllm.fused_unmask
@@ -139,21 +139,12 @@ def test_long_block_matches_cpu(fields):
     The logits (four tied rows, far apart: exact ties, no float32 reordering) cover the block's
     last 64 and 70 positions (row_start), so the ranking spans both chunks; sequence 1's block
     starts at a third of the row."""
-    B, V, L, R = 2, 6, LONG_BLOCK, 70
-    gen = torch.Generator().manual_seed(7)
-    filt = None
-    if fields["rule"] == "filter":
-        filt = dk.LearnedFilter(torch.randn(8, 16, generator=gen), torch.randn(8, generator=gen),
-                                torch.randn(16, 8, generator=gen), torch.randn(16, generator=gen))
-    policy = dk.Policy(block_length=LONG_BLOCK, learned_filter=filt, **fields)
-    x = torch.full((B, L), V - 1)
-    x[1, : L // 3] = 0
-    st = dk.DecodeState.new(B, L, gen_start=[0, L // 3], seed=9)
+    B, V, L = 2, 6, LONG_BLOCK
+    policy, logits, x, st, row_start = long_block_case(fields, LONG_BLOCK, B, L, 70, V, torch.Generator().manual_seed(7))
     args = policy.op_arguments("cpu", V, B)
     pack = args.pop("params")  # the flat form cpu_op and cuda_op take: one keyword per number
     kw = dict(args, **{name: float(pack[0, i]) for i, name in enumerate(UNMASK_PARAM_COLUMNS)},
-              mask_id=V - 1, eos_id=V - 2, row_start=torch.tensor([L - 70, L - 64]))
-    logits = tied_logits(B, R, V, gen)
+              mask_id=V - 1, eos_id=V - 2, row_start=row_start)
     outs = []
     for op in (cpu_op, cuda_op):
         x_, conf_, state_ = x.clone(), st.conf.clone(), st.state.clone()

@@ -14,7 +14,7 @@ import dllm_kernels as dk
 from dllm_kernels.triton_fused_unmask import FusedUnmaskArgumentError, fused_unmask_triton
 from scenario_runner import step_inputs
 from fused_unmask_cases import (DTYPES, Scenario, ambiguous_sequences, assert_same_decisions, cpu_op, make_batch,
-                          op_positional, peaked_logits, rule_id, tied_logits)
+                          op_positional, peaked_logits, rule_id, long_block_case)
 
 CPU_OP = torch.ops.dllm.fused_unmask
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -444,17 +444,7 @@ def test_sorted_ranks_equal_the_cpu_op_and_chunked_ranks(block, fields):
     R = L if block <= 33 else 64
     if R < L and "steps" in fields:
         fields = dict(fields, steps=40)
-    gen = torch.Generator().manual_seed(block)
-    filt = None
-    if fields["rule"] == "filter":
-        filt = dk.LearnedFilter(torch.randn(8, 16, generator=gen), torch.randn(8, generator=gen),
-                                torch.randn(16, 8, generator=gen), torch.randn(16, generator=gen))
-    policy = dk.Policy(block_length=block, learned_filter=filt, **fields)
-    logits = tied_logits(B, R, V, gen)
-    row_start = None if R == L else torch.tensor([L - 70, L - 64])
-    x = torch.full((B, L), V - 1)
-    x[1, : L // 3] = 0  # sequence 1 starts later: a block not at offset 0
-    st = dk.DecodeState.new(B, L, gen_start=[0, L // 3], seed=9)
+    policy, logits, x, st, row_start = long_block_case(fields, block, B, L, R, V, torch.Generator().manual_seed(block))
     assert policy_sort_n(L) >= L
     runs = [(fused_unmask_triton, dict(sort_n=None)), (CPU_OP, {}),
             (fused_unmask_triton, dict(sort_n=0, rank_chunk=RANK_CHUNK, policy_tile=16))]
